@@ -1,0 +1,145 @@
+"""`histo tile SLIDES... -c CONFIG --out DIR`: plan tile grids over tissue and, on request, extract tiles.
+
+Writes `DIR/config.yaml` (the resolved config), `DIR/status.csv` (one row per slide, rewritten
+atomically after each slide) and one folder per slide (see `histo.tiling.run`). Finished slides are
+skipped on a rerun with the same settings; a failed slide is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from histo.config import apply_overrides, load_yaml
+from histo.errors import ConfigError, HistoError
+from histo.tiling import SlideResult, TilingConfig, make_pool, tile_slide
+
+STATUS_FIELDS = [f.name for f in dataclasses.fields(SlideResult)]
+
+
+def register(sub: Any) -> None:
+    """Add the `tile` subcommand."""
+    p = sub.add_parser(
+        "tile",
+        help="plan tile grids over tissue (and extract tiles on request)",
+        description="Detect tissue, lay a grid of tiles at a target µm/px over it and save it as Parquet; "
+                    "optionally read every tile for QC and extract them as images or one zip per slide.",
+    )
+    p.add_argument("slides", nargs="+", help="slide files (any OpenSlide format, or PNG/JPEG/TIFF with --mpp)")
+    p.add_argument("-c", "--config", help="tiling config YAML (default: the built-in defaults, "
+                                          "as in configs/tiling/default.yaml)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set grid.mpp=1.0 (repeatable)")
+    p.add_argument("--extract", choices=["png", "jpeg"], help="also write the tiles (shortcut for extract.format)")
+    p.add_argument("--store", choices=["files", "zip"], help="tile images as files or one zip per slide")
+    p.add_argument("--workers", type=int, help="reader processes (0 = in this process)")
+    p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
+    p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def resolve_config(args: argparse.Namespace) -> TilingConfig:
+    """The config file plus --set overrides plus the shortcut flags, validated."""
+    data = load_yaml(args.config) if args.config else {}
+    source = args.config or "<defaults>"
+    overrides = list(args.overrides)
+    if args.extract:
+        overrides.append(f"extract.format={args.extract}")
+    if args.store:
+        overrides.append(f"extract.store={args.store}")
+    if args.workers is not None:
+        overrides.append(f"workers={args.workers}")
+    data = apply_overrides(data, overrides)
+    return TilingConfig.from_dict(data, source if not overrides else f"{source} with overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Tile every slide; one status row each; exit 1 if any failed."""
+    config = resolve_config(args)
+    out = Path(args.out)
+    slides = [Path(s) for s in args.slides]
+    names: dict[str, Path] = {}
+    for s in slides:
+        if s.stem in names and names[s.stem].resolve() != s.resolve():
+            raise ConfigError(f"two slides share the name {s.stem!r} ({names[s.stem]} and {s}); "
+                              "outputs are named by slide, so tile them into different --out folders")
+        names[s.stem] = s
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    status = _load_status(out / "status.csv")
+    pool = make_pool(config.workers)
+    failed = 0
+    try:
+        bar = tqdm(slides, desc="slides", unit="slide", disable=args.quiet or len(slides) < 2)
+        for path in bar:
+            try:
+                result = tile_slide(path, out, config, mpp_override=args.mpp, pool=pool,
+                                    overwrite=args.overwrite, progress=not args.quiet)
+            except HistoError as exc:
+                result = SlideResult(str(path), path.stem, "failed", reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
+                result = SlideResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
+            failed += result.status == "failed"
+            status[result.slide] = dataclasses.asdict(result)
+            _write_status(out / "status.csv", status)
+            _report(result)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    ok = len(slides) - failed
+    print(f"histo tile: {ok} of {len(slides)} slides done, {failed} failed; status in {out / 'status.csv'}",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _report(r: SlideResult) -> None:
+    if r.status == "failed":
+        # library messages already start with the file name; do not print it twice
+        msg = r.reason if r.reason.startswith(r.slide) else f"{r.slide}: {r.reason}"
+        print(f"FAILED   {msg}", file=sys.stderr)
+    elif r.status == "skipped":
+        print(f"skipped  {r.slide}: {r.reason}", file=sys.stderr)
+    elif r.status == "no_tissue":
+        print(f"no tissue {r.slide}: empty grid written to {r.grid_path}", file=sys.stderr)
+    else:
+        print(f"ok       {r.slide}: {r.n_tiles} tiles, {r.tissue_area_mm2:.2f} mm² tissue, {r.seconds:.1f} s "
+              f"-> {r.grid_path}", file=sys.stderr)
+
+
+def _load_status(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        return {row["slide"]: row for row in csv.DictReader(f)}
+
+
+def _write_status(path: Path, status: dict[str, dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=STATUS_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in status.values():
+        w.writerow(row)
+    _atomic_write(path, buf.getvalue())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,251 @@
+"""Format back ends behind `Slide`: OpenSlide for whole-slide formats, Pillow/tifffile for plain images.
+
+A back end reads raw pixels at a pyramid level and reports metadata; the resolution maths lives in
+`histo.slide.slide`. Each back end converts library exceptions into `histo.errors` classes that name
+the file, and a back end that failed once refuses every later call (OpenSlide handles are unusable
+after an error, and a half-read image must not be served as if it were whole).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from histo.errors import SlideOpenError, SlideReadError
+
+# Pillow refuses images past ~179 Mpx as "decompression bombs"; a plain image slide is held in memory
+# whole, so we keep a limit, but a larger one that fits a real scanned flat TIFF (1 Gpx = 3 GB RGB).
+_PLAIN_IMAGE_MAX_PX = 1_000_000_000
+_CM_PER_INCH = 2.54
+
+
+class Backend(Protocol):
+    """What `Slide` needs from a format back end."""
+
+    vendor: str
+    level_dimensions: list[tuple[int, int]]
+    level_downsamples: list[float]
+    properties: dict[str, str]
+
+    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray: ...
+    def thumbnail(self, max_px: int) -> np.ndarray: ...
+    def associated_names(self) -> list[str]: ...
+    def associated_image(self, name: str) -> np.ndarray: ...
+    def metadata_mpp(self) -> tuple[float | None, float | None]: ...
+    def objective_power(self) -> float | None: ...
+    def close(self) -> None: ...
+
+
+def rgba_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """Flatten RGBA (straight alpha, as openslide-python returns) on white: transparent = no tissue, white glass."""
+    rgb = arr[..., :3]
+    alpha = arr[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.uint16)
+    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+class OpenSlideBackend:
+    """Every format OpenSlide reads: Aperio, Hamamatsu, MIRAX, Leica, Philips, DICOM, generic tiled TIFF, ..."""
+
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self._openslide = openslide
+        self.path = path
+        try:
+            self._osr = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise SlideOpenError(
+                f"{path}: OpenSlide does not recognise this file as a slide ({exc}); "
+                "check that it is a whole-slide image and not truncated"
+            ) from exc
+        except openslide.OpenSlideError as exc:
+            raise SlideOpenError(
+                f"{path}: the slide is corrupt or unreadable ({exc}); re-copy or re-export it from the scanner"
+            ) from exc
+        self._failed: str | None = None
+        self.vendor = self._osr.properties.get("openslide.vendor", "unknown")
+        self.level_dimensions = [tuple(map(int, d)) for d in self._osr.level_dimensions]
+        self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
+        self.properties = dict(self._osr.properties)
+
+    def _check(self) -> None:
+        if self._osr is None:
+            raise SlideReadError(f"{self.path}: the slide handle is closed")
+        if self._failed:
+            raise SlideReadError(
+                f"{self.path}: an earlier read failed ({self._failed}); the handle was closed, open the slide again"
+            )
+
+    def _fail(self, what: str, exc: Exception) -> SlideReadError:
+        # OpenSlide handles are in an error state after any failure: close it so it is never reused.
+        self._failed = f"{what}: {exc}"
+        try:
+            self._osr.close()
+        except Exception:  # noqa: BLE001 - closing a broken handle may itself fail; the error below matters
+            pass
+        return SlideReadError(
+            f"{self.path}: reading {what} failed ({exc}); the file may be truncated or corrupt, re-copy it"
+        )
+
+    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        self._check()
+        try:
+            img = self._osr.read_region((int(x), int(y)), int(level), (int(w), int(h)))
+        except self._openslide.OpenSlideError as exc:
+            raise self._fail(f"region x={x} y={y} w={w} h={h} at level {level}", exc) from exc
+        return rgba_to_rgb(np.asarray(img))
+
+    def thumbnail(self, max_px: int) -> np.ndarray:
+        self._check()
+        try:
+            img = self._osr.get_thumbnail((max_px, max_px))
+        except self._openslide.OpenSlideError as exc:
+            raise self._fail("the thumbnail", exc) from exc
+        return np.asarray(img.convert("RGB"))
+
+    def associated_names(self) -> list[str]:
+        self._check()
+        return sorted(self._osr.associated_images.keys())
+
+    def associated_image(self, name: str) -> np.ndarray:
+        self._check()
+        if name not in self._osr.associated_images:
+            raise KeyError(f"{self.path}: no associated image {name!r}; has {self.associated_names()}")
+        try:
+            img = self._osr.associated_images[name]
+        except self._openslide.OpenSlideError as exc:
+            raise self._fail(f"associated image {name!r}", exc) from exc
+        return rgba_to_rgb(np.asarray(img.convert("RGBA")))
+
+    def metadata_mpp(self) -> tuple[float | None, float | None]:
+        return _float_or_none(self.properties.get("openslide.mpp-x")), _float_or_none(
+            self.properties.get("openslide.mpp-y")
+        )
+
+    def objective_power(self) -> float | None:
+        return _float_or_none(self.properties.get("openslide.objective-power"))
+
+    def close(self) -> None:
+        if self._osr is not None and not self._failed:
+            self._osr.close()
+        self._osr = None
+
+
+class ImageBackend:
+    """Plain images (PNG, JPEG, flat TIFF, BMP): held in memory whole, one level."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.vendor = "image"
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, _PLAIN_IMAGE_MAX_PX)
+        try:
+            with Image.open(path) as img:
+                self.format = img.format or "unknown"
+                self._dpi = img.info.get("dpi")
+                self._resolution_unit = None
+                self._arr = np.asarray(_to_rgb(img))
+        except Image.DecompressionBombError as exc:
+            raise SlideOpenError(
+                f"{path}: plain image too large to hold in memory ({exc}); convert it to a pyramidal TIFF"
+            ) from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise SlideOpenError(
+                f"{path}: not a slide or image histo can read ({exc}); supported: every OpenSlide format, "
+                "PNG, JPEG, TIFF"
+            ) from exc
+        h, w = self._arr.shape[:2]
+        self.level_dimensions = [(w, h)]
+        self.level_downsamples = [1.0]
+        self.properties = {"histo.image-format": self.format}
+        self._mpp = self._resolution_mpp()
+
+    def _resolution_mpp(self) -> tuple[float | None, float | None]:
+        """µm/px from TIFF resolution tags (centimetre or inch units) or the PNG/JPEG dpi field."""
+        if self.format == "TIFF":
+            try:
+                import tifffile
+
+                with tifffile.TiffFile(self.path) as tif:
+                    tags = tif.pages[0].tags
+                    unit = tags.get("ResolutionUnit")
+                    xr, yr = tags.get("XResolution"), tags.get("YResolution")
+                    if unit is not None and xr is not None and yr is not None:
+                        per = {2: _CM_PER_INCH * 1e4, 3: 1e4}.get(int(unit.value))
+                        if per:
+                            return _res_to_mpp(xr.value, per), _res_to_mpp(yr.value, per)
+            except Exception:  # noqa: BLE001 - a TIFF tifffile cannot parse simply has no usable resolution
+                return None, None
+            return None, None
+        if self._dpi:
+            try:
+                dx, dy = float(self._dpi[0]), float(self._dpi[1])
+            except (TypeError, ValueError, IndexError):
+                return None, None
+            return (_CM_PER_INCH * 1e4 / dx if dx > 0 else None, _CM_PER_INCH * 1e4 / dy if dy > 0 else None)
+        return None, None
+
+    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        if self._arr is None:
+            raise SlideReadError(f"{self.path}: the slide handle is closed")
+        out = np.full((h, w, 3), 255, np.uint8)
+        H, W = self._arr.shape[:2]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._arr[y0:y1, x0:x1]
+        return out
+
+    def thumbnail(self, max_px: int) -> np.ndarray:
+        img = Image.fromarray(self._arr)
+        img.thumbnail((max_px, max_px), Image.Resampling.BOX)
+        return np.asarray(img)
+
+    def associated_names(self) -> list[str]:
+        return []
+
+    def associated_image(self, name: str) -> np.ndarray:
+        raise KeyError(f"{self.path}: plain images have no associated image {name!r}")
+
+    def metadata_mpp(self) -> tuple[float | None, float | None]:
+        return self._mpp
+
+    def objective_power(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        self._arr = None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I", "F"):
+        raise ValueError(f"image mode {img.mode} is not 8-bit brightfield RGB")
+    return img.convert("RGB")
+
+
+def _res_to_mpp(value: object, microns_per_unit: float) -> float | None:
+    try:
+        num, den = value if isinstance(value, tuple) else (float(value), 1.0)
+        res = float(num) / float(den)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return microns_per_unit / res if res > 0 else None
+
+
+def _float_or_none(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except ValueError:
+        return None
+    return out if np.isfinite(out) else None

@@ -1,0 +1,287 @@
+"""`Slide`: one API over every OpenSlide format and plain images, with explicit resolution on every read."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from histo.errors import MppError, SlideOpenError
+from histo.slide.backends import Backend, ImageBackend, OpenSlideBackend
+
+# A level-0 pixel size outside this range is not a brightfield scan (72-dpi TIFF defaults give 352 µm/px).
+MPP_PLAUSIBLE_UM = (0.02, 30.0)
+# Pixels must be square to within this share; scanners write the same value twice.
+_MPP_ANISOTROPY_TOL = 0.05
+# A level serves a target mpp if its pixels are at most this much larger than asked (rounding in headers).
+_LEVEL_TOL = 1e-3
+# Reads larger than this (output px) are done in blocks so memory stays bounded whatever the request.
+_BLOCK_PX = 4096
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> "Slide":
+    """Open a whole-slide image or plain image; `mpp` overrides the level-0 µm/px from the metadata."""
+    return Slide(path, mpp=mpp)
+
+
+class Slide:
+    """A slide file opened for reading; every read states its target resolution in µm/px."""
+
+    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None) -> None:
+        self.path = Path(path)
+        self._mpp_override = mpp
+        if mpp is not None:
+            _check_plausible(self.path, float(mpp), "the --mpp override")
+        if not self.path.exists():
+            raise SlideOpenError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise SlideOpenError(f"{self.path}: is a folder; give the slide file inside it (e.g. the .mrxs or a .dcm)")
+        self._backend: Backend = _open_backend(self.path)
+        self.vendor: str = self._backend.vendor
+
+    # -- pickling: a worker process reopens the file and gets its own handle -----------------------------
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (open_slide, (str(self.path), self._mpp_override))
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        mpp = self.mpp_or_none
+        return f"Slide({str(self.path)!r}, {self.vendor}, {w}x{h}px, mpp={mpp if mpp is None else round(mpp, 4)})"
+
+    def close(self) -> None:
+        """Release the file handle."""
+        self._backend.close()
+
+    # -- metadata --------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The slide's file name without its suffix."""
+        return self.path.stem
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in pixels."""
+        return self._backend.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        """Number of pyramid levels."""
+        return len(self._backend.level_dimensions)
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """(width, height) of each level."""
+        return list(self._backend.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        """Level-0 pixels per pixel of each level."""
+        return list(self._backend.level_downsamples)
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """The raw metadata key/values (OpenSlide property names)."""
+        return dict(self._backend.properties)
+
+    @property
+    def objective_power(self) -> float | None:
+        """Scanner objective magnification when the metadata states it (informative only, never used for mpp)."""
+        return self._backend.objective_power()
+
+    @property
+    def mpp_source(self) -> str:
+        """Where the mpp comes from: 'override', 'metadata' or 'missing'."""
+        if self._mpp_override is not None:
+            return "override"
+        return "metadata" if self._metadata_mpp_problem() is None else "missing"
+
+    def _metadata_mpp_problem(self) -> str | None:
+        mx, my = self._backend.metadata_mpp()
+        if mx is None and my is None:
+            return "the file states no pixel size"
+        mx = mx if mx is not None else my
+        my = my if my is not None else mx
+        lo, hi = MPP_PLAUSIBLE_UM
+        if not (lo <= mx <= hi and lo <= my <= hi):
+            return f"the file states {mx:g} x {my:g} µm/px, outside the plausible {lo:g}-{hi:g} µm/px"
+        if abs(mx - my) / max(mx, my) > _MPP_ANISOTROPY_TOL:
+            return f"the file states non-square pixels ({mx:g} x {my:g} µm/px), which histo does not support"
+        return None
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 µm/px; raises MppError when it is missing or implausible and no override was given."""
+        if self._mpp_override is not None:
+            return float(self._mpp_override)
+        problem = self._metadata_mpp_problem()
+        if problem is not None:
+            raise MppError(
+                f"{self.path}: cannot know the pixel size: {problem}. If you know it, pass it explicitly "
+                "(--mpp on the command line, open_slide(path, mpp=...) in Python); histo never guesses it "
+                "from the magnification"
+            )
+        mx, my = self._backend.metadata_mpp()
+        mx = mx if mx is not None else my
+        my = my if my is not None else mx
+        return (mx + my) / 2.0
+
+    @property
+    def mpp_or_none(self) -> float | None:
+        """Level-0 µm/px, or None when unknown."""
+        try:
+            return self.mpp
+        except MppError:
+            return None
+
+    def level_mpp(self, level: int) -> float:
+        """µm/px of a pyramid level."""
+        return self.mpp * self._backend.level_downsamples[level]
+
+    @property
+    def associated_names(self) -> list[str]:
+        """Names of the associated images (label, macro, thumbnail ...) in the file."""
+        return self._backend.associated_names()
+
+    def associated_image(self, name: str) -> np.ndarray:
+        """An associated image as H×W×3 uint8 RGB."""
+        return self._backend.associated_image(name)
+
+    def info(self) -> dict[str, Any]:
+        """What a user needs to know about the slide, as plain JSON-able values."""
+        mpp = self.mpp_or_none
+        w, h = self.dimensions
+        levels = []
+        for i, ((lw, lh), ds) in enumerate(zip(self.level_dimensions, self.level_downsamples)):
+            levels.append(
+                {"level": i, "width_px": lw, "height_px": lh, "downsample": round(ds, 4),
+                 "mpp": None if mpp is None else round(mpp * ds, 5)}
+            )
+        out: dict[str, Any] = {
+            "path": str(self.path),
+            "vendor": self.vendor,
+            "file_size_bytes": self.path.stat().st_size,
+            "width_px": w,
+            "height_px": h,
+            "mpp": None if mpp is None else round(mpp, 5),
+            "mpp_source": self.mpp_source,
+            "objective_power": self.objective_power,
+            "levels": levels,
+            "associated_images": self.associated_names,
+        }
+        if mpp is None:
+            out["mpp_problem"] = self._metadata_mpp_problem()
+        else:
+            out["width_mm"] = round(w * mpp / 1000, 3)
+            out["height_mm"] = round(h * mpp / 1000, 3)
+        return out
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def best_level(self, mpp: float) -> int:
+        """The coarsest level whose pixels are no larger than `mpp` (so reads only ever shrink)."""
+        target_ds = self._target_downsample(mpp)
+        best = 0
+        for i, ds in enumerate(self._backend.level_downsamples):
+            if ds <= target_ds * (1 + _LEVEL_TOL) and ds >= self._backend.level_downsamples[best]:
+                best = i
+        return best
+
+    def _target_downsample(self, mpp: float) -> float:
+        if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
+            raise ValueError(f"target mpp must be a positive number of µm/px, got {mpp!r}")
+        return float(mpp) / self.mpp
+
+    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Raw pixels of a pyramid level: (x, y) in level-0 px, (w, h) in that level's px; outside = white."""
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"{self.path}: level {level} does not exist (0..{self.level_count - 1})")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, got {w}x{h}")
+        return self._backend.read_level(level, int(x), int(y), int(w), int(h))
+
+    def read(self, x: float, y: float, w: int, h: int, mpp: float) -> np.ndarray:
+        """The region with level-0 top-left (x, y), as w×h RGB pixels at `mpp` µm/px, from the best level."""
+        w, h = int(w), int(h)
+        if w <= 0 or h <= 0:
+            raise ValueError(f"output size must be positive, got {w}x{h}")
+        ds = self._target_downsample(mpp)
+        if w <= _BLOCK_PX and h <= _BLOCK_PX:
+            return self._read_once(x, y, w, h, ds, self.best_level(mpp))
+        out = np.empty((h, w, 3), np.uint8)
+        level = self.best_level(mpp)
+        for by in range(0, h, _BLOCK_PX):
+            for bx in range(0, w, _BLOCK_PX):
+                bw, bh = min(_BLOCK_PX, w - bx), min(_BLOCK_PX, h - by)
+                out[by : by + bh, bx : bx + bw] = self._read_once(x + bx * ds, y + by * ds, bw, bh, ds, level)
+        return out
+
+    def _read_once(self, x: float, y: float, w: int, h: int, ds: float, level: int) -> np.ndarray:
+        level_ds = self._backend.level_downsamples[level]
+        scale = ds / level_ds  # level px per output px (>= 1 except when upsampling past level 0)
+        x0, y0 = int(math.floor(x)), int(math.floor(y))
+        # Sub-pixel offset of the requested origin inside the level grid, in level px.
+        fx, fy = (x - x0) / level_ds, (y - y0) / level_ds
+        if abs(scale - 1.0) < _LEVEL_TOL and fx == 0 and fy == 0:
+            return self._backend.read_level(level, x0, y0, w, h)
+        lw = int(math.ceil(fx + w * scale)) + 1
+        lh = int(math.ceil(fy + h * scale)) + 1
+        region = self._backend.read_level(level, x0, y0, lw, lh)
+        resample = Image.Resampling.BOX if scale > 1 else Image.Resampling.BICUBIC
+        img = Image.fromarray(region).resize(
+            (w, h), resample, box=(fx, fy, fx + w * scale, fy + h * scale)
+        )
+        return np.asarray(img)
+
+    def read_overview(self, mpp: float) -> np.ndarray:
+        """The whole slide at a coarse `mpp`, shape (round(H/ds), round(W/ds), 3), ds = mpp / slide mpp."""
+        ds = self._target_downsample(mpp)
+        W, H = self.dimensions
+        return self.read(0, 0, max(1, round(W / ds)), max(1, round(H / ds)), mpp)
+
+    def thumbnail(self, max_px: int = 1024) -> np.ndarray:
+        """The whole slide with its longest side at most `max_px`; needs no mpp."""
+        if max_px <= 0:
+            raise ValueError(f"max_px must be positive, got {max_px}")
+        return self._backend.thumbnail(int(max_px))
+
+
+def _check_plausible(path: Path, mpp: float, what: str) -> None:
+    lo, hi = MPP_PLAUSIBLE_UM
+    if not (math.isfinite(mpp) and lo <= mpp <= hi):
+        raise MppError(f"{path}: {what} of {mpp:g} µm/px is outside the plausible {lo:g}-{hi:g} µm/px")
+
+
+def _open_backend(path: Path) -> Backend:
+    import openslide
+
+    try:
+        fmt = openslide.OpenSlide.detect_format(str(path))
+    except openslide.OpenSlideError as exc:
+        raise SlideOpenError(f"{path}: cannot inspect the file ({exc})") from exc
+    except OSError as exc:
+        raise SlideOpenError(f"{path}: cannot read the file ({exc})") from exc
+    if fmt is not None:
+        return OpenSlideBackend(path)
+    if path.suffix.lower() in {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".czi", ".svslide"}:
+        # A whole-slide suffix that OpenSlide does not recognise: corrupt or truncated, not a plain image.
+        raise SlideOpenError(
+            f"{path}: the file has a whole-slide suffix but OpenSlide cannot recognise it: it is corrupt, "
+            "truncated or not a slide; re-copy it or re-export it from the scanner"
+        )
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        return ImageBackend(path)
+    raise SlideOpenError(
+        f"{path}: not a slide or image histo can read; supported: every OpenSlide format "
+        "(SVS, NDPI, MRXS, SCN, Philips TIFF, DICOM, BIF, tiled TIFF ...), PNG, JPEG, TIFF"
+    )

@@ -1,0 +1,197 @@
+"""Tile one slide end to end: plan the grid, optionally read every tile (QC, extraction), save atomically.
+
+Per-slide output folder `<out>/<slide name>/`:
+  grid.parquet   the tile table with slide metadata and settings (written last: its presence = done)
+  tissue.png     the tissue mask at the mask resolution, to check against the thumbnail
+  tiles/         extracted tiles as image files (format png|jpeg, store files), or
+  tiles.zip      the same in one store file (store zip)
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from histo.config import to_dict
+from histo.slide import Slide, open_slide
+from histo.tiling.grid import TileGrid, TilingConfig, plan_grid
+from histo.tiling.reader import ReadJob, iter_batches, run_job
+
+
+@dataclass
+class SlideResult:
+    """Outcome of tiling one slide, one row of the status table."""
+
+    slide: str
+    name: str
+    status: str  # ok | no_tissue | skipped | failed
+    n_tiles: int = 0
+    tissue_area_mm2: float | None = None
+    seconds: float = 0.0
+    reason: str = ""
+    grid_path: str = ""
+
+
+def tile_name(x: float, y: float, fmt: str) -> str:
+    """File name of a tile inside the tiles folder or zip: its level-0 origin."""
+    return f"x{int(round(x))}_y{int(round(y))}.{'jpg' if fmt == 'jpeg' else 'png'}"
+
+
+def encode_job(job: ReadJob, slide: Slide | None = None, *, fmt: str, quality: int) -> tuple[np.ndarray, list[bytes], dict | None]:
+    """Read a batch and encode each tile (runs in a worker: only bytes travel back)."""
+    batch = run_job(job, slide)
+    blobs = []
+    for tile in batch.tiles:
+        buf = io.BytesIO()
+        if fmt == "jpeg":
+            Image.fromarray(tile).save(buf, format="JPEG", quality=quality)
+        else:
+            Image.fromarray(tile).save(buf, format="PNG", compress_level=1)
+        blobs.append(buf.getvalue())
+    return batch.index, blobs, batch.qc
+
+
+def settings_match(grid: TileGrid, config: TilingConfig) -> bool:
+    """True when a saved grid was made with the same settings that matter for its contents."""
+    s = grid.settings
+    return (
+        s.get("grid") == to_dict(config.grid)
+        and s.get("tissue") == to_dict(config.tissue)
+        and s.get("qc") == to_dict(config.qc)
+        and s.get("extract") == to_dict(config.extract)
+    )
+
+
+def tile_slide(
+    slide_path: str | Path,
+    out_dir: str | Path,
+    config: TilingConfig,
+    *,
+    mpp_override: float | None = None,
+    pool: Executor | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SlideResult:
+    """Plan (and on request read/extract) one slide's tiles into `out_dir/<name>/`; raises HistoError on failure."""
+    t0 = time.perf_counter()
+    slide_path = Path(slide_path)
+    slide_dir = Path(out_dir) / slide_path.stem
+    grid_path = slide_dir / "grid.parquet"
+    if grid_path.is_file() and not overwrite:
+        try:
+            old = TileGrid.load(grid_path)
+        except (OSError, ValueError):
+            old = None  # unreadable leftovers are redone below
+        if old is not None and settings_match(old, config):
+            status = "ok" if len(old) else "no_tissue"
+            return SlideResult(str(slide_path), slide_path.stem, "skipped", len(old),
+                               old.settings.get("tissue_area_mm2"), 0.0, f"already done ({status})", str(grid_path))
+
+    with open_slide(slide_path, mpp=mpp_override) as slide:
+        grid, mask = plan_grid(slide, config)
+    slide_dir.mkdir(parents=True, exist_ok=True)
+    _save_mask_png(mask.mask, slide_dir / "tissue.png")
+    grid.settings["qc"] = to_dict(config.qc)
+    grid.settings["extract"] = to_dict(config.extract)
+
+    need_read = len(grid) > 0 and (config.qc.enabled or config.extract.format != "none")
+    if need_read:
+        _read_pass(str(slide_path), grid, slide_dir, config, mpp_override, pool, progress)
+    grid.save(grid_path)
+    status = "ok" if len(grid) else "no_tissue"
+    reason = "" if len(grid) else "no tissue detected: empty grid written"
+    return SlideResult(str(slide_path), slide_path.stem, status, len(grid), grid.settings["tissue_area_mm2"],
+                       round(time.perf_counter() - t0, 3), reason, str(grid_path))
+
+
+def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingConfig,
+               mpp_override: float | None, pool: Executor | None, progress: bool) -> None:
+    """Read every tile once: QC measurements into the table, and extraction into a temp target renamed at the end."""
+    ex = config.extract
+    fmt = ex.format
+    n = len(grid)
+    qc_cols: dict[str, np.ndarray] = {}
+    names = [tile_name(x, y, fmt) for x, y in zip(grid.table["x"], grid.table["y"])] if fmt != "none" else []
+    target: Path | None = None
+    tmp_target: Path | None = None
+    zf: zipfile.ZipFile | None = None
+    if fmt != "none":
+        target = slide_dir / ("tiles.zip" if ex.store == "zip" else "tiles")
+        if ex.store == "zip":
+            fd, tmp = tempfile.mkstemp(prefix=".tiles.", suffix=".zip.tmp", dir=slide_dir)
+            os.close(fd)
+            tmp_target = Path(tmp)
+            zf = zipfile.ZipFile(tmp_target, "w", compression=zipfile.ZIP_STORED)
+        else:
+            tmp_target = Path(tempfile.mkdtemp(prefix=".tiles.", suffix=".tmp", dir=slide_dir))
+        fn: Any = functools.partial(encode_job, fmt=fmt, quality=ex.jpeg_quality)
+    else:
+        fn = None
+    bar = tqdm(total=n, desc=f"{Path(slide_path).stem}", unit="tile", leave=False, disable=not progress)
+    try:
+        for out in iter_batches(slide_path, grid, mpp_override=mpp_override, batch_tiles=config.batch_tiles,
+                                pool=pool, qc=config.qc.enabled, fn=fn):
+            if fmt != "none":
+                index, blobs, qc = out
+                for i, blob in zip(index, blobs):
+                    if zf is not None:
+                        zf.writestr(names[i], blob)
+                    else:
+                        (tmp_target / names[i]).write_bytes(blob)  # type: ignore[operator]
+            else:
+                index, qc = out.index, out.qc
+            if qc:
+                for k, v in qc.items():
+                    qc_cols.setdefault(k, np.full(n, np.nan, np.float32))[index] = v
+            bar.update(len(index))
+        if zf is not None:
+            zf.close()
+            zf = None
+        if target is not None and tmp_target is not None:
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            os.replace(tmp_target, target)
+            tmp_target = None
+    finally:
+        bar.close()
+        if zf is not None:
+            zf.close()
+        if tmp_target is not None:
+            shutil.rmtree(tmp_target, ignore_errors=True) if tmp_target.is_dir() else tmp_target.unlink(missing_ok=True)
+    if fmt != "none":
+        grid.table["file"] = [f"{target.name}/{nm}" for nm in names]  # type: ignore[union-attr]
+    if qc_cols:
+        for k, v in qc_cols.items():
+            grid.table[k] = v
+        q = config.qc
+        grid.table["qc_pass"] = (
+            (grid.table["qc_blur"] >= q.min_blur_score)
+            & (grid.table["qc_pen_fraction"] <= q.max_pen_fraction)
+            & (grid.table["qc_background_fraction"] <= q.max_background_fraction)
+        )
+
+
+def _save_mask_png(mask: np.ndarray, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
