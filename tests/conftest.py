@@ -48,7 +48,7 @@ def render_test_slide(x: int, y: int, w: int, h: int):
 
 @pytest.fixture(scope="session")
 def test_slide_path(tmp_path_factory) -> Path:
-    """A 2048x1536 px pyramidal TIFF at 0.25 µm/px (3 levels) with a known tissue rectangle."""
+    """A 2048x1536 px pyramidal TIFF at 0.25 µm/px (2 levels) with a known tissue rectangle."""
     from histo.synth.tiff_writer import write_pyramidal_tiff
 
     path = tmp_path_factory.mktemp("slides") / "test_slide.tiff"

@@ -109,12 +109,14 @@ def test_read_tiles_in_process_and_in_workers_match_direct_reads(test_slide_path
     idx = np.concatenate([b.index for b in local])
     assert (idx == np.arange(len(grid))).all()
     assert np.array_equal(np.concatenate([b.tiles for b in local]), direct)
-    pool = make_pool(1)
-    try:
-        pooled = np.concatenate([b.tiles for b in iter_batches(str(test_slide_path), grid, batch_tiles=7, pool=pool)])
-    finally:
-        pool.shutdown()
-    assert np.array_equal(pooled, direct)
+    for kind in ("thread", "process"):
+        pool = make_pool(2 if kind == "thread" else 1, kind)
+        try:
+            pooled = list(iter_batches(str(test_slide_path), grid, batch_tiles=7, pool=pool))
+        finally:
+            pool.shutdown()
+        assert (np.concatenate([b.index for b in pooled]) == np.arange(len(grid))).all()
+        assert np.array_equal(np.concatenate([b.tiles for b in pooled]), direct), kind
 
 
 def test_config_validation_names_key_and_file(tmp_path):

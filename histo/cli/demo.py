@@ -23,7 +23,7 @@ def register(sub: Any) -> None:
                                    "extraction); prints where the outputs are.")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--size-px", type=int, default=12000, help="demo slide edge in pixels at 0.25 µm/px")
-    p.add_argument("--workers", type=int, default=2, help="reader processes")
+    p.add_argument("--workers", type=int, default=2, help="reader threads")
     p.set_defaults(run=run)
 
 

@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
                    help="override a config key, e.g. --set grid.mpp=1.0 (repeatable)")
     p.add_argument("--extract", choices=["png", "jpeg"], help="also write the tiles (shortcut for extract.format)")
     p.add_argument("--store", choices=["files", "zip"], help="tile images as files or one zip per slide")
-    p.add_argument("--workers", type=int, help="reader processes (0 = in this process)")
+    p.add_argument("--workers", type=int, help="reader threads (0 = read in the calling thread)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from histo.errors import SlideOpenError, SlideReadError
+from histo.slide.tifftiles import TiffTiles, TileDecodeError
 
 # Pillow refuses images past ~179 Mpx as "decompression bombs"; a plain image slide is held in memory
 # whole, so we keep a limit, but a larger one that fits a real scanned flat TIFF (1 Gpx = 3 GB RGB).
@@ -30,7 +31,7 @@ class Backend(Protocol):
     level_downsamples: list[float]
     properties: dict[str, str]
 
-    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray: ...
+    def read_level_px(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray: ...
     def thumbnail(self, max_px: int) -> np.ndarray: ...
     def associated_names(self) -> list[str]: ...
     def associated_image(self, name: str) -> np.ndarray: ...
@@ -74,6 +75,7 @@ class OpenSlideBackend:
         self.level_dimensions = [tuple(map(int, d)) for d in self._osr.level_dimensions]
         self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
         self.properties = dict(self._osr.properties)
+        self._tiles = _tiff_tiles(path, self.level_dimensions)
 
     def _check(self) -> None:
         if self._osr is None:
@@ -86,6 +88,9 @@ class OpenSlideBackend:
     def _fail(self, what: str, exc: Exception) -> SlideReadError:
         # OpenSlide handles are in an error state after any failure: close it so it is never reused.
         self._failed = f"{what}: {exc}"
+        if self._tiles is not None:
+            self._tiles.close()
+            self._tiles = None
         try:
             self._osr.close()
         except Exception:  # noqa: BLE001 - closing a broken handle may itself fail; the error below matters
@@ -94,13 +99,43 @@ class OpenSlideBackend:
             f"{self.path}: reading {what} failed ({exc}); the file may be truncated or corrupt, re-copy it"
         )
 
-    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read_level_px(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         self._check()
+        if self._tiles is not None and self._tiles.has(level):
+            if self._tiles.verified(level) is None:
+                self._tiles.mark(level, self._self_check(level))
+            if self._tiles.verified(level):
+                try:
+                    return self._tiles.read(level, lx, ly, w, h)
+                except TileDecodeError as exc:
+                    raise self._fail(f"level {level} region x={lx} y={ly} w={w} h={h} (level px)", exc) from exc
+        return self._openslide_read(level, lx, ly, w, h)
+
+    def _openslide_read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        x0, y0 = int(round(lx * ds)), int(round(ly * ds))  # OpenSlide takes the origin in level-0 px
         try:
-            img = self._osr.read_region((int(x), int(y)), int(level), (int(w), int(h)))
+            img = self._osr.read_region((x0, y0), int(level), (int(w), int(h)))
         except self._openslide.OpenSlideError as exc:
-            raise self._fail(f"region x={x} y={y} w={w} h={h} at level {level}", exc) from exc
+            raise self._fail(f"level {level} region x={lx} y={ly} w={w} h={h} (level px)", exc) from exc
         return rgba_to_rgb(np.asarray(img))
+
+    def _self_check(self, level: int) -> bool:
+        """Decode tiles of the level both ways; serve it directly only if the pixels agree."""
+        boxes = [(0, 0) + self._tiles.first_tile_box(level)[2:], self._tiles.first_tile_box(level)]  # type: ignore[union-attr]
+        ds = self.level_downsamples[level]
+        for lx, ly, w, h in boxes:
+            if abs(lx * ds - round(lx * ds)) > 1e-6 or abs(ly * ds - round(ly * ds)) > 1e-6:
+                continue  # OpenSlide would shift this box by a sub-pixel: not a fair comparison
+            try:
+                fast = self._tiles.read(level, lx, ly, w, h)  # type: ignore[union-attr]
+            except TileDecodeError:
+                return False
+            ref = self._openslide_read(level, lx, ly, w, h)
+            diff = np.abs(fast.astype(np.int16) - ref)
+            if diff.max() > 3 or diff.mean() > 0.5:
+                return False
+        return True
 
     def thumbnail(self, max_px: int) -> np.ndarray:
         self._check()
@@ -136,6 +171,9 @@ class OpenSlideBackend:
         if self._osr is not None and not self._failed:
             self._osr.close()
         self._osr = None
+        if self._tiles is not None:
+            self._tiles.close()
+            self._tiles = None
 
 
 class ImageBackend:
@@ -191,7 +229,7 @@ class ImageBackend:
             return (_CM_PER_INCH * 1e4 / dx if dx > 0 else None, _CM_PER_INCH * 1e4 / dy if dy > 0 else None)
         return None, None
 
-    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read_level_px(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         if self._arr is None:
             raise SlideReadError(f"{self.path}: the slide handle is closed")
         out = np.full((h, w, 3), 255, np.uint8)
@@ -249,3 +287,18 @@ def _float_or_none(value: str | None) -> float | None:
     except ValueError:
         return None
     return out if np.isfinite(out) else None
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _tiff_tiles(path: Path, level_dimensions: list[tuple[int, int]]) -> TiffTiles | None:
+    """The direct JPEG-tile reader for TIFF-based slides, or None (other containers, or tifffile cannot parse it)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) not in _TIFF_MAGIC:
+                return None
+        tiles = TiffTiles(str(path), level_dimensions)
+    except Exception:  # noqa: BLE001 - the fast path is optional; OpenSlide still reads the file
+        return None
+    return tiles if tiles.has_any() else None

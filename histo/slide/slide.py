@@ -19,6 +19,8 @@ MPP_PLAUSIBLE_UM = (0.02, 30.0)
 _MPP_ANISOTROPY_TOL = 0.05
 # A level serves a target mpp if its pixels are at most this much larger than asked (rounding in headers).
 _LEVEL_TOL = 1e-3
+# An origin within this many level px of the level grid is read without resampling.
+_SUBPIXEL_TOL = 0.01
 # Reads larger than this (output px) are done in blocks so memory stays bounded whatever the request.
 _BLOCK_PX = 4096
 
@@ -202,13 +204,14 @@ class Slide:
             raise ValueError(f"target mpp must be a positive number of µm/px, got {mpp!r}")
         return float(mpp) / self.mpp
 
-    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read_level(self, level: int, x: float, y: float, w: int, h: int) -> np.ndarray:
         """Raw pixels of a pyramid level: (x, y) in level-0 px, (w, h) in that level's px; outside = white."""
         if not 0 <= level < self.level_count:
             raise ValueError(f"{self.path}: level {level} does not exist (0..{self.level_count - 1})")
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, got {w}x{h}")
-        return self._backend.read_level(level, int(x), int(y), int(w), int(h))
+        ds = self._backend.level_downsamples[level]
+        return self._backend.read_level_px(level, int(round(x / ds)), int(round(y / ds)), int(w), int(h))
 
     def read(self, x: float, y: float, w: int, h: int, mpp: float) -> np.ndarray:
         """The region with level-0 top-left (x, y), as w×h RGB pixels at `mpp` µm/px, from the best level."""
@@ -216,10 +219,10 @@ class Slide:
         if w <= 0 or h <= 0:
             raise ValueError(f"output size must be positive, got {w}x{h}")
         ds = self._target_downsample(mpp)
-        if w <= _BLOCK_PX and h <= _BLOCK_PX:
-            return self._read_once(x, y, w, h, ds, self.best_level(mpp))
-        out = np.empty((h, w, 3), np.uint8)
         level = self.best_level(mpp)
+        if w <= _BLOCK_PX and h <= _BLOCK_PX:
+            return self._read_once(x, y, w, h, ds, level)
+        out = np.empty((h, w, 3), np.uint8)
         for by in range(0, h, _BLOCK_PX):
             for bx in range(0, w, _BLOCK_PX):
                 bw, bh = min(_BLOCK_PX, w - bx), min(_BLOCK_PX, h - by)
@@ -229,14 +232,15 @@ class Slide:
     def _read_once(self, x: float, y: float, w: int, h: int, ds: float, level: int) -> np.ndarray:
         level_ds = self._backend.level_downsamples[level]
         scale = ds / level_ds  # level px per output px (>= 1 except when upsampling past level 0)
-        x0, y0 = int(math.floor(x)), int(math.floor(y))
-        # Sub-pixel offset of the requested origin inside the level grid, in level px.
-        fx, fy = (x - x0) / level_ds, (y - y0) / level_ds
-        if abs(scale - 1.0) < _LEVEL_TOL and fx == 0 and fy == 0:
-            return self._backend.read_level(level, x0, y0, w, h)
+        lxf, lyf = x / level_ds, y / level_ds  # requested origin in level px
+        rx, ry = round(lxf), round(lyf)
+        if abs(scale - 1.0) < _LEVEL_TOL and abs(lxf - rx) < _SUBPIXEL_TOL and abs(lyf - ry) < _SUBPIXEL_TOL:
+            return self._backend.read_level_px(level, int(rx), int(ry), w, h)
+        lx0, ly0 = math.floor(lxf), math.floor(lyf)
+        fx, fy = lxf - lx0, lyf - ly0  # sub-pixel offset of the origin inside the level grid
         lw = int(math.ceil(fx + w * scale)) + 1
         lh = int(math.ceil(fy + h * scale)) + 1
-        region = self._backend.read_level(level, x0, y0, lw, lh)
+        region = self._backend.read_level_px(level, int(lx0), int(ly0), lw, lh)
         resample = Image.Resampling.BOX if scale > 1 else Image.Resampling.BICUBIC
         img = Image.fromarray(region).resize(
             (w, h), resample, box=(fx, fy, fx + w * scale, fy + h * scale)

@@ -1,16 +1,19 @@
-"""Read the tiles of a grid fast: one region read per horizontal run of tiles, in worker processes.
+"""Read the tiles of a grid fast: one region read per horizontal run of tiles, in a pool of workers.
 
 Reading a run of neighbouring tiles in one call from the pyramid level that matches the target mpp
-avoids per-tile call overhead and decodes each JPEG tile of the file once; each worker process opens
-its own slide handle; at most a fixed number of batches is in flight, so memory is bounded by
-`batch_tiles x workers`, never by the slide size.
+avoids per-tile call overhead and decodes each JPEG tile of the file once. The default pool is threads
+sharing one slide handle: tile decoding (libjpeg-turbo via histo.slide's direct TIFF path, or OpenSlide
+through ctypes) releases the GIL, so threads scale without process start-up or copying tiles between
+processes. A process pool is available for per-tile work that holds the GIL; each process opens its own
+handle. At most 2 x workers batches are in flight, so memory is bounded by `batch_tiles x workers`,
+never by the slide size.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -106,12 +109,16 @@ def run_job(job: ReadJob, slide: Slide | None = None) -> TileBatch:
     return TileBatch(index=np.asarray(index, np.int64), tiles=tiles, qc=qc)
 
 
-def make_pool(workers: int) -> Executor | None:
-    """A process pool for reading (None for workers == 0); reuse it across slides."""
+def make_pool(workers: int, kind: str = "thread") -> Executor | None:
+    """A reader pool of `workers` threads (default) or processes, None for workers == 0; reuse it across slides."""
     if workers <= 0:
         return None
-    # spawn, not fork: a forked child would inherit the parent's OpenSlide handles and any threads.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    if kind == "thread":
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histo-read")
+    if kind == "process":
+        # spawn, not fork: a forked child would inherit the parent's OpenSlide handles and threads.
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    raise ValueError(f"pool kind must be 'thread' or 'process', got {kind!r}")
 
 
 def iter_batches(
@@ -135,12 +142,12 @@ def iter_batches(
         finally:
             slide.close()
         return
+    shared = open_slide(slide_path, mpp=mpp_override) if isinstance(pool, ThreadPoolExecutor) else None
     in_flight: deque[Future[Any]] = deque()
     limit = 2 * getattr(pool, "_max_workers", 2)
-    it = iter(jobs)
     try:
-        for job in it:
-            in_flight.append(pool.submit(fn, job))
+        for job in jobs:
+            in_flight.append(pool.submit(fn, job, shared) if shared is not None else pool.submit(fn, job))
             if len(in_flight) >= limit:
                 yield in_flight.popleft().result()
         while in_flight:
@@ -148,6 +155,11 @@ def iter_batches(
     finally:
         for f in in_flight:
             f.cancel()
+        for f in in_flight:
+            if not f.cancelled():
+                f.exception()  # wait: the shared handle must outlive every read that uses it
+        if shared is not None:
+            shared.close()
 
 
 def _make_jobs(slide_path: str, grid: TileGrid, mpp_override: float | None, batch_tiles: int, qc: bool) -> Iterator[ReadJob]:
