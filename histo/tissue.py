@@ -15,8 +15,9 @@ Method, in order (each step is a function below, each threshold a documented `Ti
 4. Threshold it with Otsu, guarded: Otsu always splits *something*, so on a blank slide it would split the
    noise. Its answer is used only when the class above it is clearly denser than glass, and is clamped
    to [`min_od`, `max_od`] so it can neither cut into noise nor climb above pale tissue.
-5. Pen ink (`pen_mask`) is removed before the morphology and again at the very end, so hole filling can
-   never bring a pen stroke back.
+5. Pen ink (`pen_mask`), widened by `pen_margin_um` for its blurred rim, is left out of the Otsu
+   statistics and removed from the mask after every morphological step, so closing or hole filling can
+   never bring a stroke back.
 6. Closing (bridges loose stroma and fat), filling of holes up to `max_hole_um2`, and removal of fragments
    below `min_fragment_um2`.
 
@@ -292,6 +293,8 @@ def _closing(mask: np.ndarray, radius_px: float) -> np.ndarray:
         return closed[pad:-pad, pad:-pad] | mask
     # Large radii: closing via Euclidean distance transforms costs the same whatever the radius.
     dilated = ndi.distance_transform_edt(~mask) <= radius_px
+    if dilated.all():  # the transform has no zero to measure from; nothing can be eroded back
+        return dilated
     eroded = ndi.distance_transform_edt(dilated) > radius_px
     # distance_transform_edt measures to the nearest False pixel inside the image only, so tissue running
     # off the border is not eroded back from it.
@@ -303,7 +306,10 @@ def _closing(mask: np.ndarray, radius_px: float) -> np.ndarray:
 
 def _hysteresis(weak: np.ndarray, seeds: np.ndarray, min_seed_px: float) -> np.ndarray:
     """Weak pixels connected to a seed region of at least min_seed_px pixels."""
-    seeds = _remove_small(seeds & weak, min_seed_px)
+    seeds = seeds & weak
+    if np.count_nonzero(seeds) < max(min_seed_px, 1):  # cheap exit, the common case of a slide without ink
+        return np.zeros_like(weak)
+    seeds = _remove_small(seeds, min_seed_px)
     if not seeds.any():
         return np.zeros_like(weak)
     labels, _ = _label(weak)

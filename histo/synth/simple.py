@@ -9,6 +9,7 @@ field, the same threshold, the same arithmetic) is exact. Colours come from two 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -85,8 +86,7 @@ class SimpleTissue:
             lattice -= self._pen_clearance(ny, nx)
         self._lattice = lattice.astype(np.float32)
 
-        self._glass_tex = _wrap_pad(_glass_texture(rng, _GLASS_PERIOD_PX))
-        self._tissue_tex = _wrap_pad(_tissue_texture(rng, _TISSUE_PERIOD_PX))
+        self._glass_tex, self._tissue_tex = _textures(self.seed)
         self.threshold = self._pick_threshold()
 
     # ----------------------------------------------------------------- public
@@ -316,6 +316,18 @@ def write_simple_slide(
 
 
 # ---------------------------------------------------------------- textures
+@functools.lru_cache(maxsize=4)
+def _textures(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wrap-padded (glass, tissue) textures of a seed, read-only; cached as they cost a few tenths of a second."""
+    # Their own random stream, so the slide layout and the textures do not shift each other.
+    rng = np.random.default_rng([seed, 0x7E47])
+    glass = _wrap_pad(_glass_texture(rng, _GLASS_PERIOD_PX))
+    tissue = _wrap_pad(_tissue_texture(rng, _TISSUE_PERIOD_PX))
+    glass.flags.writeable = False
+    tissue.flags.writeable = False
+    return glass, tissue
+
+
 def _glass_texture(rng: np.random.Generator, period: int) -> np.ndarray:
     """Near-white (about 235-245) glass with faint, slightly correlated noise; periodic."""
     lum = ndimage.gaussian_filter(rng.standard_normal((period, period)), 0.8, mode="wrap")
@@ -329,38 +341,44 @@ def _tissue_texture(rng: np.random.Generator, period: int) -> np.ndarray:
     """Pink fibrous stroma with purple nuclei; periodic so any window of it is seamless."""
     fibres = ndimage.gaussian_filter(rng.standard_normal((period, period)), (1.2, 5.0), mode="wrap")
     fibres /= fibres.std() or 1.0
-    patches = ndimage.gaussian_filter(rng.standard_normal((period, period)), 12.0, mode="wrap")
+    patches = ndimage.gaussian_filter(rng.standard_normal((period, period)), 12.0, mode="wrap", truncate=2.5)
     patches /= patches.std() or 1.0
     # Darker, more saturated fibres; paler patches between them.
     rgb = _STROMA_RGB + fibres[:, :, None] * np.array([-6.0, -14.0, -9.0])
     rgb += np.clip(patches, 0, None)[:, :, None] * np.array([3.0, 14.0, 8.0])
 
-    alpha = np.zeros((period, period))
-    colour = np.zeros((period, period, 3))
+    # All nuclei are drawn at once on (n, patch, patch) grids around their centres, wrapping at the
+    # period; where nuclei overlap, the one covering a pixel most (then the later one) wins.
     n_nuclei = int(period * period / 1500)
     centres = rng.uniform(0, period, (n_nuclei, 2))
-    radii = rng.uniform(5.0, 10.0, n_nuclei)
-    elong = rng.uniform(1.0, 1.6, n_nuclei)
-    angles = rng.uniform(0, np.pi, n_nuclei)
-    shades = rng.uniform(-25.0, 25.0, n_nuclei)
-    for (cy, cx), r, e, ang, shade in zip(centres, radii, elong, angles, shades):
-        reach = int(math.ceil(r * e)) + 2
-        dy = np.arange(-reach, reach + 1) + (int(cy) - cy)
-        dx = np.arange(-reach, reach + 1) + (int(cx) - cx)
-        yy, xx = np.meshgrid(dy, dx, indexing="ij")
-        u = xx * math.cos(ang) + yy * math.sin(ang)
-        v = -xx * math.sin(ang) + yy * math.cos(ang)
-        dist = np.sqrt((u / e) ** 2 + v**2)
-        a = np.clip(r - dist + 0.5, 0.0, 1.0)  # anti-aliased edge
-        rows = (np.arange(-reach, reach + 1) + int(cy)) % period
-        cols = (np.arange(-reach, reach + 1) + int(cx)) % period
-        block = np.ix_(rows, cols)
-        # Chromatin: darker towards the centre.
-        core = np.clip(1.0 - dist / r, 0.0, 1.0)[:, :, None] * np.array([-25.0, -20.0, -25.0])
-        nucleus = _NUCLEUS_RGB + shade * np.array([0.5, 0.4, 0.6]) + core
-        take = a > alpha[block]
-        colour[block] = np.where(take[:, :, None], nucleus, colour[block])
-        alpha[block] = np.maximum(alpha[block], a)
+    radii = rng.uniform(5.0, 10.0, n_nuclei)[:, None, None]
+    elong = rng.uniform(1.0, 1.6, n_nuclei)[:, None, None]
+    angles = rng.uniform(0, np.pi, n_nuclei)[:, None, None]
+    shades = rng.uniform(-25.0, 25.0, n_nuclei)[:, None, None, None]
+    reach = 19  # > max radius * max elongation + anti-aliasing
+    offsets = np.arange(-reach, reach + 1)
+    base = np.floor(centres).astype(np.intp)
+    frac = centres - base
+    dy = offsets[None, :, None] - frac[:, 0, None, None]
+    dx = offsets[None, None, :] - frac[:, 1, None, None]
+    u = dx * np.cos(angles) + dy * np.sin(angles)
+    v = -dx * np.sin(angles) + dy * np.cos(angles)
+    dist = np.sqrt((u / elong) ** 2 + v**2)
+    cover = np.clip(radii - dist + 0.5, 0.0, 1.0)  # anti-aliased edge
+    # Chromatin: darker towards the centre.
+    core = np.clip(1.0 - dist / radii, 0.0, 1.0)[..., None] * np.array([-25.0, -20.0, -25.0])
+    nucleus = _NUCLEUS_RGB + shades * np.array([0.5, 0.4, 0.6]) + core
+    rows = (base[:, 0, None, None] + offsets[None, :, None]) % period
+    cols = (base[:, 1, None, None] + offsets[None, None, :]) % period
+    flat = np.broadcast_to(rows * period + cols, cover.shape).ravel()
+    cover = cover.ravel()
+    alpha = np.zeros(period * period)
+    np.maximum.at(alpha, flat, cover)
+    wins = (cover > 0) & (cover >= alpha[flat])
+    colour = np.zeros((period * period, 3))
+    colour[flat[wins]] = nucleus.reshape(-1, 3)[wins]
+    alpha = alpha.reshape(period, period)
+    colour = colour.reshape(period, period, 3)
     rgb = rgb * (1.0 - alpha[:, :, None]) + colour * alpha[:, :, None]
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 

@@ -94,6 +94,8 @@ def write_pyramidal_tiff(
     out = Path(path)
     if not out.parent.is_dir():
         raise SynthError(f"output folder {out.parent} does not exist")
+    if out.is_dir():
+        raise SynthError(f"output path {out} is a folder, expected a .tif file path")
     dims = pyramid_dimensions(width_px, height_px)
     px_per_cm = Fraction(10_000) / Fraction(repr(mpp))
     raw_bytes = sum(w * h * 3 for w, h in dims)
@@ -311,10 +313,11 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def _resolution_rational(px_per_cm: Fraction) -> tuple[int, int]:
-    """A uint32 rational for ``px_per_cm`` such that 10000 / it, in doubles, gives back the mpp exactly if possible.
+    """``px_per_cm`` as a TIFF RATIONAL (two uint32): exact when it fits, else the closest convergent.
 
-    OpenSlide reports ``openslide.mpp-x = 10000 / XResolution`` computed in doubles, so among the
-    rational approximations that fit the TIFF RATIONAL type we prefer one that round-trips the mpp.
+    OpenSlide reports ``openslide.mpp-x = 10000 / XResolution`` computed in doubles. An exact rational
+    gives back the mpp itself for the usual values (0.25, 0.5, 0.2282 ...) and otherwise its neighbouring
+    double; when it does not fit, a convergent that round-trips the mpp is preferred, else the finest one.
     """
     if px_per_cm.numerator <= _UINT32_MAX and px_per_cm.denominator <= _UINT32_MAX:
         return px_per_cm.numerator, px_per_cm.denominator
