@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage as ndi
 
+from histo.config import load_yaml
 from histo.errors import ConfigError, HistoError
 
 __all__ = [
@@ -124,18 +125,7 @@ class TissueConfig:
 
 def load_tissue_config(path: str | Path) -> TissueConfig:
     """Read a TissueConfig from a YAML file; missing file, bad YAML or unknown key is a ConfigError."""
-    import yaml
-
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read tissue config ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML ({exc})") from None
-    return TissueConfig.from_dict({} if data is None else data, source=str(p))
+    return TissueConfig.from_dict(load_yaml(path), source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------- pixels

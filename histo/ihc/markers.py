@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from histo.config import load_yaml
 from histo.errors import ConfigError, HistoError
 from histo.ihc.cells import COMPARTMENTS, NUCLEAR_CHANNELS, CellParams
 from histo.ihc.scoring import ScoreSummary, check_thresholds
@@ -174,14 +174,7 @@ def parse_panel(data: Any, path: Path | str = "<panel>") -> dict[str, MarkerSpec
 def load_panel(path: Path | str | None = None) -> dict[str, MarkerSpec]:
     """Load and validate a marker panel YAML (default: configs/markers/panel.yaml); name → MarkerSpec."""
     p = Path(path) if path is not None else default_panel_path()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read marker panel: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data = load_yaml(p)
     return parse_panel(data, p)
 
 
