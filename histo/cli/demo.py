@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     config = TilingConfig.from_dict({"grid": {"tile_px": 256, "mpp": 0.5}, "qc": {"enabled": True},
                                      "extract": {"format": "jpeg", "store": "files"}, "workers": args.workers},
                                     "<histo demo>")
-    pool = make_pool(config.workers)
+    pool = make_pool(config.workers, config.pool)
     try:
         result = tile_slide(slide, out / "tiles", config, pool=pool)
     finally:

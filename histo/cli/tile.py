@@ -11,15 +11,14 @@ import argparse
 import csv
 import dataclasses
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
+from histo.atomic import write_text
 from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
 from histo.tiling import SlideResult, TilingConfig, make_pool, tile_slide
@@ -77,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
                               "outputs are named by slide, so tile them into different --out folders")
         names[s.stem] = s
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     status = _load_status(out / "status.csv")
-    pool = make_pool(config.workers)
+    pool = make_pool(config.workers, config.pool)
     failed = 0
     try:
         bar = tqdm(slides, desc="slides", unit="slide", disable=args.quiet or len(slides) < 2)
@@ -131,15 +130,4 @@ def _write_status(path: Path, status: dict[str, dict[str, Any]]) -> None:
     w.writeheader()
     for row in status.values():
         w.writerow(row)
-    _atomic_write(path, buf.getvalue())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, buf.getvalue())

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import histo
+from histo.atomic import atomic_path
 from histo.config import from_dict, load_yaml, to_dict
 from histo.errors import ConfigError
 from histo.slide import Slide
@@ -86,6 +85,7 @@ class TilingConfig:
     qc: QCConfig = field(default_factory=QCConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     workers: int = 2
+    pool: Literal["thread", "process"] = "thread"
     batch_tiles: int = 64
 
     def __post_init__(self) -> None:
@@ -151,14 +151,8 @@ class TileGrid:
             "settings": self.settings,
         }
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

@@ -9,11 +9,9 @@ Per-slide output folder `<out>/<slide name>/`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
-import os
-import shutil
-import tempfile
 import time
 import zipfile
 from concurrent.futures import Executor
@@ -25,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from histo.atomic import atomic_path
 from histo.config import to_dict
 from histo.slide import Slide, open_slide
 from histo.tiling.grid import TileGrid, TilingConfig, plan_grid
@@ -125,23 +124,14 @@ def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingC
     n = len(grid)
     qc_cols: dict[str, np.ndarray] = {}
     names = [tile_name(x, y, fmt) for x, y in zip(grid.table["x"], grid.table["y"])] if fmt != "none" else []
-    target: Path | None = None
-    tmp_target: Path | None = None
-    zf: zipfile.ZipFile | None = None
-    if fmt != "none":
-        target = slide_dir / ("tiles.zip" if ex.store == "zip" else "tiles")
-        if ex.store == "zip":
-            fd, tmp = tempfile.mkstemp(prefix=".tiles.", suffix=".zip.tmp", dir=slide_dir)
-            os.close(fd)
-            tmp_target = Path(tmp)
-            zf = zipfile.ZipFile(tmp_target, "w", compression=zipfile.ZIP_STORED)
-        else:
-            tmp_target = Path(tempfile.mkdtemp(prefix=".tiles.", suffix=".tmp", dir=slide_dir))
-        fn: Any = functools.partial(encode_job, fmt=fmt, quality=ex.jpeg_quality)
-    else:
-        fn = None
-    bar = tqdm(total=n, desc=f"{Path(slide_path).stem}", unit="tile", leave=False, disable=not progress)
-    try:
+    target = slide_dir / ("tiles.zip" if ex.store == "zip" else "tiles")
+    fn: Any = functools.partial(encode_job, fmt=fmt, quality=ex.jpeg_quality) if fmt != "none" else None
+    with contextlib.ExitStack() as stack:
+        tmp_target = stack.enter_context(atomic_path(target, directory=ex.store == "files")) if fmt != "none" else None
+        zf = stack.enter_context(zipfile.ZipFile(tmp_target, "w", zipfile.ZIP_STORED)) \
+            if tmp_target is not None and ex.store == "zip" else None
+        bar = stack.enter_context(tqdm(total=n, desc=Path(slide_path).stem, unit="tile", leave=False,
+                                       disable=not progress))
         for out in iter_batches(slide_path, grid, mpp_override=mpp_override, batch_tiles=config.batch_tiles,
                                 pool=pool, qc=config.qc.enabled, fn=fn):
             if fmt != "none":
@@ -157,22 +147,6 @@ def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingC
                 for k, v in qc.items():
                     qc_cols.setdefault(k, np.full(n, np.nan, np.float32))[index] = v
             bar.update(len(index))
-        if zf is not None:
-            zf.close()
-            zf = None
-        if target is not None and tmp_target is not None:
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            os.replace(tmp_target, target)
-            tmp_target = None
-    finally:
-        bar.close()
-        if zf is not None:
-            zf.close()
-        if tmp_target is not None:
-            shutil.rmtree(tmp_target, ignore_errors=True) if tmp_target.is_dir() else tmp_target.unlink(missing_ok=True)
     if fmt != "none":
         grid.table["file"] = [f"{target.name}/{nm}" for nm in names]  # type: ignore[union-attr]
     if qc_cols:
@@ -187,11 +161,5 @@ def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingC
 
 
 def _save_mask_png(mask: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
