@@ -1,0 +1,393 @@
+"""histo.models: backbone registry, heads, heatmap peaks, model card and model files (CPU, no network)."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from histo.errors import ModelError
+from histo.models import (
+    DEFAULT_PATTERN_CLASSES,
+    ModelCard,
+    MultiTaskNet,
+    config_digest,
+    create_backbone,
+    heatmap_to_points,
+    heatmaps_to_points,
+    list_backbones,
+    load_model,
+    register_backbone,
+    save_model,
+)
+
+torch.set_num_threads(1)  # the test machine is shared; tiny nets do not gain from threads
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open a socket fails the test: nothing here may touch the network by default."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _card(net: MultiTaskNet, **kw) -> ModelCard:
+    base = dict(name="tiny-test", backbone=net.backbone_name, heads=net.heads_config, tile_px=64, mpp=0.5,
+                config_digest=config_digest("seed: 1\n"), metrics={"pattern_bacc": 0.81})
+    base.update(kw)
+    return ModelCard(**base)
+
+
+# -- registry -----------------------------------------------------------------------------------------
+def test_registry_names_and_unknown_backbone():
+    names = list_backbones()
+    for n in ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "convnext_tiny", "densenet121", "tiny"):
+        assert n in names
+    with pytest.raises(ModelError, match=r"unknown backbone 'resnet9'.*resnet18.*tiny"):
+        create_backbone("resnet9")
+    with pytest.raises(ModelError, match="already registered"):
+        register_backbone("tiny")(lambda imagenet: None)
+
+
+def test_tiny_backbone_size_and_outputs():
+    bb, nf = create_backbone("tiny")
+    n_params = sum(p.numel() for p in bb.parameters())
+    assert 30_000 < n_params < 70_000
+    x = torch.randn(2, 3, 64, 64)
+    assert bb(x).shape == (2, nf)
+    pyr = bb.forward_pyramid(x)
+    assert [tuple(f.shape[-2:]) for f in pyr] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert [f.shape[1] for f in pyr] == list(bb.feature_channels)
+    assert bb.forward_features(x).shape == (2, nf, 2, 2)
+    with pytest.raises(ModelError, match="no ImageNet weights"):
+        create_backbone("tiny", pretrained="imagenet")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in list_backbones() if n != "tiny"])
+def test_every_backbone_forward_shapes(name):
+    torch.manual_seed(0)
+    net = MultiTaskNet(name).eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 64, 64))
+    assert out["pattern"].shape == (1, 3)
+    assert out["necrosis"].shape == (1,)
+    assert out["mitosis"].shape == (1, 1, 16, 16)
+    feats = net.backbone(torch.randn(1, 3, 64, 64))
+    assert feats.shape == (1, net.backbone.num_features)
+
+
+def test_pretrained_from_local_safetensors(tmp_path):
+    torch.manual_seed(1)
+    src, _ = create_backbone("tiny")
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    dst, _ = create_backbone("tiny", pretrained=path)
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k])
+    # Through MultiTaskNet too: the backbone gets the weights, the heads start fresh.
+    net = MultiTaskNet("tiny", ["pattern"], pretrained=str(path))
+    assert torch.equal(net.backbone.stem[0][0].weight, src.stem[0][0].weight)
+
+
+def test_pretrained_torchvision_names_and_classifier_dropped(tmp_path):
+    import torchvision
+
+    tv = torchvision.models.resnet18(weights=None)  # plain torchvision key names, with the fc classifier
+    path = tmp_path / "r18.safetensors"
+    save_file(tv.state_dict(), str(path))
+    bb, nf = create_backbone("resnet18", pretrained=path)
+    assert nf == 512
+    assert torch.equal(bb.body.conv1.weight, tv.conv1.weight)
+    assert torch.equal(bb.body.layer4[1].bn2.running_var, tv.layer4[1].bn2.running_var)
+
+
+def test_imagenet_without_network_is_a_clear_model_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached download to fall back on
+    with pytest.raises(ModelError, match=r"cannot get ImageNet weights for resnet18.*pretrained=<path>"):
+        create_backbone("resnet18", pretrained="imagenet")
+
+
+def test_pretrained_refuses_pickles_and_mismatches(tmp_path):
+    bb, _ = create_backbone("tiny")
+    for name in ("w.pt", "w.pth", "w.ckpt"):
+        p = tmp_path / name
+        torch.save(bb.state_dict(), p)
+        with pytest.raises(ModelError, match=r"pickle-based.*arbitrary code.*safetensors"):
+            create_backbone("tiny", pretrained=p)
+    # A pickle renamed to .safetensors is caught by its content.
+    disguised = tmp_path / "disguised.safetensors"
+    disguised.write_bytes((tmp_path / "w.pt").read_bytes())
+    with pytest.raises(ModelError, match="pickle-based"):
+        create_backbone("tiny", pretrained=disguised)
+    state = {k: v.contiguous() for k, v in bb.state_dict().items()}
+    del state["stage4.0.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad))
+    with pytest.raises(ModelError, match=r"missing keys \[stage4.0.weight\]; unexpected keys \[extra.weight\]"):
+        create_backbone("tiny", pretrained=bad)
+    with pytest.raises(ModelError, match="does not exist"):
+        create_backbone("tiny", pretrained=tmp_path / "nope.safetensors")
+
+
+# -- MultiTaskNet ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("heads", [["pattern"], ["necrosis"], ["mitosis"], ["mitosis", "pattern"],
+                                   ["pattern", "necrosis", "mitosis"]])
+def test_forward_shapes_per_head_subset(heads):
+    net = MultiTaskNet("tiny", heads).eval()
+    with torch.no_grad():
+        out = net(torch.randn(3, 3, 64, 64))
+    assert set(out) == set(heads)
+    expected = {"pattern": (3, 3), "necrosis": (3,), "mitosis": (3, 1, 16, 16)}
+    for h in heads:
+        assert out[h].shape == expected[h]
+
+
+def test_head_options_and_errors():
+    net = MultiTaskNet("tiny", {"pattern": {"classes": ["a", "b", "c", "d"]}, "mitosis": {"stride_px": 8}}).eval()
+    out = net(torch.randn(1, 3, 96, 80))  # not a multiple of 32: maps still line up
+    assert out["pattern"].shape == (1, 4)
+    assert out["mitosis"].shape == (1, 1, 12, 10)
+    assert net.pattern_classes == ["a", "b", "c", "d"]
+    assert MultiTaskNet("tiny", ["pattern"]).pattern_classes == list(DEFAULT_PATTERN_CLASSES)
+    with pytest.raises(ModelError, match=r"unknown head 'grade'"):
+        MultiTaskNet("tiny", ["grade"])
+    with pytest.raises(ModelError, match=r"unknown option\(s\) \['clases'\] for head 'pattern'"):
+        MultiTaskNet("tiny", {"pattern": {"clases": ["a", "b"]}})
+    with pytest.raises(ModelError, match="stride_px must be one of"):
+        MultiTaskNet("tiny", {"mitosis": {"stride_px": 2}})
+    with pytest.raises(ModelError, match="at least one head"):
+        MultiTaskNet("tiny", [])
+
+
+def test_channels_last_and_autocast_match_plain():
+    torch.manual_seed(0)
+    net = MultiTaskNet("tiny").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+        net_cl = net.to(memory_format=torch.channels_last)
+        out_cl = net_cl(x.to(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_amp = net_cl(x.to(memory_format=torch.channels_last))
+    for k in ref:
+        assert torch.allclose(ref[k], out_cl[k], atol=1e-4)
+        assert out_amp[k].dtype == torch.bfloat16
+        assert torch.allclose(ref[k], out_amp[k].float(), atol=0.15, rtol=0.05)
+
+
+# -- heatmap_to_points -------------------------------------------------------------------------------
+def _gauss_map(h, w, centres, sigma=1.0):
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    m = torch.zeros(h, w)
+    for cy, cx, amp in centres:
+        m = torch.maximum(m, amp * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)))
+    return m
+
+
+def test_heatmap_to_points_finds_planted_peaks():
+    stride = 4
+    # (row, col, amplitude) in heatmap cells; one below threshold.
+    planted = [(5, 7, 0.9), (20, 3, 0.8), (12, 25, 0.7), (28, 28, 0.3)]
+    hm = _gauss_map(32, 32, planted)
+    pts = heatmap_to_points(hm, threshold=0.5, min_distance_px=8, stride=stride)
+    assert pts.shape == (3, 3)
+    assert torch.allclose(pts[:, 2], torch.tensor([0.9, 0.8, 0.7]), atol=1e-6)  # best first
+    for (cy, cx, _), (x, y, _) in zip(planted[:3], pts.tolist()):
+        assert x == pytest.approx((cx + 0.5) * stride, abs=1e-4)
+        assert y == pytest.approx((cy + 0.5) * stride, abs=1e-4)
+
+
+def test_heatmap_to_points_subcell_refinement_and_logits():
+    stride = 4
+    hm = _gauss_map(16, 16, [(6.0, 9.4, 1.0)], sigma=0.8)
+    (x, y, _), = heatmap_to_points(hm, 0.3, 8, stride).tolist()
+    assert y == pytest.approx(6.5 * stride, abs=0.2)
+    assert abs(x - 9.9 * stride) < abs(9.5 * stride - 9.9 * stride)  # closer than the cell centre
+    (xc, _, _), = heatmap_to_points(hm, 0.3, 8, stride, refine=False).tolist()
+    assert xc == 9.5 * stride
+    logits = torch.logit(hm.clamp(1e-4, 1 - 1e-4))
+    assert torch.allclose(heatmap_to_points(logits[None], 0.3, 8, stride, from_logits=True)[:, :2],
+                          heatmap_to_points(hm, 0.3, 8, stride)[:, :2], atol=1e-3)
+
+
+def test_heatmap_to_points_respects_min_distance():
+    stride = 4
+    # Two peaks 3 cells (12 px) apart, and an exact tie 2 cells apart elsewhere.
+    hm = _gauss_map(32, 32, [(10, 10, 0.9), (10, 13, 0.8)], sigma=0.6)
+    hm[25, 5] = hm[25, 7] = 0.95
+    far = heatmap_to_points(hm, 0.5, min_distance_px=8, stride=stride, refine=False)
+    assert far.shape[0] == 4  # 12 px and 8 px apart are not closer than 8 px: all kept
+    near = heatmap_to_points(hm, 0.5, min_distance_px=16, stride=stride, refine=False)
+    assert near.shape[0] == 2
+    assert near[:, 2].tolist() == pytest.approx([0.95, 0.9])
+    d = torch.cdist(near[:, :2], near[:, :2]) + torch.eye(len(near)) * 1e9
+    assert d.min() >= 16
+    tie = heatmap_to_points(hm, 0.5, min_distance_px=9, stride=stride, refine=False)
+    assert tie.shape[0] == 3 and (tie[:, 2] == 0.95).sum() == 1  # the exact tie 8 px apart keeps one
+    batch = heatmaps_to_points(torch.stack([hm, torch.zeros_like(hm)])[:, None], 0.5, 8, stride)
+    assert len(batch) == 2 and batch[1].shape == (0, 3)
+    with pytest.raises(ModelError, match="expects"):
+        heatmap_to_points(torch.zeros(2, 4, 4))
+
+
+# -- model card ---------------------------------------------------------------------------------------
+def test_card_json_round_trip_and_properties(tmp_path):
+    net = MultiTaskNet("tiny", {"pattern": None, "mitosis": {"stride_px": 4}})
+    card = _card(net)
+    again = ModelCard.from_json(card.to_json())
+    assert again == card
+    assert card.classes == list(DEFAULT_PATTERN_CLASSES)
+    assert card.mitosis_stride_px == 4
+    assert card.config_digest == config_digest("seed: 1\n") and len(card.config_digest) == 64
+    assert card.histo_version and card.created.endswith("+00:00")
+
+
+def _write_card(tmp_path, mutate):
+    net = MultiTaskNet("tiny", ["necrosis"])
+    d = _card(net).to_dict()
+    mutate(d)
+    p = tmp_path / "m.card.json"
+    p.write_text(json.dumps(d))
+    return p
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.pop("mpp"), r"missing field\(s\) \['mpp'\]"),
+    (lambda d: d.update(colour="blue"), r"unknown field\(s\) \['colour'\]"),
+    (lambda d: d.update(schema_version=2), r"'schema_version' is 2"),
+    (lambda d: d.update(mpp="0.5"), r"field 'mpp' must be a finite number"),
+    (lambda d: d.update(mean=[0.5, 0.5]), r"field 'mean' must be 3 numbers"),
+    (lambda d: d.update(std=[0.2, 0.0, 0.2]), r"field 'std' must be positive"),
+    (lambda d: d.update(tile_px=0), r"field 'tile_px' must be a positive integer"),
+    (lambda d: d.update(heads={"necrosis": {}, "nuclei": {}}), r"unknown head 'nuclei'"),
+    (lambda d: d.update(config_digest="abc"), r"field 'config_digest' must be a 64-character"),
+    (lambda d: d.update(mitosis_threshold=1.5), r"field 'mitosis_threshold' must be a probability"),
+])
+def test_card_validation_names_file_and_field(tmp_path, mutate, message):
+    path = _write_card(tmp_path, mutate)
+    with pytest.raises(ModelError, match=message) as err:
+        ModelCard.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_card_not_json(tmp_path):
+    p = tmp_path / "x.card.json"
+    p.write_text("{not json")
+    with pytest.raises(ModelError, match=rf"{p}.*not valid JSON"):
+        ModelCard.load(p)
+
+
+def test_check_slide_mpp():
+    card = _card(MultiTaskNet("tiny", ["necrosis"]), mpp=0.5)
+    card.check_slide_mpp(0.5)
+    card.check_slide_mpp(0.54)   # within 10 %
+    card.check_slide_mpp(0.25)   # finer: read_at(mpp) downsamples, fine
+    with pytest.raises(ModelError, match=r"1 µm/px is coarser than model 'tiny-test' allows \(0.5 µm/px"):
+        card.check_slide_mpp(1.0)
+    with pytest.raises(ModelError, match="differs"):
+        card.check_slide_mpp(0.25, allow_finer=False)
+    card.check_slide_mpp(0.6, tolerance=0.25)
+    for bad in (0, -1, float("nan"), None):
+        with pytest.raises(ModelError, match="positive number"):
+            card.check_slide_mpp(bad)
+
+
+# -- model files -------------------------------------------------------------------------------------
+def test_save_load_round_trip_identical_outputs(tmp_path):
+    torch.manual_seed(3)
+    net = MultiTaskNet("tiny", {"pattern": {"classes": ["a", "b"]}, "necrosis": None, "mitosis": None})
+    # Train-mode steps change BN running stats: the round trip must carry buffers, not only weights.
+    net.train()
+    for _ in range(2):
+        net(torch.randn(4, 3, 64, 64))
+    net.eval()
+    card = _card(net)
+    wpath, cpath = save_model(net, card, tmp_path)
+    assert wpath == tmp_path / "tiny-test.safetensors" and cpath == tmp_path / "tiny-test.card.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-test.card.json", "tiny-test.safetensors"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+    for p in (wpath, cpath, tmp_path / "tiny-test"):
+        loaded, lcard = load_model(p)
+        assert not loaded.training
+        assert lcard.classes == ["a", "b"] and lcard.weights_sha256 is not None
+        assert lcard.metrics == {"pattern_bacc": 0.81}
+        with torch.no_grad():
+            out = loaded(x)
+        for k in ref:
+            assert torch.equal(ref[k], out[k])
+    # A prefix path names the files directly.
+    w2, c2 = save_model(net, card, tmp_path / "sub" / "other")
+    assert w2.name == "other.safetensors" and c2.name == "other.card.json"
+
+
+def test_save_refuses_card_that_does_not_describe_model(tmp_path):
+    net = MultiTaskNet("tiny", ["pattern"])
+    with pytest.raises(ModelError, match="card heads"):
+        save_model(net, _card(net, heads={"necrosis": {}}), tmp_path)
+    with pytest.raises(ModelError, match="card backbone 'resnet18'"):
+        save_model(net, _card(net, backbone="resnet18"), tmp_path)
+
+
+def test_load_refuses_tampering_wrong_keys_and_pickles(tmp_path):
+    net = MultiTaskNet("tiny", ["pattern", "necrosis"])
+    wpath, cpath = save_model(net, _card(net), tmp_path)
+    # Weights swapped for another net's: the card's sha256 no longer matches.
+    other = {k: v.contiguous() for k, v in MultiTaskNet("tiny", ["pattern", "necrosis"]).state_dict().items()}
+    save_file(other, str(wpath))
+    with pytest.raises(ModelError, match=r"does not match its card.*weights_sha256"):
+        load_model(wpath)
+    # Card edited to claim a head the weights lack (digest removed so the key check is what fires).
+    d = json.loads(cpath.read_text())
+    d["heads"]["mitosis"] = {}
+    d["weights_sha256"] = None
+    cpath.write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=r"missing keys \[mitosis\.") as err:
+        load_model(cpath)
+    assert str(cpath) in str(err.value) and "unexpected keys none" in str(err.value)
+    # Extra tensor in the file.
+    d["heads"].pop("mitosis")
+    cpath.write_text(json.dumps(d))
+    save_file({**other, "surprise": torch.zeros(2)}, str(wpath))
+    with pytest.raises(ModelError, match=r"unexpected keys \[surprise\]"):
+        load_model(wpath)
+    # Card says 4 classes, the weights have 3: shape mismatch.
+    d["heads"]["pattern"]["classes"] = ["a", "b", "c", "d"]
+    cpath.write_text(json.dumps(d))
+    save_file(other, str(wpath))
+    with pytest.raises(ModelError, match=r"pattern.fc.weight has shape \(3, 64\) in the file, \(4, 64\)"):
+        load_model(wpath)
+    # Pickle files are refused by name, without looking for a card.
+    pkl = tmp_path / "model.pth"
+    torch.save(net.state_dict(), pkl)
+    with pytest.raises(ModelError, match="pickle-based"):
+        load_model(pkl)
+    with pytest.raises(ModelError, match="model card .*missing"):
+        load_model(tmp_path / "absent.safetensors")
+
+
+def test_mitosis_points_in_card_units_example():
+    """Pixel points from a heatmap map to µm with the card's mpp (what predict will do)."""
+    net = MultiTaskNet("tiny", ["mitosis"]).eval()
+    card = _card(net, mpp=0.5, mitosis_min_distance_um=4.0)
+    with torch.no_grad():
+        hm = net(torch.randn(1, 3, 64, 64))["mitosis"][0, 0]
+    pts = heatmap_to_points(hm, 0.0, card.mitosis_min_distance_um / card.mpp, card.mitosis_stride_px,
+                            from_logits=True)
+    assert pts.shape[1] == 3 and len(pts) >= 1
+    assert float(pts[:, :2].min()) >= 0 and float(pts[:, :2].max()) <= 64
+    if len(pts) > 1:
+        d = torch.cdist(pts[:, :2], pts[:, :2]) + torch.eye(len(pts)) * 1e9
+        assert d.min() >= 8 - 1e-4
+    assert not math.isnan(float(pts[:, 2].sum()))
