@@ -1,0 +1,86 @@
+"""Tile predictions → slide measurements and grading rules (pure numpy/pandas; no torch, no slides).
+
+Input contract
+--------------
+Tile table (pandas DataFrame), one row per tile; other columns are ignored:
+
+- ``x``, ``y``, ``w``, ``h``: the tile box in level-0 pixels (top-left and size; tiles may overlap).
+- ``tissue_fraction``: share of the tile box that is tissue, 0..1.
+- ``p_tumour`` (optional): probability the tile is tumour, 0..1. When absent, a tile is tumour when
+  its most probable pattern is not the non-spindle class (``tiles.non_spindle_class``, default none).
+- ``p_necrosis``: probability the tile is necrotic, 0..1.
+- ``p_pattern_<class>`` for every class in ``tiles.pattern_classes`` (default none, fascicular,
+  haphazard); the row sums to 1 (±0.01). A ``p_pattern_*`` column of an unconfigured class is an error.
+
+Mitosis table (DataFrame, or None for no detections): ``x_um``, ``y_um`` (µm from the slide's
+level-0 origin) and ``score`` (0..1 detector confidence). The slide's level-0 ``mpp`` (µm/px) is
+passed explicitly. A broken contract raises :class:`TableError` (a ``HistoError`` and ``ValueError``)
+naming the missing columns; a bad mpp raises ``MppError``; a bad config raises ``ConfigError``.
+
+Definitions
+-----------
+- Areas: tiles are rasterised and every raster cell is owned by the nearest-centred covering tile,
+  so overlapping tiles are never double counted (see :mod:`histo.aggregate.coverage`). A tile's
+  tissue area is its owned area × ``tissue_fraction``; all areas below are sums of tissue areas.
+- A tile is necrotic when ``p_necrosis >= tiles.necrosis_min_p``; tumour when ``p_tumour >=
+  tiles.tumour_min_p``. Necrotic tiles count as tumour: ``tumour_area_mm2`` = viable tumour +
+  necrosis, and necrosis % = necrosis / tumour area, as pathologists quote it. All necrosis is taken
+  to be tumour necrosis (tile scores cannot tell ulcer or infarct from tumour necrosis).
+- Viable tumour = tumour and not necrotic. Spindle fraction and pattern shares are area-weighted
+  over viable tumour using each tile's most probable pattern. Mitoses (``score >= mitoses.min_score``)
+  are counted only where they fall in a viable tumour tile's owned area: karyorrhectic debris in
+  necrosis mimics mitoses, and FNCLCC counts avoid necrotic areas.
+- Per 10 HPF over the tumour = count / viable area × 10 × HPF area. The hotspot is the placement of
+  a window of ``hotspot.n_hpf`` × HPF area (square or circle, centre over viable tumour) holding the
+  most counted mitoses; its count, centre and box (µm) are reported. The HPF area (default 0.237 mm²,
+  field number 22 at 40x; ``fnclcc`` preset 0.1734 mm²; or custom) is always in the output.
+- No tumour is a result: areas are 0, ratios and scores None, and the grading status is
+  ``not_assessable`` (``partially_assessable`` when only one score can be computed, e.g. a fully
+  necrotic tumour has a necrosis score but no mitotic score).
+"""
+
+from histo.aggregate.config import HPF_PRESETS_MM2, GradingConfig, load_grading_config
+from histo.aggregate.measure import (
+    AreaMethod,
+    HotspotMeasurement,
+    MitosisMeasurements,
+    PatternMeasurements,
+    SlideMeasurements,
+    measure_slide,
+)
+from histo.aggregate.rules import (
+    SCHEMA_VERSION,
+    Criterion,
+    Evidence,
+    Grading,
+    HighGradeFlag,
+    ScoreResult,
+    SlideAssessment,
+    assess_slide,
+    grade,
+)
+from histo.aggregate.tables import TableError, validate_mitosis_table, validate_tile_table
+
+__all__ = [
+    "HPF_PRESETS_MM2",
+    "SCHEMA_VERSION",
+    "AreaMethod",
+    "Criterion",
+    "Evidence",
+    "Grading",
+    "GradingConfig",
+    "HighGradeFlag",
+    "HotspotMeasurement",
+    "MitosisMeasurements",
+    "PatternMeasurements",
+    "ScoreResult",
+    "SlideAssessment",
+    "SlideMeasurements",
+    "TableError",
+    "assess_slide",
+    "grade",
+    "load_grading_config",
+    "measure_slide",
+    "validate_mitosis_table",
+    "validate_tile_table",
+]

@@ -1,0 +1,249 @@
+"""The grading configuration: dataclasses holding every default, and the validating YAML loader."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from histo.errors import ConfigError
+
+CONFIG_VERSION = 1
+
+#: Named high-power-field areas (mm²). field22_40x: field number 22 through a 40x objective
+#: (the issue's default); fnclcc: the 0.1734 mm² HPF of the original FNCLCC grading papers.
+HPF_PRESETS_MM2: dict[str, float] = {"field22_40x": 0.237, "fnclcc": 0.1734}
+
+
+@dataclass(frozen=True)
+class TileRules:
+    """How a tile's scores become classes."""
+
+    pattern_classes: tuple[str, ...] = ("none", "fascicular", "haphazard")
+    non_spindle_class: str = "none"
+    tumour_min_p: float = 0.5
+    necrosis_min_p: float = 0.5
+
+
+@dataclass(frozen=True)
+class MitosisRules:
+    """Which detected mitoses count."""
+
+    min_score: float = 0.5
+
+
+@dataclass(frozen=True)
+class HpfRules:
+    """The high-power-field area used for every per-HPF figure."""
+
+    preset: Literal["field22_40x", "fnclcc", "custom"] = "field22_40x"
+    area_mm2: float | None = None
+
+    @property
+    def resolved_area_mm2(self) -> float:
+        """The HPF area in mm² after applying the preset."""
+        return float(self.area_mm2) if self.preset == "custom" else HPF_PRESETS_MM2[self.preset]
+
+
+@dataclass(frozen=True)
+class HotspotRules:
+    """Shape and search of the densest mitotic window."""
+
+    shape: Literal["square", "circle"] = "square"
+    n_hpf: float = 10.0
+    grid_step_um: float | None = None
+
+
+@dataclass(frozen=True)
+class MitoticScoreRules:
+    """FNCLCC mitotic count score thresholds (mitoses per 10 HPF)."""
+
+    basis: Literal["hotspot", "whole_tumour"] = "hotspot"
+    score2_min_per_10hpf: float = 10.0
+    score3_min_per_10hpf: float = 20.0
+
+
+@dataclass(frozen=True)
+class NecrosisScoreRules:
+    """FNCLCC tumour necrosis score thresholds (% of tumour area)."""
+
+    none_max_pct: float = 0.0
+    score2_min_pct: float = 50.0
+
+
+@dataclass(frozen=True)
+class HighGradeRules:
+    """Thresholds of the high-grade flag: either criterion passing sets it."""
+
+    mitoses_min_per_10hpf: float = 20.0
+    necrosis_min_pct: float = 50.0
+
+
+@dataclass(frozen=True)
+class GradingRules:
+    """The three grading rules."""
+
+    mitotic_score: MitoticScoreRules = field(default_factory=MitoticScoreRules)
+    necrosis_score: NecrosisScoreRules = field(default_factory=NecrosisScoreRules)
+    high_grade: HighGradeRules = field(default_factory=HighGradeRules)
+
+
+@dataclass(frozen=True)
+class GradingConfig:
+    """Everything histo.aggregate needs besides the tables; the one place its defaults live."""
+
+    version: int = CONFIG_VERSION
+    tiles: TileRules = field(default_factory=TileRules)
+    mitoses: MitosisRules = field(default_factory=MitosisRules)
+    hpf: HpfRules = field(default_factory=HpfRules)
+    hotspot: HotspotRules = field(default_factory=HotspotRules)
+    grading: GradingRules = field(default_factory=GradingRules)
+
+    @property
+    def hpf_area_mm2(self) -> float:
+        """The HPF area in mm² used for every per-HPF figure."""
+        return self.hpf.resolved_area_mm2
+
+    @property
+    def hotspot_area_mm2(self) -> float:
+        """Area of the hotspot window: n_hpf high-power fields."""
+        return self.hotspot.n_hpf * self.hpf_area_mm2
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON friendly) of the resolved config."""
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> GradingConfig:
+        """Build and validate a config from a mapping; missing keys take their defaults."""
+        cfg = _build(cls, data, source, "")
+        _check_values(cfg, source)
+        return cfg
+
+
+def load_grading_config(path: str | Path | None = None) -> GradingConfig:
+    """Load and validate a grading YAML file; None gives the built-in defaults."""
+    if path is None:
+        return GradingConfig()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read grading config ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return GradingConfig.from_dict({} if data is None else data, source=str(path))
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{where}' must be a mapping, got {_type_name(data)} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}' (allowed here: {', '.join(names)})"
+            )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], source, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, source, key)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{source}: key '{key}' must be one of {allowed}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: key '{key}' must be a list of strings, got {value!r}")
+        return tuple(value)
+    # bool is an int subclass in Python; a YAML 'yes' where a number belongs is a mistake
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: key '{key}' must be a number, got {_type_name(value)} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: key '{key}' must be an integer, got {_type_name(value)} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: key '{key}' must be a string, got {_type_name(value)} {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp!r} for {key}")  # programming error, not user input
+
+
+def _check_values(cfg: GradingConfig, source: str) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: key '{key}' {why}")
+
+    if cfg.version != CONFIG_VERSION:
+        raise bad("version", f"must be {CONFIG_VERSION} (this histo reads grading config version {CONFIG_VERSION}), got {cfg.version}")
+    t = cfg.tiles
+    if len(set(t.pattern_classes)) != len(t.pattern_classes) or any(not c for c in t.pattern_classes):
+        raise bad("tiles.pattern_classes", f"must be distinct non-empty names, got {list(t.pattern_classes)}")
+    if t.non_spindle_class not in t.pattern_classes:
+        raise bad("tiles.non_spindle_class", f"must be one of tiles.pattern_classes {list(t.pattern_classes)}, got {t.non_spindle_class!r}")
+    if len(t.pattern_classes) < 2:
+        raise bad("tiles.pattern_classes", "needs at least one spindle pattern besides the non-spindle class")
+    for key, v in (("tiles.tumour_min_p", t.tumour_min_p), ("tiles.necrosis_min_p", t.necrosis_min_p),
+                   ("mitoses.min_score", cfg.mitoses.min_score)):
+        if not 0.0 <= v <= 1.0:
+            raise bad(key, f"must be within 0..1, got {v}")
+    h = cfg.hpf
+    if h.preset == "custom":
+        if h.area_mm2 is None or not 0.0 < h.area_mm2 < 10.0:
+            raise bad("hpf.area_mm2", f"must be a positive area below 10 mm² when hpf.preset is 'custom', got {h.area_mm2}")
+    elif h.area_mm2 is not None:
+        raise bad("hpf.area_mm2", f"must be null unless hpf.preset is 'custom' (preset {h.preset!r} is {HPF_PRESETS_MM2[h.preset]} mm²)")
+    if not cfg.hotspot.n_hpf > 0:
+        raise bad("hotspot.n_hpf", f"must be positive, got {cfg.hotspot.n_hpf}")
+    if cfg.hotspot.grid_step_um is not None and not cfg.hotspot.grid_step_um > 0:
+        raise bad("hotspot.grid_step_um", f"must be positive or null, got {cfg.hotspot.grid_step_um}")
+    m = cfg.grading.mitotic_score
+    if not 0 < m.score2_min_per_10hpf < m.score3_min_per_10hpf:
+        raise bad("grading.mitotic_score.score3_min_per_10hpf",
+                  f"must exceed score2_min_per_10hpf > 0, got {m.score2_min_per_10hpf} and {m.score3_min_per_10hpf}")
+    n = cfg.grading.necrosis_score
+    if not 0.0 <= n.none_max_pct < n.score2_min_pct <= 100.0:
+        raise bad("grading.necrosis_score.none_max_pct",
+                  f"needs 0 <= none_max_pct < score2_min_pct <= 100, got {n.none_max_pct} and {n.score2_min_pct}")
+    g = cfg.grading.high_grade
+    if not g.mitoses_min_per_10hpf > 0:
+        raise bad("grading.high_grade.mitoses_min_per_10hpf", f"must be positive, got {g.mitoses_min_per_10hpf}")
+    if not 0.0 < g.necrosis_min_pct <= 100.0:
+        raise bad("grading.high_grade.necrosis_min_pct", f"must be within (0, 100], got {g.necrosis_min_pct}")

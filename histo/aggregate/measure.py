@@ -1,0 +1,282 @@
+"""Slide measurements from validated tile and mitosis tables: areas, patterns, mitotic counts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from histo.aggregate.config import GradingConfig
+from histo.aggregate.coverage import CoverageRaster, build_coverage
+from histo.aggregate.hotspot import Window, find_hotspot
+from histo.aggregate.tables import pattern_column, validate_mitosis_table, validate_mpp, validate_tile_table
+
+_UM2_PER_MM2 = 1e6
+# the hotspot candidate grid is coarsened past this many nodes so a huge slide stays fast
+_MAX_GRID_CANDIDATES = 1_000_000
+
+
+@dataclass(frozen=True)
+class AreaMethod:
+    """How overlapping tiles were turned into areas (see histo.aggregate.coverage)."""
+
+    method: str
+    cell_um: float
+    exact: bool
+
+
+@dataclass(frozen=True)
+class PatternMeasurements:
+    """Spindle-cell pattern over viable tumour, area-weighted by tile tissue area."""
+
+    spindle_fraction: float | None  # share of viable tumour area whose top pattern is a spindle one
+    shares: dict[str, float] | None  # share of the spindle area per spindle pattern
+    dominant: str | None
+
+
+@dataclass(frozen=True)
+class HotspotMeasurement:
+    """The densest mitotic window of n_hpf high-power fields over viable tumour."""
+
+    shape: str
+    n_hpf: float
+    area_mm2: float
+    count: int
+    per_10hpf: float  # count scaled to 10 HPF (equals count when n_hpf is 10)
+    centre_x_um: float | None  # None when no mitosis was counted
+    centre_y_um: float | None
+    box_um: tuple[float, float, float, float] | None  # x0, y0, x1, y1
+    tumour_area_mm2: float | None  # viable tumour tissue inside the window
+    tumour_fraction: float | None  # of the window area
+    window_exceeds_tumour: bool  # the whole viable tumour is smaller than the window
+
+
+@dataclass(frozen=True)
+class MitosisMeasurements:
+    """Mitotic counts over viable tumour and in the hotspot."""
+
+    min_score: float
+    n_detections: int
+    n_above_threshold: int
+    count: int  # above threshold and inside viable tumour tiles
+    per_mm2: float | None
+    per_10hpf: float | None  # over all viable tumour
+    hpf_preset: str
+    hpf_area_mm2: float
+    hotspot: HotspotMeasurement | None  # None when there is no viable tumour
+
+
+@dataclass(frozen=True)
+class SlideMeasurements:
+    """Everything measured on one slide; areas in mm², coordinates in µm from the slide origin."""
+
+    mpp: float
+    n_tiles: int
+    n_tumour_tiles: int
+    n_necrotic_tiles: int
+    tumour_source: str  # 'p_tumour' or 'pattern' (tumour = top pattern is not the non-spindle class)
+    area_method: AreaMethod
+    tissue_area_mm2: float
+    tumour_area_mm2: float  # viable tumour + necrosis
+    viable_tumour_area_mm2: float
+    necrosis_area_mm2: float
+    necrosis_pct_of_tumour: float | None
+    pattern: PatternMeasurements
+    mitoses: MitosisMeasurements
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-serialisable dict."""
+        return _plain(dataclasses.asdict(self))
+
+
+def measure_slide(
+    tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None
+) -> SlideMeasurements:
+    """Measure tissue, tumour, necrosis, pattern and mitoses of one slide from its prediction tables."""
+    cfg = config or GradingConfig()
+    mpp = validate_mpp(mpp)
+    t = validate_tile_table(tiles, cfg.tiles.pattern_classes)
+    m = validate_mitosis_table(mitoses)
+    classes = list(cfg.tiles.pattern_classes)
+    n = len(t)
+
+    raster = build_coverage(t["x"].to_numpy(), t["y"].to_numpy(), t["w"].to_numpy(), t["h"].to_numpy())
+    mm2_per_px2 = mpp * mpp / _UM2_PER_MM2
+    tissue_mm2 = raster.owned_area_px2(n) * t["tissue_fraction"].to_numpy() * mm2_per_px2
+
+    probs = t[[pattern_column(c) for c in classes]].to_numpy()
+    top = np.array(classes, dtype=object)[np.argmax(probs, axis=1)] if n else np.zeros(0, dtype=object)
+    spindle = top != cfg.tiles.non_spindle_class
+    if "p_tumour" in t.columns:
+        tumour, source = t["p_tumour"].to_numpy() >= cfg.tiles.tumour_min_p, "p_tumour"
+    else:
+        tumour, source = spindle.copy(), "pattern"
+    necrotic = t["p_necrosis"].to_numpy() >= cfg.tiles.necrosis_min_p
+    # necrotic tiles are tumour necrosis: the tumour area includes them, as pathologists quote
+    # necrosis as % of the whole tumour; mitoses are only counted in viable (non-necrotic) tumour
+    region = tumour | necrotic
+    viable = tumour & ~necrotic
+
+    tumour_area = float(tissue_mm2[region].sum())
+    viable_area = float(tissue_mm2[viable].sum())
+    necrosis_area = float(tissue_mm2[necrotic].sum())
+    necrosis_pct = 100.0 * necrosis_area / tumour_area if tumour_area > 0 else None
+
+    return SlideMeasurements(
+        mpp=mpp,
+        n_tiles=n,
+        n_tumour_tiles=int(region.sum()),
+        n_necrotic_tiles=int(necrotic.sum()),
+        tumour_source=source,
+        area_method=AreaMethod("coverage_raster_nearest_centre", raster.cell_px * mpp, raster.exact),
+        tissue_area_mm2=float(tissue_mm2.sum()),
+        tumour_area_mm2=tumour_area,
+        viable_tumour_area_mm2=viable_area,
+        necrosis_area_mm2=necrosis_area,
+        necrosis_pct_of_tumour=necrosis_pct,
+        pattern=_patterns(classes, cfg.tiles.non_spindle_class, top[viable], tissue_mm2[viable]),
+        mitoses=_mitoses(m, mpp, cfg, raster, viable, tissue_mm2, t["tissue_fraction"].to_numpy(), viable_area),
+    )
+
+
+def _patterns(classes: list[str], non_spindle: str, top: np.ndarray, area: np.ndarray) -> PatternMeasurements:
+    total = float(area.sum())
+    if total <= 0:
+        return PatternMeasurements(None, None, None)
+    spindle_classes = [c for c in classes if c != non_spindle]
+    by_class = {c: float(area[top == c].sum()) for c in spindle_classes}
+    spindle_area = sum(by_class.values())
+    if spindle_area <= 0:
+        return PatternMeasurements(0.0, None, None)
+    shares = {c: a / spindle_area for c, a in by_class.items()}
+    # ties resolve to the earlier configured class, so the answer does not depend on dict order
+    dominant = max(spindle_classes, key=lambda c: (shares[c], -spindle_classes.index(c)))
+    return PatternMeasurements(spindle_area / total, shares, dominant)
+
+
+def _mitoses(
+    m: pd.DataFrame,
+    mpp: float,
+    cfg: GradingConfig,
+    raster: CoverageRaster,
+    viable: np.ndarray,
+    tissue_mm2: np.ndarray,
+    tissue_fraction: np.ndarray,
+    viable_area: float,
+) -> MitosisMeasurements:
+    hpf = cfg.hpf_area_mm2
+    above = m["score"].to_numpy() >= cfg.mitoses.min_score
+    x_um, y_um = m["x_um"].to_numpy()[above], m["y_um"].to_numpy()[above]
+    owner = raster.owner_at(x_um / mpp, y_um / mpp)
+    in_viable = np.zeros(len(owner), dtype=bool)
+    in_viable[owner >= 0] = viable[owner[owner >= 0]]
+    x_um, y_um = x_um[in_viable], y_um[in_viable]
+    count = int(len(x_um))
+    has_tumour = viable_area > 0
+    per_mm2 = count / viable_area if has_tumour else None
+    return MitosisMeasurements(
+        min_score=cfg.mitoses.min_score,
+        n_detections=int(len(m)),
+        n_above_threshold=int(above.sum()),
+        count=count,
+        per_mm2=per_mm2,
+        per_10hpf=per_mm2 * 10.0 * hpf if per_mm2 is not None else None,
+        hpf_preset=cfg.hpf.preset,
+        hpf_area_mm2=hpf,
+        hotspot=_hotspot(x_um, y_um, mpp, cfg, raster, viable, tissue_fraction, viable_area) if has_tumour else None,
+    )
+
+
+def _hotspot(
+    x_um: np.ndarray,
+    y_um: np.ndarray,
+    mpp: float,
+    cfg: GradingConfig,
+    raster: CoverageRaster,
+    viable: np.ndarray,
+    tissue_fraction: np.ndarray,
+    viable_area: float,
+) -> HotspotMeasurement:
+    area_mm2 = cfg.hotspot_area_mm2
+    window = Window(cfg.hotspot.shape, area_mm2 * _UM2_PER_MM2)
+    per_10 = 10.0 / cfg.hotspot.n_hpf
+    exceeds = viable_area < area_mm2
+    if len(x_um) == 0:
+        return HotspotMeasurement(cfg.hotspot.shape, cfg.hotspot.n_hpf, area_mm2, 0, 0.0, None, None, None, None, None, exceeds)
+
+    def allowed(qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
+        o = raster.owner_at(qx / mpp, qy / mpp)
+        ok = np.zeros(len(o), dtype=bool)
+        ok[o >= 0] = viable[o[o >= 0]]
+        return ok
+
+    step = cfg.hotspot.grid_step_um or window.extent_um / 8.0
+    gx, gy = _tumour_grid(raster, viable, mpp, step)
+    ok = allowed(gx, gy)
+    gx, gy = gx[ok], gy[ok]
+    best = find_hotspot(x_um, y_um, gx, gy, window, allowed, step)
+    cx, cy = best.centre_x_um, best.centre_y_um
+    inside_mm2 = _viable_tissue_in_window(raster, viable, tissue_fraction, mpp, window, cx, cy)
+    return HotspotMeasurement(
+        shape=cfg.hotspot.shape,
+        n_hpf=cfg.hotspot.n_hpf,
+        area_mm2=area_mm2,
+        count=best.count,
+        per_10hpf=best.count * per_10,
+        centre_x_um=cx,
+        centre_y_um=cy,
+        box_um=window.box_um(cx, cy),
+        tumour_area_mm2=inside_mm2,
+        tumour_fraction=inside_mm2 / area_mm2,
+        window_exceeds_tumour=exceeds,
+    )
+
+
+def _tumour_grid(raster: CoverageRaster, viable: np.ndarray, mpp: float, step_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Regular grid of candidate centres (µm) spanning the viable tumour's bounding box."""
+    rows, cols = np.nonzero(np.isin(raster.owner, np.flatnonzero(viable)))
+    if len(rows) == 0:
+        return np.zeros(0), np.zeros(0)
+    xs, ys = raster.cell_centres()
+    x0, x1 = xs[cols.min()] * mpp, xs[cols.max()] * mpp
+    y0, y1 = ys[rows.min()] * mpp, ys[rows.max()] * mpp
+    n_nodes = ((x1 - x0) / step_um + 1) * ((y1 - y0) / step_um + 1)
+    if n_nodes > _MAX_GRID_CANDIDATES:
+        step_um *= math.sqrt(n_nodes / _MAX_GRID_CANDIDATES)
+    gx, gy = np.meshgrid(np.arange(x0, x1 + step_um / 2, step_um), np.arange(y0, y1 + step_um / 2, step_um))
+    return gx.ravel(), gy.ravel()
+
+
+def _viable_tissue_in_window(
+    raster: CoverageRaster, viable: np.ndarray, tissue_fraction: np.ndarray, mpp: float,
+    window: Window, cx_um: float, cy_um: float,
+) -> float:
+    """Viable tumour tissue (mm²) whose raster cells have their centre inside the window."""
+    xs, ys = raster.cell_centres()
+    xs_um, ys_um = xs * mpp, ys * mpp
+    bx0, by0, bx1, by1 = window.box_um(cx_um, cy_um)
+    ci = np.flatnonzero((xs_um >= bx0) & (xs_um <= bx1))
+    ri = np.flatnonzero((ys_um >= by0) & (ys_um <= by1))
+    if len(ci) == 0 or len(ri) == 0:
+        return 0.0
+    own = raster.owner[np.ix_(ri, ci)]
+    gx, gy = np.meshgrid(xs_um[ci], ys_um[ri])
+    if window.shape == "circle":
+        r = window.extent_um / 2.0
+        own = np.where((gx - cx_um) ** 2 + (gy - cy_um) ** 2 <= r * r, own, -1)
+    o = own[own >= 0]
+    o = o[viable[o]]
+    return float(tissue_fraction[o].sum() * raster.cell_area_px2 * mpp * mpp / _UM2_PER_MM2)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return obj.item()
+    return obj

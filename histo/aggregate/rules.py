@@ -1,0 +1,225 @@
+"""Grading rules on slide measurements: FNCLCC mitotic and necrosis scores and a high-grade flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from histo.aggregate.config import GradingConfig
+from histo.aggregate.measure import SlideMeasurements, _plain, measure_slide
+
+#: Version of the JSON written by SlideAssessment.to_dict; bump on any incompatible change.
+SCHEMA_VERSION = 1
+
+# measured values are sums of float areas: 50 % can come out as 49.99999999999999
+_REL_TOL = 1e-9
+
+DIFFERENTIATION_NOTE = (
+    "The FNCLCC grade adds a tumour differentiation score that histo does not assess; these are its "
+    "mitotic and necrosis components and a high-grade flag only. Research use, not a diagnosis."
+)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a score or flag rests on: the measured value, the thresholds and the rule applied."""
+
+    rule: str
+    value: float | None
+    unit: str
+    thresholds: dict[str, float]
+    basis: str
+    hpf_area_mm2: float | None = None
+    hotspot: dict[str, Any] | None = None  # shape, area_mm2, count, centre_x_um, centre_y_um, box_um
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One FNCLCC component score; None with a reason when it cannot be assessed."""
+
+    name: str
+    score: int | None
+    assessable: bool
+    reason: str | None
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One criterion of the high-grade flag; passed is None when it cannot be assessed."""
+
+    name: str
+    passed: bool | None
+    reason: str | None
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
+class HighGradeFlag:
+    """True when any criterion passes, False when all are assessed and none passes, else None."""
+
+    high_grade: bool | None
+    assessable: bool
+    rule: str
+    criteria: tuple[Criterion, ...]
+
+
+@dataclass(frozen=True)
+class Grading:
+    """The rule results of one slide. status: 'assessed', 'partially_assessable' or 'not_assessable'."""
+
+    status: str
+    mitotic_score: ScoreResult
+    necrosis_score: ScoreResult
+    high_grade: HighGradeFlag
+    note: str = DIFFERENTIATION_NOTE
+
+
+@dataclass(frozen=True)
+class SlideAssessment:
+    """Measurements, grading and the resolved config of one slide, serialisable to versioned JSON."""
+
+    measurements: SlideMeasurements
+    grading: Grading
+    config: GradingConfig
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict with schema_version first."""
+        return {
+            "schema_version": self.schema_version,
+            "measurements": self.measurements.to_dict(),
+            "grading": _plain(dataclasses.asdict(self.grading)),
+            "config": self.config.to_dict(),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """JSON text of to_dict (no NaN: missing values are null)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+
+
+def assess_slide(
+    tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None
+) -> SlideAssessment:
+    """Measure a slide from its prediction tables and apply the grading rules."""
+    cfg = config or GradingConfig()
+    meas = measure_slide(tiles, mitoses, mpp, cfg)
+    return SlideAssessment(meas, grade(meas, cfg), cfg)
+
+
+def grade(measurements: SlideMeasurements, config: GradingConfig | None = None) -> Grading:
+    """Apply the FNCLCC mitotic and necrosis scores and the high-grade flag to measurements."""
+    cfg = config or GradingConfig()
+    mit_value, mit_evidence, mit_reason = _mitotic_value(measurements, cfg)
+    nec_value = measurements.necrosis_pct_of_tumour
+    nec_reason = None if nec_value is not None else "no tumour tiles (tumour area is 0)"
+
+    ms = cfg.grading.mitotic_score
+    mitotic = ScoreResult(
+        "fnclcc_mitotic_score",
+        None if mit_value is None else 1 + _ge(mit_value, ms.score2_min_per_10hpf) + _ge(mit_value, ms.score3_min_per_10hpf),
+        mit_value is not None,
+        mit_reason,
+        dataclasses.replace(
+            mit_evidence,
+            rule=(
+                f"FNCLCC mitotic count score: 1 if < {ms.score2_min_per_10hpf:g}, 2 if {ms.score2_min_per_10hpf:g} "
+                f"to < {ms.score3_min_per_10hpf:g}, 3 if >= {ms.score3_min_per_10hpf:g} mitoses per 10 HPF "
+                f"({mit_evidence.basis}, HPF {cfg.hpf_area_mm2:g} mm²)"
+            ),
+            thresholds={"score2_min_per_10hpf": ms.score2_min_per_10hpf, "score3_min_per_10hpf": ms.score3_min_per_10hpf},
+        ),
+    )
+
+    ns = cfg.grading.necrosis_score
+    necrosis = ScoreResult(
+        "fnclcc_necrosis_score",
+        None if nec_value is None else _necrosis_score(nec_value, ns.none_max_pct, ns.score2_min_pct),
+        nec_value is not None,
+        nec_reason,
+        Evidence(
+            rule=(
+                f"FNCLCC tumour necrosis score: 0 if necrosis <= {ns.none_max_pct:g} % of tumour (none), "
+                f"1 if < {ns.score2_min_pct:g} %, 2 if >= {ns.score2_min_pct:g} % (tumour area includes necrosis)"
+            ),
+            value=nec_value,
+            unit="% of tumour area",
+            thresholds={"none_max_pct": ns.none_max_pct, "score2_min_pct": ns.score2_min_pct},
+            basis="whole_tumour",
+        ),
+    )
+
+    hg = cfg.grading.high_grade
+    mit_crit = Criterion(
+        "mitotic_activity",
+        None if mit_value is None else _ge(mit_value, hg.mitoses_min_per_10hpf),
+        mit_reason,
+        dataclasses.replace(
+            mit_evidence,
+            rule=f"mitoses >= {hg.mitoses_min_per_10hpf:g} per 10 HPF ({mit_evidence.basis}, HPF {cfg.hpf_area_mm2:g} mm²)",
+            thresholds={"mitoses_min_per_10hpf": hg.mitoses_min_per_10hpf},
+        ),
+    )
+    nec_crit = Criterion(
+        "tumour_necrosis",
+        None if nec_value is None else _ge(nec_value, hg.necrosis_min_pct),
+        nec_reason,
+        dataclasses.replace(
+            necrosis.evidence,
+            rule=f"tumour necrosis >= {hg.necrosis_min_pct:g} % of tumour area",
+            thresholds={"necrosis_min_pct": hg.necrosis_min_pct},
+        ),
+    )
+    passed = [c.passed for c in (mit_crit, nec_crit)]
+    flag = True if True in passed else (False if None not in passed else None)
+    high = HighGradeFlag(
+        high_grade=flag,
+        assessable=flag is not None,
+        rule=(
+            f"high grade if mitoses >= {hg.mitoses_min_per_10hpf:g} per 10 HPF ({mit_evidence.basis}) "
+            f"or tumour necrosis >= {hg.necrosis_min_pct:g} % of tumour area"
+        ),
+        criteria=(mit_crit, nec_crit),
+    )
+    n_ok = mitotic.assessable + necrosis.assessable
+    status = "assessed" if n_ok == 2 else ("partially_assessable" if n_ok == 1 else "not_assessable")
+    return Grading(status, mitotic, necrosis, high)
+
+
+def _mitotic_value(meas: SlideMeasurements, cfg: GradingConfig) -> tuple[float | None, Evidence, str | None]:
+    """The mitoses per 10 HPF on the configured basis, its evidence skeleton and why it may be missing."""
+    mit = meas.mitoses
+    basis = cfg.grading.mitotic_score.basis
+    hs = mit.hotspot
+    hotspot = None
+    if hs is not None:
+        hotspot = {
+            "shape": hs.shape, "n_hpf": hs.n_hpf, "area_mm2": hs.area_mm2, "count": hs.count,
+            "centre_x_um": hs.centre_x_um, "centre_y_um": hs.centre_y_um,
+            "box_um": None if hs.box_um is None else list(hs.box_um),
+            "tumour_fraction": hs.tumour_fraction, "window_exceeds_tumour": hs.window_exceeds_tumour,
+        }
+    if basis == "hotspot":
+        value = None if hs is None else hs.per_10hpf
+        basis_text = f"hotspot of {cfg.hotspot.n_hpf:g} HPF"
+    else:
+        value = mit.per_10hpf
+        basis_text = "whole viable tumour"
+    reason = None if value is not None else "no viable tumour tiles (mitoses are counted in non-necrotic tumour)"
+    ev = Evidence(rule="", value=value, unit="mitoses per 10 HPF", thresholds={}, basis=basis_text,
+                  hpf_area_mm2=mit.hpf_area_mm2, hotspot=hotspot)
+    return value, ev, reason
+
+
+def _ge(value: float, threshold: float) -> bool:
+    return value >= threshold - _REL_TOL * max(1.0, abs(threshold))
+
+
+def _necrosis_score(pct: float, none_max_pct: float, score2_min_pct: float) -> int:
+    if pct <= none_max_pct + _REL_TOL * max(1.0, none_max_pct):
+        return 0
+    return 2 if _ge(pct, score2_min_pct) else 1
