@@ -1,0 +1,380 @@
+"""Tile rendering: region fields → stain concentration maps → cell sprites → Beer–Lambert RGB.
+
+Every value is a function of level-0 position only (fields, periodic textures addressed by global
+coordinates, hashed sensor noise, cells from the global table), and each chunk is painted with a
+margin as wide as its widest blur, so any chunking of the slide gives the same pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .cells import (
+    DUST, FIBROBLAST, GHOST, LYMPHOCYTE, MITOSIS, OVOID, PLASMA, SPINDLE, Cells, SpriteBank,
+)
+from .layout import FASCICULAR, HAPHAZARD, INFLAMMATION, NECROSIS, STROMA, Layout, combine_labels
+from .spec import PhantomSpec
+from .stain import PEN_INKS, StainModel
+
+_TEX = 1024  # period of the texture tiles (px)
+_K = 8  # orientation bins of the fibre textures
+_BUCKET = 256  # spatial index bucket (px)
+
+# Nuclear hematoxylin strength (OD) of each kind, H&E; the IHC counterstain is lighter.
+_H_NUC = {SPINDLE: 0.85, OVOID: 0.8, FIBROBLAST: 0.85, LYMPHOCYTE: 1.0, PLASMA: 0.9, GHOST: 1.0, DUST: 1.05, MITOSIS: 1.25}
+_E_BODY = {SPINDLE: 0.28, OVOID: 0.30, FIBROBLAST: 0.0, LYMPHOCYTE: 0.0, PLASMA: 0.22, GHOST: 0.45, DUST: 0.0, MITOSIS: 0.0}
+_IHC_COUNTER = 0.62
+
+
+def _noise_spectrum(rng: np.random.Generator) -> np.ndarray:
+    """Spectrum of a P×P white-noise field (shared by a bank of textures so orientations blend smoothly)."""
+    return np.fft.rfft2(rng.standard_normal((_TEX, _TEX)).astype(np.float32))
+
+
+def _filtered_noise(spectrum: np.ndarray, along_px: float, across_px: float, angle: float) -> np.ndarray:
+    """A periodic (P×P) Gaussian-filtered noise texture, streaky along `angle`, zero mean, unit sd."""
+    fy = np.fft.fftfreq(_TEX).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(_TEX).astype(np.float32)[None, :]
+    fa = fx * np.cos(angle) + fy * np.sin(angle)
+    fc = -fx * np.sin(angle) + fy * np.cos(angle)
+    filt = np.exp(-2 * np.pi**2 * ((fa * along_px) ** 2 + (fc * across_px) ** 2)).astype(np.float32)
+    out = np.fft.irfft2(spectrum * filt, s=(_TEX, _TEX)).astype(np.float32)
+    out -= out.mean()
+    return out / max(float(out.std()), 1e-12)
+
+
+class Textures:
+    """Periodic textures addressed by global level-0 coordinates (so chunks join seamlessly)."""
+
+    def __init__(self, seed: int, mpp: float):
+        rng = np.random.default_rng([seed, 202])
+        um = 1.0 / mpp
+        self.grain = _filtered_noise(_noise_spectrum(rng), 0.5 * um, 0.5 * um, 0.0)
+        self.mottle = _filtered_noise(_noise_spectrum(rng), 5 * um, 5 * um, 0.0)
+        s1, s2 = _noise_spectrum(rng), _noise_spectrum(rng)
+        self.fibre = np.stack([_filtered_noise(s1, 14 * um, 0.55 * um, k * np.pi / _K) for k in range(_K)])
+        self.fibril = np.stack([_filtered_noise(s2, 6 * um, 0.8 * um, k * np.pi / _K) for k in range(_K)])
+
+    @staticmethod
+    def _idx(x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(y0, y0 + h) % _TEX, np.arange(x0, x0 + w) % _TEX
+
+    @classmethod
+    def look(cls, tex: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """The texture over level-0 box (x0, y0, w, h), wrapping its period."""
+        ys, xs = cls._idx(x0, y0, w, h)
+        return tex.take(ys, axis=0).take(xs, axis=1)
+
+    def oriented(self, bank: np.ndarray, angle: np.ndarray, x0: int, y0: int) -> np.ndarray:
+        """Texture following a per-pixel angle (blend of the two nearest orientation bins)."""
+        h, w = angle.shape
+        b = np.mod(angle, np.pi) * np.float32(_K / np.pi)
+        lo = b.astype(np.int32)
+        wt = b - lo
+        lo %= _K
+        hi = (lo + 1) % _K
+        ys, xs = self._idx(x0, y0, w, h)
+        flat = bank.reshape(-1)
+        pos = (ys[:, None] * _TEX + xs[None, :]).astype(np.int32)
+        t_lo = flat.take(lo * (_TEX * _TEX) + pos)
+        t_hi = flat.take(hi * (_TEX * _TEX) + pos)
+        return t_lo + wt * (t_hi - t_lo)
+
+
+def hash_noise(x0: int, y0: int, w: int, h: int, seed: int) -> np.ndarray:
+    """Per-pixel noise (zero mean, unit sd) from a hash of global (x, y, seed): chunking cannot change it."""
+    ys = (np.arange(y0, y0 + h, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32)
+    xs = (np.arange(x0, x0 + w, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        v = ys[:, None] * np.uint32(0x9E3779B1) ^ xs[None, :] * np.uint32(0x85EBCA77) ^ np.uint32((seed * 0x27D4EB2F) & 0xFFFFFFFF)
+        v ^= v >> np.uint32(16)
+        v *= np.uint32(0x7FEB352D)
+        v ^= v >> np.uint32(15)
+        v *= np.uint32(0x846CA68B)
+        v ^= v >> np.uint32(16)
+    u = v.astype(np.float32) * np.float32(1.0 / 4294967296.0)
+    return (u - np.float32(0.5)) * np.float32(3.4641016)
+
+
+def _axis_weights(start: int, n: int, step: float, size: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Bilinear indices/weights along one axis for pixels start..start+n-1 (layout grid of `size`)."""
+    f = (np.arange(start, start + n, dtype=np.float64) + 0.5) / step - 0.5
+    f = np.clip(f, 0, size - 1)
+    i0 = np.minimum(np.floor(f).astype(np.int64), size - 2) if size > 1 else np.zeros(n, np.int64)
+    wt = (f - i0).astype(np.float32)
+    lo, hi = int(i0.min()), int(i0.max()) + 2
+    return i0 - lo, wt, lo, hi
+
+
+class Interp:
+    """Bilinear upsampling of layout arrays onto one pixel box (elementwise, so results never depend on the box)."""
+
+    def __init__(self, lay: Layout, x0: int, y0: int, w: int, h: int, stride: int = 1):
+        ny, nx = lay.fields["tissue"].shape
+        self.stride = stride
+        self.shape = (h, w)
+        # Coarse sampling (slowly varying quantities such as orientations) sits on a global lattice of
+        # `stride` px, so every chunk samples the same points.
+        bx, by = (x0 // stride) * stride, (y0 // stride) * stride
+        self.off = (y0 - by, x0 - bx)
+        self.ry, self.wy, self.r0, self.r1 = _axis_weights(by, h + self.off[0], lay.step_px, ny)
+        self.cx, self.wx, self.c0, self.c1 = _axis_weights(bx, w + self.off[1], lay.step_px, nx)
+        if stride > 1:
+            self.ry, self.wy = self.ry[::stride], self.wy[::stride]
+            self.cx, self.wx = self.cx[::stride], self.wx[::stride]
+
+    def block(self, arr: np.ndarray) -> np.ndarray:
+        """The layout samples this box's interpolation reads."""
+        return arr[self.r0:self.r1, self.c0:self.c1]
+
+    def __call__(self, arr: np.ndarray) -> np.ndarray:
+        b = self.block(arr).astype(np.float32)
+        rows = b[self.ry] * (1 - self.wy)[:, None] + b[self.ry + 1] * self.wy[:, None]
+        out = rows[:, self.cx] * (1 - self.wx)[None, :] + rows[:, self.cx + 1] * self.wx[None, :]
+        if self.stride > 1:
+            s = self.stride
+            oy, ox = self.off
+            out = np.repeat(np.repeat(out, s, axis=0), s, axis=1)[oy:oy + self.shape[0], ox:ox + self.shape[1]]
+        return out
+
+
+class CellIndex:
+    """Cells bucketed on a coarse grid for quick box queries."""
+
+    def __init__(self, cells: Cells, width_px: int, height_px: int):
+        self.nbx = int(np.ceil(width_px / _BUCKET)) + 1
+        self.nby = int(np.ceil(height_px / _BUCKET)) + 1
+        bx = np.clip((cells.x // _BUCKET).astype(np.int64), 0, self.nbx - 1)
+        by = np.clip((cells.y // _BUCKET).astype(np.int64), 0, self.nby - 1)
+        key = by * self.nbx + bx
+        order = np.argsort(key, kind="stable")
+        self.cells = cells.take(order)
+        self.starts = np.searchsorted(key[order], np.arange(self.nby * self.nbx + 1))
+
+    def query(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        """Row indices (into self.cells) of cells whose centre lies in the box, in a stable order."""
+        bx0, bx1 = max(int(x0 // _BUCKET), 0), min(int(x1 // _BUCKET), self.nbx - 1)
+        by0, by1 = max(int(y0 // _BUCKET), 0), min(int(y1 // _BUCKET), self.nby - 1)
+        if bx0 > bx1 or by0 > by1:
+            return np.zeros(0, np.int64)
+        idx = [np.arange(self.starts[by * self.nbx + bx0], self.starts[by * self.nbx + bx1 + 1]) for by in range(by0, by1 + 1)]
+        idx = np.concatenate(idx)
+        c = self.cells
+        sel = (c.x[idx] >= x0) & (c.x[idx] < x1) & (c.y[idx] >= y0) & (c.y[idx] < y1)
+        return idx[sel]
+
+
+class Renderer:
+    """Paints H&E or IHC pixels of any level-0 box of one phantom."""
+
+    def __init__(self, spec: PhantomSpec, lay: Layout, cells: Cells, he: StainModel, ihc: StainModel):
+        self.spec, self.lay, self.he, self.ihc = spec, lay, he, ihc
+        self.index = CellIndex(cells, spec.slide_width_px, spec.slide_height_px)
+        self._tex: Textures | None = None
+        self._bank: SpriteBank | None = None
+        tx, ty = lay.tangent()
+        ang = np.arctan2(ty, tx)
+        self.fasc_c2, self.fasc_s2 = np.cos(2 * ang).astype(np.float32), np.sin(2 * ang).astype(np.float32)
+        self.str_c2 = np.cos(2 * lay.stroma_theta).astype(np.float32)
+        self.str_s2 = np.sin(2 * lay.stroma_theta).astype(np.float32)
+        um = 1.0 / spec.mpp
+        self.patch_sigma_px = 2.2 * um
+        self.has_blur = spec.artefacts.blur_patches > 0
+        self.has_pen = spec.artefacts.pen_marks > 0
+        self.has_fold = spec.artefacts.folds > 0
+
+    # Heavy members are built lazily so a Renderer pickles small into worker processes.
+    @property
+    def tex(self) -> Textures:
+        if self._tex is None:
+            self._tex = Textures(self.spec.seed, self.spec.mpp)
+        return self._tex
+
+    @property
+    def bank(self) -> SpriteBank:
+        if self._bank is None:
+            self._bank = SpriteBank(self.spec)
+        return self._bank
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_tex"] = None
+        d["_bank"] = None
+        return d
+
+    def render(self, x: int, y: int, w: int, h: int, modality: str = "he") -> np.ndarray:
+        """RGB uint8 (h, w, 3) of level-0 box (x, y, w, h); modality 'he' or 'ihc'."""
+        ihc = modality == "ihc"
+        stain = self.ihc if ihc else self.he
+        sig = stain.blur_sigma_px * (0.25 / self.spec.mpp)
+        r_opt = int(4.0 * sig + 0.5) if sig > 0 else 0
+        r_patch = int(4.0 * self.patch_sigma_px + 0.5) if (self.has_blur and not ihc) else 0
+        m = max(r_opt, 0) + r_patch  # margin so blurs see the same neighbours in any chunking
+        X0, Y0, Wm, Hm = x - m, y - m, w + 2 * m, h + 2 * m
+        it = Interp(self.lay, X0, Y0, Wm, Hm)
+        tissue_block = it.block(self.lay.fields["tissue"])
+        if tissue_block.max() <= 0 and not (self.has_pen and not ihc):
+            od = None  # bare glass
+        else:
+            od = self._paint(it, X0, Y0, Wm, Hm, ihc, stain)
+        glass = od is None
+        if glass:
+            rgb = np.broadcast_to(stain.background.astype(np.float32), (Hm, Wm, 3)).copy()
+        else:
+            rgb = np.power(np.float32(10.0), -od, dtype=np.float32) * stain.background.astype(np.float32)
+        if sig > 0 and not glass:
+            for c in range(3):
+                rgb[..., c] = ndimage.gaussian_filter(rgb[..., c], sig, truncate=4.0, mode="nearest")
+        if r_patch and not glass:
+            bl = it.block(self.lay.fields["blur"])
+            if bl.max() > 0:
+                wgt = np.clip(it(self.lay.fields["blur"]) * 5.0, 0, 1)
+                for c in range(3):
+                    soft = ndimage.gaussian_filter(rgb[..., c], self.patch_sigma_px, truncate=4.0, mode="nearest")
+                    rgb[..., c] += wgt * (soft - rgb[..., c])
+        rgb = rgb[m:m + h, m:m + w]
+        if stain.noise_sd > 0:
+            rgb += hash_noise(x, y, w, h, self.spec.seed * 2 + int(ihc))[..., None] * np.float32(stain.noise_sd)
+        np.clip(rgb, 0, 255, out=rgb)
+        return (rgb + 0.5).astype(np.uint8)
+
+    def _paint(self, it: Interp, X0: int, Y0: int, W: int, H: int, ihc: bool, stain: StainModel) -> np.ndarray:
+        """Optical density (H, W, 3) of the box: background stains, cells, artefacts."""
+        lay, sp, tex = self.lay, self.spec, self.tex
+        f = {}
+        for k in ("tissue", "tumor", "fascicular", "necrosis", "inflammation"):
+            arr = lay.fields[k]
+            blk = it.block(arr)
+            f[k] = np.full((H, W), -1.0, np.float32) if blk.max() <= 0 else it(arr)
+        lab = combine_labels(f)
+        grain = tex.look(tex.grain, X0, Y0, W, H)
+        mottle = tex.look(tex.mottle, X0, Y0, W, H)
+        c_h = np.zeros((H, W), np.float32)
+        c_e = np.zeros((H, W), np.float32)
+        c_d = np.zeros((H, W), np.float32)
+        present = set(np.nonzero(np.bincount(lab.ravel(), minlength=6))[0].tolist())
+        coarse = Interp(lay, X0, Y0, W, H, stride=4)
+
+        if STROMA in present or INFLAMMATION in present or (HAPHAZARD in present and sp.tumor.haphazard_stroma == "hyalinised"):
+            sang = 0.5 * np.arctan2(coarse(self.str_s2), coarse(self.str_c2))
+            fib = tex.oriented(tex.fibre, sang, X0, Y0)
+        else:
+            fib = None
+        if STROMA in present or INFLAMMATION in present:
+            # Wavy collagen bundles with thin clefts between them.
+            col = np.clip(0.55 + 0.2 * fib + 0.08 * mottle, 0.0, 1.0)
+            col = np.where(fib < -1.6, col * 0.6, col)
+            m = (lab == STROMA) | (lab == INFLAMMATION)
+            scale = np.where(lab == INFLAMMATION, 0.7, 1.0)
+            c_e[m] = (0.40 * col * scale)[m]
+            c_h[m] = np.clip(0.02 + 0.10 * col + 0.03 * mottle, 0, None)[m]
+        if FASCICULAR in present:
+            fang = 0.5 * np.arctan2(coarse(self.fasc_s2), coarse(self.fasc_c2))
+            fbl = tex.oriented(tex.fibril, fang, X0, Y0)
+            m = lab == FASCICULAR
+            c_e[m] = np.clip(0.19 + 0.06 * fbl + 0.03 * grain, 0.05, None)[m]
+            c_h[m] = np.clip(0.08 + 0.05 * fbl + 0.025 * mottle, 0.0, None)[m]
+        if HAPHAZARD in present:
+            m = lab == HAPHAZARD
+            if sp.tumor.haphazard_stroma == "hyalinised":
+                # Glassy, homogeneous pink collagen.
+                c_e[m] = np.clip(0.34 + 0.04 * mottle + 0.04 * fib + 0.02 * grain, 0.1, None)[m]
+                c_h[m] = np.clip(0.05 + 0.03 * mottle, 0, None)[m]
+            else:
+                # Myxoid: pale blue-grey matrix with stellate strands and clear spaces.
+                myx = np.clip(0.5 + 0.35 * mottle + 0.2 * grain, 0, 1)
+                c_e[m] = (0.05 + 0.06 * myx)[m]
+                c_h[m] = (0.05 + 0.14 * myx)[m]
+        if NECROSIS in present:
+            m = lab == NECROSIS
+            c_e[m] = np.clip(0.36 + 0.05 * grain + 0.04 * mottle, 0.1, None)[m]
+            c_h[m] = np.clip(0.025 + 0.03 * grain + 0.015 * mottle, 0.0, None)[m]
+        if ihc:
+            # Counterstain only: the eosin is absent; tissue keeps a faint bluish tint.
+            c_h = c_h * 0.35 + (lab > 0) * 0.02
+            c_e[:] = 0.0
+
+        self._stamp_cells(c_h, c_e, c_d, X0, Y0, W, H, ihc, grain)
+
+        if not ihc and self.has_fold:
+            blk = it.block(lay.fields["fold"])
+            if blk.max() > 0:
+                fold = np.clip(it(lay.fields["fold"]) / (3.0 / sp.mpp), 0, 1) * (lab > 0)
+                k = 1.0 + 0.95 * fold
+                c_h *= k
+                c_e *= k
+        od = stain.od(c_h, c_e, c_d)
+        if not ihc and self.has_pen:
+            blk = it.block(lay.fields["pen"])
+            if blk.max() > 0:
+                pen = np.clip(it(lay.fields["pen"]) / (4.0 / sp.mpp), 0, 1)
+                # One ink per stroke: the strokes are painted in order; the colour of the last wins.
+                ink = PEN_INKS[lay.pen_colors[0]] if lay.pen_colors else PEN_INKS["green"]
+                od += (pen * (0.75 + 0.12 * mottle))[..., None] * ink.astype(np.float32)
+        return od
+
+    def _stamp_cells(self, c_h, c_e, c_d, X0, Y0, W, H, ihc, grain) -> None:
+        """Add every cell whose sprite meets the box to the concentration maps."""
+        bank = self.bank
+        pad = bank.max_half + 2
+        idx = self.index.query(X0 - pad, Y0 - pad, X0 + W + pad, Y0 + H + pad)
+        c = self.index.cells
+        comp = self.spec.ihc.compartment
+        hscale = _IHC_COUNTER if ihc else 1.0
+        mit: list[int] = []
+        owner = np.zeros_like(c_d) if ihc else None
+        for i in idx:
+            kind = int(c.kind[i])
+            if kind == MITOSIS:
+                mit.append(int(i))
+                continue
+            nuc, body, half = bank.get(kind, int(c.size[i]), int(c.variant[i]), float(c.angle[i]), float(c.stretch[i]))
+            sl, ss = _slices(c.x[i], c.y[i], half, X0, Y0, W, H)
+            if sl is None:
+                continue
+            hn = nuc[ss] * (_H_NUC[kind] * float(c.dark[i]) * hscale)
+            np.maximum(c_h[sl], hn, out=c_h[sl])
+            if not ihc:
+                eb = _E_BODY[kind]
+                if eb:
+                    np.maximum(c_e[sl], body[ss] * eb, out=c_e[sl])
+                if kind == PLASMA:
+                    np.maximum(c_h[sl], body[ss] * 0.10, out=c_h[sl])
+            elif kind in (SPINDLE, OVOID):
+                # Cells own the pixels where their cytoplasm is strongest, so a negative cell is not
+                # painted over by its positive neighbours (cells tile space; they do not stack).
+                b = body[ss]
+                mine = b > owner[sl]
+                owner[sl][mine] = b[mine]
+                d = float(c.dab_od[i])
+                if comp == "cytoplasmic":
+                    dmask = np.clip(b * 1.6, 0, 1) * (1.0 - 0.6 * np.clip(nuc[ss] * 2, 0, 1))
+                elif comp == "nuclear":
+                    dmask = np.clip(nuc[ss] * 2.2, 0, 1)
+                else:  # membranous: a thin ring at the cell border
+                    dmask = np.clip(4.0 * b * (1.0 - b), 0, 1) * 1.4
+                val = dmask * (0.8 + 0.25 * grain[sl]) * d
+                c_d[sl][mine] = val[mine]
+        for i in mit:
+            nuc, body, half = bank.get(MITOSIS, int(c.size[i]), int(c.variant[i]), float(c.angle[i]))
+            sl, ss = _slices(c.x[i], c.y[i], half, X0, Y0, W, H)
+            if sl is None:
+                continue
+            clear = 1.0 - 0.85 * body[ss]  # the clear halo around the figure
+            c_e[sl] *= clear
+            c_h[sl] *= clear
+            c_d[sl] *= clear
+            np.maximum(c_h[sl], nuc[ss] * (_H_NUC[MITOSIS] * (0.85 if ihc else 1.0)), out=c_h[sl])
+
+
+def _slices(cx: float, cy: float, half: int, X0: int, Y0: int, W: int, H: int):
+    """(box slice, sprite slice) where a sprite centred at (cx, cy) meets the box; (None, None) if not."""
+    ix = int(np.floor(cx)) - half - X0
+    iy = int(np.floor(cy)) - half - Y0
+    n = 2 * half + 1
+    x0, y0 = max(ix, 0), max(iy, 0)
+    x1, y1 = min(ix + n, W), min(iy + n, H)
+    if x0 >= x1 or y0 >= y1:
+        return None, None
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - iy, y1 - iy), slice(x0 - ix, x1 - ix))
