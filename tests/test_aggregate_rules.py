@@ -114,8 +114,20 @@ def test_necrosis_score_end_to_end(necrotic_cols, score):
     assert a.grading.necrosis_score.score == score
 
 
+# FNCLCC-score-3 / necrosis-score-2 thresholds, stated explicitly (the defaults are lower: see below)
+STRICT = GradingConfig.from_dict({"grading": {"high_grade": {"mitoses_min_per_10hpf": 20, "necrosis_min_pct": 50}}})
+
+
+def test_default_high_grade_rule_is_elevated_mitoses_or_any_necrosis():
+    """Defaults: >= 10 mitoses per 10 HPF (mitotic score >= 2) or tumour necrosis >= 1 % -> high grade."""
+    assert grade(meas(hotspot=10, necrosis_pct=0.0)).high_grade.high_grade is True
+    assert grade(meas(hotspot=9, necrosis_pct=1.0)).high_grade.high_grade is True
+    low = grade(meas(hotspot=9, necrosis_pct=0.5)).high_grade
+    assert low.high_grade is False and "10" in low.rule and "1 %" in low.rule
+
+
 def test_high_grade_from_mitoses_carries_evidence():
-    g = grade(meas(hotspot=20, whole=3.0, necrosis_pct=10.0))
+    g = grade(meas(hotspot=20, whole=3.0, necrosis_pct=10.0), STRICT)
     hg = g.high_grade
     assert hg.high_grade is True and hg.assessable
     mit, nec = hg.criteria
@@ -129,8 +141,8 @@ def test_high_grade_from_mitoses_carries_evidence():
 
 
 def test_high_grade_from_necrosis_and_negative_case():
-    assert grade(meas(hotspot=19, necrosis_pct=50.0)).high_grade.high_grade is True
-    neg = grade(meas(hotspot=19, necrosis_pct=49.0)).high_grade
+    assert grade(meas(hotspot=19, necrosis_pct=50.0), STRICT).high_grade.high_grade is True
+    neg = grade(meas(hotspot=19, necrosis_pct=49.0), STRICT).high_grade
     assert neg.high_grade is False and [c.passed for c in neg.criteria] == [False, False]
 
 
@@ -147,7 +159,7 @@ def test_partially_assessable_flag():
     assert full.status == "partially_assessable"
     assert full.mitotic_score.score is None and "viable tumour" in full.mitotic_score.reason
     assert full.high_grade.high_grade is True  # necrosis alone passes
-    unknown = grade(meas(hotspot=None, whole=None, necrosis_pct=10.0))
+    unknown = grade(meas(hotspot=None, whole=None, necrosis_pct=10.0), STRICT)
     assert unknown.high_grade.high_grade is None and not unknown.high_grade.assessable
 
 

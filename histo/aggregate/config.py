@@ -80,8 +80,8 @@ class NecrosisScoreRules:
 class HighGradeRules:
     """Thresholds of the high-grade flag: either criterion passing sets it."""
 
-    mitoses_min_per_10hpf: float = 20.0
-    necrosis_min_pct: float = 50.0
+    mitoses_min_per_10hpf: float = 10.0  # FNCLCC mitotic score >= 2: "elevated mitoses"
+    necrosis_min_pct: float = 1.0  # any appreciable tumour necrosis
 
 
 @dataclass(frozen=True)
