@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from histo.config import load_yaml
 from histo.errors import ConfigError
 
 
@@ -316,16 +316,7 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> PhantomSpec:
 def load_spec(path: str | Path, overrides: dict | None = None) -> PhantomSpec:
     """Read and validate a phantom spec YAML file; `overrides` (nested mapping) replace its values."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"phantom spec {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
+    data = load_yaml(p)
     if overrides:
         data = merge_overrides(data, overrides)
     return spec_from_dict(data, str(p))
