@@ -1,0 +1,191 @@
+"""`histo report PRED_DIR...`: re-grade prediction folders with a grading config and (re)write their reports.
+
+A PRED_DIR is a slide folder of `histo predict` (tiles.parquet, mitoses.parquet, prediction.json) or a
+run folder holding such slide folders. Reports go into each slide folder, or into OUT/<slide>/ with
+--out (then OUT/status.csv and OUT/grading.yaml are written too). A failed folder is reported and the
+others go on; exit 0 when all succeeded, 1 when some failed, 2 on a bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from histo.aggregate import GradingConfig, assess_slide
+from histo.atomic import write_text
+from histo.config import apply_overrides, load_yaml
+from histo.errors import ConfigError, HistoError
+
+STATUS_FIELDS = ["folder", "status", "verdict", "reason", "report", "seconds"]
+
+
+def register(sub: Any) -> None:
+    """Add the `report` subcommand."""
+    p = sub.add_parser(
+        "report",
+        help="re-grade prediction folders and write their reports (JSON, HTML, QuPath GeoJSON)",
+        description="Apply a grading config to the predictions of each folder and write report.json, a "
+                    "self-contained report.html, annotations.geojson and heatmap images. Research use only.",
+    )
+    p.add_argument("pred_dirs", nargs="+", metavar="PRED_DIR",
+                   help="prediction folder of one slide, or a run folder holding several")
+    p.add_argument("--grading", help="grading config YAML (default: the built-in defaults, as in "
+                                     "configs/grading/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a grading key, e.g. --set grading.high_grade.mitoses_min_per_10hpf=20 (repeatable)")
+    p.add_argument("--slide", dest="slides", action="append", default=[], metavar="PATH",
+                   help="slide file for the thumbnail, matched to a folder by name (repeatable; default: the "
+                        "path in prediction.json when it exists)")
+    p.add_argument("--ihc", dest="ihc", action="append", default=[], metavar="PATH",
+                   help="IHC result (ihc.json or its folder) to add to every report (repeatable)")
+    p.add_argument("--out", help="write reports to OUT/<slide>/ instead of into the prediction folders")
+    p.add_argument("--thumbnail-px", type=int, default=1024,
+                   help="longest side of the thumbnail and heatmaps in pixels (default 1024)")
+    p.add_argument("--no-tiles-geojson", action="store_true", help="leave per-tile objects out of annotations.geojson")
+    p.set_defaults(run=run)
+
+
+def resolve_grading(args: argparse.Namespace) -> GradingConfig:
+    """The grading config file plus --set overrides, validated."""
+    data = load_yaml(args.grading) if args.grading else {}
+    source = args.grading or "<defaults>"
+    if args.overrides:
+        data = apply_overrides(data, list(args.overrides))
+        source = f"{source} with --set overrides"
+    return GradingConfig.from_dict(data, source=source)
+
+
+def expand_pred_dirs(paths: list[str]) -> list[Path]:
+    """Slide prediction folders: each path itself when it holds prediction.json, else its subfolders that do."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "prediction.json").is_file() or not p.is_dir():
+            out.append(p)  # a missing folder fails on its own status row
+            continue
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and (d / "prediction.json").is_file())
+        out.extend(subs or [p])
+    return out
+
+
+def _parquet_meta(path: Path) -> dict[str, Any]:
+    """The "histo.predict" key-value metadata of tiles.parquet (contract C), or {}."""
+    try:
+        import pyarrow.parquet as pq
+
+        kv = pq.read_schema(path).metadata or {}
+        raw = kv.get(b"histo.predict")
+        return json.loads(raw) if raw else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _mpp(meta: dict[str, Any], pmeta: dict[str, Any], folder: Path) -> float:
+    for d in (meta, pmeta):
+        v = d.get("slide_mpp")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    raise HistoError(f"{folder}: prediction.json has no slide_mpp (the slide's level-0 µm/px)")
+
+
+def _card(meta: dict[str, Any], pmeta: dict[str, Any]) -> dict[str, Any]:
+    for key in ("model", "card", "model_card"):
+        if isinstance(meta.get(key), dict):
+            return meta[key]
+    return {"name": pmeta.get("model_name"), "weights_sha256": pmeta.get("model_weights_sha256"),
+            "tile_px": pmeta.get("tile_px"), "mpp": pmeta.get("mpp"), "classes": pmeta.get("classes", [])}
+
+
+def _slide_for(folder: Path, meta: dict[str, Any], slides: list[Path], n_folders: int) -> Path | None:
+    by_stem = {s.stem: s for s in slides}
+    if folder.name in by_stem:
+        return by_stem[folder.name]
+    if len(slides) == 1 and n_folders == 1:
+        return slides[0]
+    p = meta.get("slide")
+    if isinstance(p, str) and Path(p).is_file():
+        return Path(p)
+    return None
+
+
+def report_folder(folder: Path, out_dir: Path, cfg: GradingConfig, *, slides: list[Path], n_folders: int,
+                  ihc: list[str], geojson_tiles: bool, thumbnail_px: int = 1024) -> tuple[str, Path, Path | None]:
+    """Grade one prediction folder and write its report; returns (verdict, report.json path, slide used)."""
+    from histo.report import read_prediction, write_slide_report  # matplotlib loads only when reporting
+
+    tiles, mitoses, meta = read_prediction(folder)
+    pmeta = _parquet_meta(folder / "tiles.parquet")
+    mpp = _mpp(meta, pmeta, folder)
+    assessment = assess_slide(tiles, mitoses, mpp, cfg)
+    slide = _slide_for(folder, meta, slides, n_folders)
+    paths = write_slide_report(out_dir, assessment=assessment, tiles=tiles, mitoses=mitoses, slide=slide,
+                               card_summary=_card(meta, pmeta), prediction_meta=meta, ihc=ihc or None,
+                               slide_name=folder.name, geojson_tiles=geojson_tiles,
+                               thumbnail_px=thumbnail_px)
+    verdict = json.loads(paths.json.read_text(encoding="utf-8"))["verdict"]["high_grade"]
+    return verdict, paths.json, slide
+
+
+def run(args: argparse.Namespace) -> int:
+    """Report every prediction folder; one status line each; exit 1 if any failed."""
+    cfg = resolve_grading(args)
+    if not 64 <= args.thumbnail_px <= 8192:
+        raise ConfigError(f"--thumbnail-px must be within 64..8192, got {args.thumbnail_px}")
+    slides = [Path(s) for s in args.slides]
+    for s in slides:
+        if not s.is_file():
+            raise ConfigError(f"--slide {s}: file not found")
+    folders = expand_pred_dirs(args.pred_dirs)
+    out_root = Path(args.out) if args.out else None
+    if out_root is not None:
+        names = [f.name for f in folders]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"two prediction folders share the name {dup[0]!r}; reports are named by folder, "
+                              "so report them into different --out folders")
+        out_root.mkdir(parents=True, exist_ok=True)
+        write_text(out_root / "grading.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for folder in folders:
+        t0 = time.perf_counter()
+        target = out_root / folder.name if out_root is not None else folder
+        row: dict[str, Any] = {"folder": str(folder)}
+        try:
+            verdict, json_path, slide = report_folder(folder, target, cfg, slides=slides, n_folders=len(folders),
+                                                      ihc=list(args.ihc), geojson_tiles=not args.no_tiles_geojson,
+                                                      thumbnail_px=args.thumbnail_px)
+            row.update(status="ok", verdict=verdict, reason="" if slide else "no slide file: heatmaps on white",
+                       report=str(json_path))
+            print(f"ok       {folder}: high grade {verdict.replace('_', ' ')} -> {json_path.with_name('report.html')}"
+                  + ("" if slide else " (no slide file found: heatmaps drawn on white)"), file=sys.stderr)
+        except HistoError as exc:
+            failed += 1
+            row.update(status="failed", verdict="", reason=str(exc), report="")
+            print(f"FAILED   {folder}: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one broken folder must not lose the rest of the batch
+            failed += 1
+            row.update(status="failed", verdict="", reason=f"unexpected {type(exc).__name__}: {exc}", report="")
+            print(f"FAILED   {folder}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        if out_root is not None:
+            _write_status(out_root / "status.csv", rows)
+    ok = len(folders) - failed
+    print(f"histo report: {ok} of {len(folders)} folders reported, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_status(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=STATUS_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
