@@ -1,0 +1,153 @@
+"""`histo predict SLIDES... --model MODEL --out DIR`: tile probabilities and mitosis points per slide.
+
+Writes OUT/<slide_stem>/{tiles.parquet, mitoses.parquet, prediction.json} (contract C) and
+OUT/status.csv (slide, status, reason, n_tiles, seconds). A slide already predicted with the same
+weights is skipped; a slide that fails (corrupt file, resolution the model cannot use) gets a failed
+row and the others go on. Under torchrun (WORLD_SIZE > 1) each rank takes its share of the slides,
+on its own GPU, and rank 0 merges the status rows at the end.
+
+Exit codes: 0 every slide ok / no_tissue / skipped; 1 some failed; 2 bad usage (model, options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from histo.errors import ConfigError, HistoError, ModelError
+
+# torch and the models are imported in run(): every `histo` command builds this parser, few need torch.
+CARD_SUFFIX = ".card.json"  # as histo.models.io names model cards
+
+
+def register(sub: Any) -> None:
+    """Add the `predict` subcommand."""
+    p = sub.add_parser(
+        "predict",
+        help="run a model over slides: tile probabilities and mitosis points",
+        description="Detect tissue, read tiles at the model's resolution and write per-tile pattern and "
+                    "necrosis probabilities and mitosis points (µm) per slide. Resumable; under torchrun "
+                    "the slides are shared between the processes.",
+    )
+    p.add_argument("slides", nargs="+", help="slide files (any OpenSlide format, or PNG/JPEG/TIFF with --mpp)")
+    p.add_argument("--model", required=True,
+                   help="model: a folder holding one <name>.card.json + <name>.safetensors, or the path prefix / "
+                        "card / weights file of one")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="tile reader processes (0 = read in this process)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: a GPU when present)")
+    p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
+    p.add_argument("--overlap-px", type=int, default=0, help="tile overlap in model input px (default 0)")
+    p.add_argument("--min-tissue-fraction", type=float,
+                   help="share of a tile that must be tissue (default: the tiling default, 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def locate_model(path: str | Path) -> Path:
+    """The card of a model given as a folder with exactly one card, or the path itself (prefix/card/weights)."""
+    p = Path(path)
+    if p.is_dir():
+        cards = sorted(p.glob(f"*{CARD_SUFFIX}"))
+        if len(cards) != 1:
+            found = ", ".join(c.name for c in cards) or "none"
+            raise ModelError(f"model folder {p} must hold exactly one *{CARD_SUFFIX} (found {found}); "
+                             "give the card or prefix of the one to use")
+        return cards[0]
+    return p
+
+
+def _tiling(args: argparse.Namespace) -> Any:
+    from histo.tiling import TilingConfig
+
+    cfg = TilingConfig()
+    if args.min_tissue_fraction is not None:
+        try:
+            grid = dataclasses.replace(cfg.grid, min_tissue_fraction=args.min_tissue_fraction)
+        except ValueError as exc:
+            raise ConfigError(f"--min-tissue-fraction: {exc}") from exc
+        cfg = dataclasses.replace(cfg, grid=grid)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict this rank's share of the slides; one status row each; exit 1 if any failed."""
+    from tqdm.auto import tqdm
+
+    from histo.models import load_model
+    from histo.predict import distributed as dist
+    from histo.predict.engine import resolve_device
+    from histo.predict.run import PredictResult, predict_slide
+    from histo.predict.status import STATUS_FILE, merge_status, rank_status_path, read_status, write_status
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if args.overlap_px < 0:
+        raise ConfigError(f"--overlap-px must be >= 0, got {args.overlap_px}")
+    slides = [Path(s) for s in args.slides]
+    names: dict[str, Path] = {}
+    for s in slides:
+        if s.stem in names and names[s.stem].resolve() != s.resolve():
+            raise ConfigError(f"two slides share the name {s.stem!r} ({names[s.stem]} and {s}); "
+                              "outputs are named by slide, so predict them into different --out folders")
+        names[s.stem] = s
+    slides = list(names.values())  # the same file named twice is done once
+    tiling = _tiling(args)
+    info = dist.rank_info()
+    device = resolve_device(dist.rank_device(args.device, info))
+    model, card = load_model(locate_model(args.model), "cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    distributed = dist.init(info)
+    mine = dist.shard(slides, info)
+    status_path = rank_status_path(out, info.rank) if distributed else out / STATUS_FILE
+    status = {} if distributed else read_status(status_path)
+    failed = 0
+    bar = tqdm(mine, desc=f"slides (rank {info.rank})" if distributed else "slides", unit="slide",
+               disable=args.quiet or len(mine) < 2)
+    for path in bar:
+        try:
+            result = predict_slide(path, model, card, out, batch_size=args.batch_size, workers=args.workers,
+                                   device=device, mpp=args.mpp, tiling=tiling, overlap_px=args.overlap_px,
+                                   overwrite=args.overwrite, progress=not args.quiet)
+        except HistoError as exc:
+            result = PredictResult(str(path), path.stem, "failed", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
+            result = PredictResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
+        failed += result.status == "failed"
+        status[result.slide] = result.status_row()
+        write_status(status_path, status)
+        _report(result)
+
+    if distributed:
+        dist.barrier()  # every rank's status file is complete
+        if info.rank == 0:
+            merge_status(out, info.world_size)
+        failed = dist.sum_all(failed)  # also keeps the others alive until rank 0 has merged
+        dist.shutdown()
+    if info.rank == 0:
+        print(f"histo predict: {len(slides) - failed} of {len(slides)} slides done, {failed} failed; "
+              f"status in {out / STATUS_FILE}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _report(r: Any) -> None:
+    """One line per slide on stderr."""
+    if r.status == "failed":
+        msg = r.reason if r.reason.startswith(r.slide) else f"{r.slide}: {r.reason}"
+        print(f"FAILED    {msg}", file=sys.stderr)
+    elif r.status == "skipped":
+        print(f"skipped   {r.slide}: {r.reason}", file=sys.stderr)
+    elif r.status == "no_tissue":
+        print(f"no tissue {r.slide}: empty tables written to {r.out_dir}", file=sys.stderr)
+    else:
+        print(f"ok        {r.slide}: {r.n_tiles} tiles, {r.n_mitoses} mitoses, {r.seconds:.1f} s -> {r.out_dir}",
+              file=sys.stderr)

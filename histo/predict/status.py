@@ -1,0 +1,56 @@
+"""OUT/status.csv: one row per slide (slide, status, reason, n_tiles, seconds), rewritten atomically.
+
+Under a launcher each rank writes its own ``status.rank<r>.csv``; rank 0 merges them into status.csv
+after the final barrier (rows of earlier runs are kept unless a slide was done again).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from histo.atomic import write_text
+from histo.predict.run import STATUS_FIELDS
+
+STATUS_FILE = "status.csv"
+
+
+def rank_status_path(out_dir: str | Path, rank: int) -> Path:
+    """The status file one rank writes while it works."""
+    return Path(out_dir) / f"status.rank{rank}.csv"
+
+
+def read_status(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Rows of a status file keyed by slide ({} when the file is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        return {row["slide"]: row for row in csv.DictReader(f)}
+
+
+def write_status(path: str | Path, rows: dict[str, dict[str, Any]]) -> Path:
+    """Write status rows atomically, in the order given."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(STATUS_FIELDS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in rows.values():
+        w.writerow(row)
+    return write_text(path, buf.getvalue())
+
+
+def merge_status(out_dir: str | Path, world_size: int) -> Path:
+    """Fold every rank's status file into OUT/status.csv (new rows replace old ones) and remove them."""
+    out_dir = Path(out_dir)
+    rows = read_status(out_dir / STATUS_FILE)
+    parts = [rank_status_path(out_dir, r) for r in range(world_size)]
+    new: dict[str, dict[str, Any]] = {}
+    for p in parts:
+        new.update(read_status(p))
+    rows.update(sorted(new.items()))  # slides of this run in cohort order, whichever rank did them
+    path = write_status(out_dir / STATUS_FILE, rows)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return path
