@@ -44,7 +44,7 @@ def coarse_slide(tmp_path_factory) -> Path:
 def _status(out: Path) -> dict[str, dict[str, str]]:
     with (out / "status.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["slide", "status", "reason", "n_tiles", "seconds"]
+    assert list(rows[0]) == ["slide", "status", "reason", "n_tiles", "seconds", "verdict", "report"]
     return {Path(r["slide"]).stem: r for r in rows}
 
 
@@ -68,6 +68,10 @@ def test_batch_goes_on_past_failures_and_resumes(test_slide_path, blank_slide_pa
     assert not (out / "coarse").exists() and not (out / "corrupt").exists()
     tiles, _, info = load_prediction(out / "test_slide")
     assert len(tiles) == 64 and info["model"]["name"] == "cli-tiny"
+    # each predicted slide is graded and reported beside its tables (an empty slide is 'not assessable')
+    assert rows["test_slide"]["verdict"] in ("yes", "no", "not_assessable")
+    assert Path(rows["test_slide"]["report"]).is_file() and (out / "test_slide" / "annotations.geojson").is_file()
+    assert rows["blank"]["verdict"] == "not_assessable"
     err = capsys.readouterr().err
     assert "ok        " in err and "FAILED    " in err and "no tissue " in err
     assert "2 of 4 slides done, 2 failed" in err

@@ -44,6 +44,11 @@ def register(sub: Any) -> None:
     p.add_argument("--overlap-px", type=int, default=0, help="tile overlap in model input px (default 0)")
     p.add_argument("--min-tissue-fraction", type=float,
                    help="share of a tile that must be tissue (default: the tiling default, 0.5)")
+    p.add_argument("--grading", help="grading config YAML for the reports (default: built-in, as configs/grading/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a grading key, e.g. --set hpf.preset=fnclcc (repeatable)")
+    p.add_argument("--no-report", action="store_true",
+                   help="write the prediction tables only (grade and report later with `histo report`)")
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -100,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
         names[s.stem] = s
     slides = list(names.values())  # the same file named twice is done once
     tiling = _tiling(args)
+    grading = None
+    if not args.no_report:
+        from histo.cli.report import resolve_grading
+
+        grading = resolve_grading(args)  # a bad grading config fails before any slide is read
     info = dist.rank_info()
     device = resolve_device(dist.rank_device(args.device, info))
     model, card = load_model(locate_model(args.model), "cpu")
@@ -122,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             result = PredictResult(str(path), path.stem, "failed", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
             result = PredictResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
+        if grading is not None and result.status != "failed":
+            result = _write_report(result, path, grading)
         failed += result.status == "failed"
         status[result.slide] = result.status_row()
         write_status(status_path, status)
@@ -139,6 +151,21 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _write_report(result: Any, slide: Path, grading: Any) -> Any:
+    """Grade a predicted slide and write its report beside the predictions; a report failure fails the slide."""
+    from histo.cli.report import report_folder
+
+    folder = Path(result.out_dir)
+    if result.status == "skipped" and (folder / "report.json").is_file():
+        return result
+    try:
+        verdict, json_path, _ = report_folder(folder, folder, grading, slides=[slide], n_folders=1, ihc=[],
+                                              geojson_tiles=True)
+    except HistoError as exc:
+        return dataclasses.replace(result, status="failed", reason=f"report: {exc} (predictions kept in {folder})")
+    return dataclasses.replace(result, verdict=verdict, report=str(json_path.with_name("report.html")))
+
+
 def _report(r: Any) -> None:
     """One line per slide on stderr."""
     if r.status == "failed":
@@ -151,3 +178,5 @@ def _report(r: Any) -> None:
     else:
         print(f"ok        {r.slide}: {r.n_tiles} tiles, {r.n_mitoses} mitoses, {r.seconds:.1f} s -> {r.out_dir}",
               file=sys.stderr)
+    if r.report:
+        print(f"          high grade: {r.verdict.replace('_', ' ')}; report {r.report}", file=sys.stderr)

@@ -31,7 +31,7 @@ from histo.predict.outputs import (
 from histo.slide import open_slide
 from histo.tiling import TilingConfig, plan_grid
 
-STATUS_FIELDS = ("slide", "status", "reason", "n_tiles", "seconds")
+STATUS_FIELDS = ("slide", "status", "reason", "n_tiles", "seconds", "verdict", "report")
 
 
 @dataclass
@@ -47,9 +47,11 @@ class PredictResult:
     seconds: float = 0.0
     out_dir: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    verdict: str = ""  # high grade yes / no / not_assessable, when a report was written
+    report: str = ""  # the report.html path, when a report was written
 
     def status_row(self) -> dict[str, Any]:
-        """slide, status, reason, n_tiles, seconds."""
+        """slide, status, reason, n_tiles, seconds, verdict, report."""
         return {k: getattr(self, k) for k in STATUS_FIELDS}
 
 
