@@ -46,4 +46,6 @@ def test_artefacts():
     s = _summary("artefacts")
     a = s["artefacts"]
     assert a["pen_mm2"] > 0.1 and a["blur_mm2"] > 0.1 and a["fold_mm2"] > 0.05
+    i = a["ihc"]  # the IHC companion carries its own artefacts
+    assert i["pen_mm2"] > 0.05 and i["blur_mm2"] > 0.1 and i["fold_mm2"] > 0.02 and len(i["pen_colors"]) == 1
     assert s["grading"]["verdict"] == "low grade"

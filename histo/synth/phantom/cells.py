@@ -22,8 +22,9 @@ KIND_NAMES = ("spindle", "ovoid", "fibroblast", "lymphocyte", "plasma", "ghost",
 TUMOR_KINDS = (SPINDLE, OVOID)
 N_ORIENT = 36  # orientation bins over 180°
 N_VARIANT = 4
-N_SIZE = 3
+N_SIZE = 5  # nuclear size bins (pleomorphism); bin 2 is the mean size
 _BLOCK = 64  # grid cells per generator block side
+_SIZE_CDF = np.cumsum([0.12, 0.22, 0.32, 0.22])  # upper bounds of bins 0..3; the rest is bin 4
 
 
 @dataclass
@@ -151,7 +152,8 @@ def place_cells(spec: PhantomSpec, lay: Layout) -> Cells:
             stretch[cross] = 0.45 + 0.15 * r2[4, cross]
             c["stretch"] = stretch
             pleo = t.pleomorphism
-            c["size"] = np.minimum((r2[5] * N_SIZE).astype(np.int8), N_SIZE - 1)
+            # Centre-weighted size bins: most nuclei near the mean, a few small or large ones.
+            c["size"] = np.searchsorted(_SIZE_CDF, r2[5], side="right").astype(np.int8)
             c["variant"] = (r2[6] * N_VARIANT).astype(np.int8)
             c["dark"] = (1.0 + pleo * 1.2 * (r2[7] - 0.5) * 2).astype(np.float32)
             parts.append(Cells(**c))
@@ -222,7 +224,26 @@ def assign_ihc(spec: PhantomSpec, cells: Cells, rng: np.random.Generator) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Sprites: float masks (0..1) built analytically at the slide's mpp, rotated by construction.
+# Sprites: masks built analytically at the slide's mpp, rotated by construction. Chromatin and
+# cytoplasm granularity are NOT in the sprites: the renderer multiplies them in from textures
+# addressed by global position, so every cell's texture is its own while the bank stays small.
+
+
+@dataclass(frozen=True)
+class Sprite:
+    """One cell's masks, (2*half+1)² each, float16 to keep the bank small."""
+
+    nuc: np.ndarray  # hematoxylin density of the nucleus: outline, darker rim, nucleoli (0..~1.5)
+    shape: np.ndarray  # nuclear occupancy 0..1 (the nucleus' soft-edged silhouette)
+    body: np.ndarray  # cytoplasm 0..1: 1 near the nucleus, fading to 0 at the cell border
+    ring: np.ndarray  # cell membrane: a thin band just inside the cell border, 0..1
+    half: int
+
+
+def size_factor(size: int, pleomorphism: float) -> float:
+    """Linear size factor of a nucleus in size bin `size` (0..N_SIZE-1; bin 2 is the mean)."""
+    spread = 0.06 + 0.3 * pleomorphism  # pleomorphism 0.4: lengths 0.82..1.18 x the mean
+    return 1.0 + spread * (size - (N_SIZE - 1) / 2) / ((N_SIZE - 1) / 2)
 
 
 def _grid(half: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -233,15 +254,51 @@ def _grid(half: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
     return xx * c + yy * s, -xx * s + yy * c
 
 
-def _value_noise(rng: np.random.Generator, shape: tuple[int, int], cell_px: float) -> np.ndarray:
-    """Smooth random texture in 0..1 (for chromatin granularity)."""
-    from scipy import ndimage
+def _wobble(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, amp: float) -> np.ndarray:
+    """Radial outline factor 1 + low-frequency Fourier terms (orders 2..5) of the polar angle of (x, y)."""
+    r = np.sqrt(x * x + y * y) + np.float32(1e-6)
+    c1, s1 = x / r, y / r
+    ck, sk = c1, s1
+    out = np.ones_like(x)
+    for k in range(2, 6):
+        # cos/sin of k·phi by the angle-addition recurrence: no trigonometry on the arrays.
+        ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
+        p = rng.uniform(0, 2 * np.pi)
+        w = (amp / k**0.7) * rng.normal()
+        out += np.float32(w * np.cos(p)) * ck - np.float32(w * np.sin(p)) * sk
+    return np.clip(out, 0.6, 1.4)
 
-    n = rng.random(shape).astype(np.float32)
-    n = ndimage.gaussian_filter(n, max(cell_px, 0.5))
-    n -= n.min()
-    m = n.max()
-    return n / m if m > 0 else n
+
+def _soft(rr: np.ndarray, scale_px: float) -> np.ndarray:
+    """Anti-aliased inside-ness of a region whose normalised radius is `rr` (1 at the border)."""
+    return np.clip((1.0 - rr) * scale_px + 0.5, 0, 1)
+
+
+def _border_distance(u: np.ndarray, v: np.ndarray, A: float, B: float, rng: np.random.Generator,
+                     irregular: float) -> np.ndarray:
+    """Distance (px) inside the border of an irregular ellipse of semi-axes A, B (negative outside)."""
+    rb = np.sqrt((u / A) ** 2 + (v / B) ** 2)
+    rb = rb / _wobble(rng, u / A, v / B, irregular)
+    # (1 - rb) over the gradient of rb: exact for a circle, close for these mild ellipses.
+    g = np.sqrt((u / A**2) ** 2 + (v / B**2) ** 2) / np.maximum(rb, 1e-3)
+    return (1.0 - rb) / np.maximum(g, 1e-6)
+
+
+def _cell(u: np.ndarray, v: np.ndarray, A: float, B: float, rng: np.random.Generator, irregular: float,
+          membrane_px: float, nucleus_ab: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(body, ring) of an irregular elliptical cell of semi-axes A, B (px): body fades to 0 over the outer
+    ~2 µm; ring is a thin membrane band. With `nucleus_ab` the membrane hugs the nucleus at about 1.9 µm
+    (packed tumour cells: where a membrane marker outlines each cell, and where scorers look for it)
+    while the cytoplasm's tapering tails reach further."""
+    dist = _border_distance(u, v, A, B, rng, irregular)
+    t = np.clip(dist / (2.0 * membrane_px / 0.45), 0, 1)
+    body = t * t * (3 - 2 * t)  # smoothstep: cytoplasm thins out towards the border
+    if nucleus_ab is not None:
+        gap = 2.1 * membrane_px / 0.45
+        dist = np.maximum(_border_distance(u, v, nucleus_ab[0] + gap, nucleus_ab[1] + gap, rng, irregular * 0.5),
+                          np.minimum(dist, 0.0))
+    ring = np.exp(-(((dist - 0.6 * membrane_px) / (0.5 * membrane_px)) ** 2)) * (dist > -membrane_px)
+    return body, ring
 
 
 class SpriteBank:
@@ -250,12 +307,13 @@ class SpriteBank:
     def __init__(self, spec: PhantomSpec):
         self.spec = spec
         self.um = 1.0 / spec.mpp  # px per µm
-        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._cache: dict[tuple, Sprite] = {}
         t = spec.tumor
-        self.max_half = int(np.ceil(max(t.nuclear_length_um * 1.8, 26.0) * self.um / 2)) + 3
+        self.max_half = int(np.ceil(max(t.nuclear_length_um * size_factor(N_SIZE - 1, t.pleomorphism) * 1.6 + 7,
+                                        26.0) * self.um / 2)) + 3
 
-    def get(self, kind: int, size: int, variant: int, angle: float, stretch: float = 1.0) -> tuple[np.ndarray, np.ndarray, int]:
-        """(nucleus, body, half) for a cell; nucleus and body are (2*half+1)² float32 masks."""
+    def sprite(self, kind: int, size: int, variant: int, angle: float, stretch: float = 1.0) -> Sprite:
+        """The masks of a cell (cached by kind, size, variant, orientation bin and stretch bin)."""
         ob = int(round(angle / np.pi * N_ORIENT)) % N_ORIENT
         sb = int(round((stretch - 0.45) / 0.55 * 3)) if stretch < 1.0 else 4
         key = (kind, size, variant, ob if kind not in (LYMPHOCYTE, DUST) else 0, sb)
@@ -265,72 +323,95 @@ class SpriteBank:
             self._cache[key] = hit
         return hit
 
-    def _make(self, kind: int, size: int, variant: int, angle: float, stretch: float) -> tuple[np.ndarray, np.ndarray, int]:
+    def get(self, kind: int, size: int, variant: int, angle: float, stretch: float = 1.0) -> tuple[np.ndarray, np.ndarray, int]:
+        """(nucleus, body, half) for a cell; nucleus and body are (2*half+1)² masks."""
+        s = self.sprite(kind, size, variant, angle, stretch)
+        return s.nuc.astype(np.float32), s.body.astype(np.float32), s.half
+
+    def _make(self, kind: int, size: int, variant: int, angle: float, stretch: float) -> Sprite:
         um = self.um
         t = self.spec.tumor
         rng = np.random.default_rng([kind, size, variant, int(angle * 1000), int(stretch * 100), 7])
-        sz = 0.85 + 0.15 * size  # size bins: 0.85, 1.0, 1.15
+        sz = size_factor(size, t.pleomorphism)
+        irr = 0.05 + 0.12 * t.pleomorphism  # outline irregularity of tumour nuclei
+        mem = 0.45 * um  # membrane band width
+        ring = None
         if kind in (SPINDLE, FIBROBLAST):
             if kind == SPINDLE:
                 a = t.nuclear_length_um * sz * stretch / 2 * um
-                b = t.nuclear_width_um * sz / 2 * um * (1.0 + 0.5 * (1 - stretch))
-                bend, dark_core = 0.12, 0.9
+                b = t.nuclear_width_um * (sz * 0.5 + 0.5) / 2 * um * (1.0 + 0.5 * (1 - stretch)) * (0.9 + 0.07 * variant)
+                bend, wob = 0.12, irr
             else:
                 a = 12.0 * sz / 2 * um
-                b = 1.5 / 2 * um
-                bend, dark_core = 0.35, 1.15
-            half = int(np.ceil(max(a * 1.9, b * 5))) + 2
+                b = 1.4 / 2 * um
+                bend, wob = 0.35, 0.04
+            A, B = a + max(0.6 * a, 3.0 * um), b + 3.4 * um
+            half = int(np.ceil(max(a, A) + 1.5 * um)) + 2
             u, v = _grid(half, angle)
-            # A wavy, cigar-shaped nucleus with blunt-tapered ends.
-            v = v - bend * b * np.sin(np.pi * u / max(a, 1) + variant) * (2 if kind == FIBROBLAST else 1)
+            # A wavy, cigar-shaped nucleus with blunt-tapered ends and an irregular outline.
+            vb = v - bend * b * np.sin(np.pi * u / max(a, 1) + variant) * (2 if kind == FIBROBLAST else 1)
             taper = np.sqrt(np.clip(1 - (u / a) ** 4, 0, 1))
-            rr = np.maximum(np.abs(u) / a, np.abs(v) / np.maximum(b * taper, 0.3))
-            nuc = np.clip((1.0 - rr) * min(a, b) / 0.9 + 0.5, 0, 1)
-            tex = _value_noise(rng, u.shape, 0.35 * um)
-            rim = np.exp(-((rr - 0.85) / 0.15) ** 2)
-            nuc = nuc * (0.42 + 0.85 * tex + 0.15 * rim) * dark_core
-            ab, bb = a * 1.9 + 2 * um, b * 3.0 + 1.5 * um
-            rb = np.sqrt((u / ab) ** 2 + (v / bb) ** 2)
+            rr = np.maximum(np.abs(u) / a, np.abs(vb) / np.maximum(b * taper, 0.3))
+            rr = rr / _wobble(rng, u / a, vb / b, wob)
+            shape = _soft(rr, min(a, b) / 0.9)
+            rim = np.exp(-((rr - 0.88) / 0.1) ** 2)
+            nuc = shape * (0.7 + 0.35 * rim)
+            if kind == SPINDLE and variant == 0 and stretch > 0.6:
+                # A small nucleolus in some tumour cells.
+                cu = rng.uniform(-0.3, 0.3) * a
+                nuc = nuc + 0.55 * np.exp(-((u - cu) ** 2 + vb**2) / (0.5 * um) ** 2) * shape
+            body, ring = _cell(u, vb * 0.7 + v * 0.3, A, B, rng, 0.12, mem, (a, b) if kind == SPINDLE else None)
         elif kind == OVOID:
-            a = 4.6 * sz * um * (1.1 if variant % 2 else 1.0)
-            b = 3.2 * sz * um
-            half = int(np.ceil(a * 2.2)) + 2
+            a = 4.6 * sz * um * (1.08 if variant % 2 else 0.95)
+            b = 3.2 * sz * um * (0.95 if variant >= 2 else 1.05)
+            A, B = a + 3.0 * um, b + 2.6 * um
+            half = int(np.ceil(A + 1.5 * um)) + 2
             u, v = _grid(half, angle)
             rr = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-            nuc = np.clip((1.0 - rr) * b / 0.9 + 0.5, 0, 1)
-            tex = _value_noise(rng, u.shape, 0.7 * um)
-            # Vesicular chromatin: rim and clumps darker than the centre, a small nucleolus.
-            rim = np.exp(-((rr - 0.88) / 0.12) ** 2)
-            nucleolus = np.exp(-((u - 0.2 * a) ** 2 + (v + 0.1 * b) ** 2) / (0.7 * um) ** 2)
-            nuc = nuc * (0.45 + 0.45 * tex + 0.35 * rim) + 0.5 * nucleolus * (rr < 1)
-            rb = np.sqrt((u / (a * 1.9)) ** 2 + (v / (b * 2.3)) ** 2)
+            rr = rr / _wobble(rng, u / a, v / b, irr * 1.2)
+            shape = _soft(rr, b / 0.9)
+            # Vesicular chromatin: a crisp dark membrane, a paler interior, one or two nucleoli.
+            rim = np.exp(-((rr - 0.9) / 0.09) ** 2)
+            nuc = shape * (0.5 + 0.55 * rim)
+            for _ in range(1 if variant < 2 else (2 if variant == 2 else 0)):
+                cu, cv = rng.uniform(-0.35, 0.35) * a, rng.uniform(-0.3, 0.3) * b
+                r_nl = rng.uniform(0.55, 0.85) * um
+                nuc = nuc + 0.75 * np.exp(-((u - cu) ** 2 + (v - cv) ** 2) / r_nl**2) * shape
+            body, ring = _cell(u, v, A, B, rng, 0.12, mem, (a, b))
         elif kind in (LYMPHOCYTE, PLASMA):
-            rad = (3.2 if kind == LYMPHOCYTE else 3.0) * sz * um
+            rad = (3.0 if kind == LYMPHOCYTE else 2.7) * um * (0.92 + 0.05 * size)
             half = int(np.ceil(rad * 3.2)) + 2
             u, v = _grid(half, angle)
-            if kind == PLASMA:
-                u = u + 1.6 * um  # eccentric nucleus
-            rr = np.sqrt(u**2 + v**2) / rad
-            nuc = np.clip((1.0 - rr) * rad / 0.9 + 0.5, 0, 1)
-            tex = _value_noise(rng, u.shape, 0.45 * um)
+            off = 1.9 * um if kind == PLASMA else 0.0  # plasma cells: eccentric nucleus
+            un = u + off
+            rr = np.sqrt(un**2 + v**2) / rad
+            rr = rr / _wobble(rng, un, v, 0.06)
+            shape = _soft(rr, rad / 0.9)
             if kind == LYMPHOCYTE:
-                nuc = nuc * (1.05 + 0.35 * tex)
-                rb = rr / 1.25
+                # Small, round and dense, a barely visible rim of cytoplasm.
+                nuc = shape * (1.0 + 0.15 * np.exp(-((rr - 0.85) / 0.15) ** 2))
+                body, ring = _cell(u, v, rad * 1.25, rad * 1.2, rng, 0.05, mem)
             else:
-                # Clock-face chromatin; an amphophilic cytoplasm with a pale perinuclear hof.
-                ang = np.arctan2(v, u)
-                clock = 0.5 + 0.5 * np.cos(6 * ang + variant)
-                nuc = nuc * (0.55 + 0.55 * clock * (rr > 0.5) + 0.25 * tex)
-                uu = u - 1.6 * um
-                rb = np.sqrt((uu / (rad * 2.1)) ** 2 + (v / (rad * 1.6)) ** 2)
+                # Clock-face chromatin: coarse clumps against the membrane, one in the middle.
+                ang = np.arctan2(v, un)
+                clock = np.clip(np.cos(rng.integers(5, 8) * ang + variant) * 1.6 - 0.2, 0, 1)
+                centre = np.exp(-(un**2 + v**2) / (0.8 * um) ** 2)
+                nuc = shape * (0.45 + 0.7 * clock * np.clip((rr - 0.45) * 3, 0, 1) + 0.6 * centre)
+                body, ring = _cell(u, v, rad * 2.2, rad * 1.65, rng, 0.06, mem)
+                # The pale perinuclear hof (Golgi) beside the nucleus, on the cell's side.
+                hof = np.exp(-((u - (rad - off + 1.1 * um)) ** 2 / (1.2 * um) ** 2 + v**2 / (1.5 * um) ** 2))
+                body = body * (1.0 - 0.7 * hof) * (1 - shape)
         elif kind == GHOST:
-            a, b = 5.0 * sz * um, 3.2 * sz * um
+            sg = 0.85 + 0.15 * size / (N_SIZE - 1) * 2
+            a, b = 5.0 * sg * um, 3.2 * sg * um
             half = int(np.ceil(a * 2.0)) + 2
             u, v = _grid(half, angle)
             rr = np.sqrt((u / a) ** 2 + (v / b) ** 2)
             # Pale nuclear outline only: the chromatin has gone.
             nuc = 0.22 * np.exp(-((rr - 0.9) / 0.15) ** 2) + 0.06 * (rr < 1)
+            shape = (rr < 1).astype(np.float32)
             rb = np.sqrt((u / (a * 1.8)) ** 2 + (v / (b * 2.0)) ** 2)
+            body = np.sqrt(np.clip((1.0 - rb) * 1.6, 0, 1))
         elif kind == DUST:
             half = int(np.ceil(6 * um)) + 2
             u, v = _grid(half, angle)
@@ -340,14 +421,16 @@ class SpriteBank:
                 rad = rng.uniform(0.45, 1.1) * um
                 d = np.sqrt((u - cx) ** 2 + (v - cy) ** 2) / rad
                 nuc = np.maximum(nuc, np.clip((1 - d) * rad / 0.8 + 0.5, 0, 1) * 1.35)
-            rb = np.full_like(u, 9.0)
+            shape = np.clip(nuc, 0, 1)
+            body = np.zeros_like(u)
         elif kind == MITOSIS:
-            half = int(np.ceil(9 * sz * um)) + 2
+            sm = 0.85 + 0.3 * size / (N_SIZE - 1)
+            half = int(np.ceil(9 * sm * um)) + 2
             u, v = _grid(half, angle)
             nuc = np.zeros_like(u)
             if variant < 2:
                 # Metaphase plate: a dense bar of chromosomes with ragged, spiky edges.
-                lu, lv = 4.6 * sz * um, 1.3 * um
+                lu, lv = 4.6 * sm * um, 1.3 * um
                 for _ in range(40):
                     cu = rng.uniform(-lu, lu)
                     cv = rng.normal(0, lv * 0.6)
@@ -357,22 +440,21 @@ class SpriteBank:
             else:
                 # Atypical figure: irregular clumps of condensed chromatin.
                 for _ in range(rng.integers(5, 9)):
-                    cu, cv = rng.normal(0, 2.6 * sz * um, 2)
+                    cu, cv = rng.normal(0, 2.6 * sm * um, 2)
                     ru, rv = rng.uniform(0.8, 1.9) * um, rng.uniform(0.7, 1.5) * um
                     a2 = rng.uniform(0, np.pi)
                     du = (u - cu) * np.cos(a2) + (v - cv) * np.sin(a2)
                     dv = -(u - cu) * np.sin(a2) + (v - cv) * np.cos(a2)
                     d = np.sqrt((du / ru) ** 2 + (dv / rv) ** 2)
                     nuc = np.maximum(nuc, np.clip((1 - d) * 2.0 + 0.5, 0, 1))
+            shape = np.clip(nuc, 0, 1)
             nuc = nuc * 1.55
             # The clear halo: a round pale zone around the figure (body mask = halo).
-            rr = np.sqrt(u**2 + v**2) / (8.0 * sz * um)
-            rb = rr
+            rr = np.sqrt(u**2 + v**2) / (8.0 * sm * um)
+            body = np.clip((1.0 - rr) * 4.0, 0, 1)
         else:  # pragma: no cover
             raise ValueError(kind)
-        # Soft-edged cytoplasm with a granular texture (DAB and eosin both follow it).
-        gran = _value_noise(rng, rb.shape, 0.3 * um)
-        body = (np.sqrt(np.clip((1.0 - rb) * 1.6, 0, 1)) * (0.75 + 0.5 * gran)).astype(np.float32)
-        if kind == MITOSIS:
-            body = np.clip((1.0 - rb) * 4.0, 0, 1).astype(np.float32)
-        return nuc.astype(np.float32), body, half
+        if ring is None:
+            ring = np.zeros_like(body)
+        f16 = np.float16
+        return Sprite(nuc.astype(f16), shape.astype(f16), body.astype(f16), ring.astype(f16), half)

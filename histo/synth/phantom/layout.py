@@ -27,7 +27,7 @@ REGION_CLASSES = {
     NECROSIS: "Necrosis",
     INFLAMMATION: "Inflammation",
 }
-FIELD_NAMES = ("tissue", "tumor", "fascicular", "necrosis", "inflammation", "pen", "blur", "fold")
+FIELD_NAMES = ("tissue", "tumor", "fascicular", "necrosis", "inflammation", "pen", "blur", "fold", "ihc_pen", "ihc_blur", "ihc_fold")
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Layout:
     stroma_theta: np.ndarray  # collagen fibre angle (radians)
     polygons: dict[str, shapely.Geometry] = field(default_factory=dict)
     pen_colors: list[str] = field(default_factory=list)
+    ihc_pen_colors: list[str] = field(default_factory=list)
     _tangent: tuple[np.ndarray, np.ndarray] | None = None
 
     def grid_coords(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +184,11 @@ def build_layout(spec: PhantomSpec, rng: np.random.Generator) -> Layout:
 
     fields = {"tissue": tissue_f, "tumor": tumor_f, "fascicular": fasc_f, "necrosis": necr_f, "inflammation": infl_f}
     lay = Layout(W, H, spec.mpp, step, fields, psi, stroma_theta)
-    _add_artefacts(lay, spec, rng, X, Y)
+    a = spec.artefacts
+    _add_artefacts(lay, rng, X, Y, "", a.pen_marks, a.blur_patches, a.folds)
+    # The IHC slide's own artefacts come from their own generator: the H&E layout of a seed stays as it was.
+    _add_artefacts(lay, np.random.default_rng([spec.seed, 1, 6]), X, Y, "ihc_", a.ihc_pen_marks, a.ihc_blur_patches,
+                   a.ihc_folds)
     lay.polygons = region_polygons(lay)
     return lay
 
@@ -205,14 +210,17 @@ def _polyline_field(lay: Layout, pts_norm: np.ndarray, half_width_px: float) -> 
     return (half_width_px - dist).astype(np.float32)
 
 
-def _add_artefacts(lay: Layout, spec: PhantomSpec, rng: np.random.Generator, X: np.ndarray, Y: np.ndarray) -> None:
-    """Pen strokes, out-of-focus patches and folds (fields > 0 inside), all H&E-only."""
+def _add_artefacts(lay: Layout, rng: np.random.Generator, X: np.ndarray, Y: np.ndarray, prefix: str,
+                   pen_marks: int, blur_patches: int, folds: int) -> None:
+    """Pen strokes, out-of-focus patches and folds of one slide: fields `prefix`pen/blur/fold (> 0 inside)."""
     ny, nx = X.shape
-    a = spec.artefacts
-    um = 1.0 / spec.mpp  # level-0 px per µm
+    um = 1.0 / lay.mpp  # level-0 px per µm
     pen = np.full((ny, nx), -1e3, np.float32)
     colors = ["green", "blue", "black"]
-    for i in range(a.pen_marks):
+    # The IHC slide's pens: a felt-tip drawn at random (the H&E one keeps its green, as before).
+    ink = colors[int(rng.integers(0, 3))] if prefix and pen_marks else colors[0]
+    pen_colors = lay.ihc_pen_colors if prefix else lay.pen_colors
+    for i in range(pen_marks):
         # A hand-drawn stroke: a wobbly arc partly over the tissue edge.
         c = np.array([rng.uniform(0.2, 0.8), rng.uniform(0.12, 0.3) if i % 2 == 0 else rng.uniform(0.7, 0.88)])
         ang = rng.uniform(0, np.pi)
@@ -223,18 +231,18 @@ def _add_artefacts(lay: Layout, spec: PhantomSpec, rng: np.random.Generator, X: 
         pts = c + t[:, None] * length * d + (0.04 * np.sin(t * np.pi * rng.uniform(1, 2.5)) + rng.normal(0, 0.006, 7))[:, None] * nrm
         half = rng.uniform(90, 160) * um
         pen = np.maximum(pen, _polyline_field(lay, np.clip(pts, 0.02, 0.98), half))
-        lay.pen_colors.append(colors[0])  # one felt-tip per slide (the renderer paints all strokes in it)
+        pen_colors.append(ink)  # one felt-tip per slide (the renderer paints all strokes in it)
     blur = np.full((ny, nx), -1.0, np.float32)
     tis = lay.fields["tissue"] > 0
     iy, ix = np.nonzero(tis)
-    for _ in range(a.blur_patches):
+    for _ in range(blur_patches):
         k = rng.integers(len(iy)) if len(iy) else 0
         cx, cy = (ix[k] + 0.5) / nx if len(iy) else 0.5, (iy[k] + 0.5) / ny if len(iy) else 0.5
         rad = rng.uniform(0.08, 0.14)
         rr = np.sqrt(((X - cx) * lay.width_px) ** 2 + ((Y - cy) * lay.height_px) ** 2) / (rad * min(lay.width_px, lay.height_px))
         blur = np.maximum(blur, (1.0 - rr).astype(np.float32))
     fold = np.full((ny, nx), -1e3, np.float32)
-    for _ in range(a.folds):
+    for _ in range(folds):
         ang = rng.uniform(0, np.pi)
         c = np.array([0.5 + rng.uniform(-0.15, 0.15), 0.5 + rng.uniform(-0.15, 0.15)])
         d = np.array([np.cos(ang), np.sin(ang)])
@@ -243,9 +251,9 @@ def _add_artefacts(lay: Layout, spec: PhantomSpec, rng: np.random.Generator, X: 
         pts = c + t[:, None] * d + (0.03 * np.sin(t * 3 + rng.uniform(0, 6)))[:, None] * nrm
         half = rng.uniform(40, 80) * um
         fold = np.maximum(fold, _polyline_field(lay, np.clip(pts, 0.0, 1.0), half))
-    lay.fields["pen"] = pen
-    lay.fields["blur"] = blur
-    lay.fields["fold"] = fold
+    lay.fields[prefix + "pen"] = pen
+    lay.fields[prefix + "blur"] = blur
+    lay.fields[prefix + "fold"] = fold
 
 
 def field_polygon(arr: np.ndarray, step_px: float) -> shapely.Geometry:
@@ -307,4 +315,7 @@ def region_polygons(lay: Layout) -> dict[str, shapely.Geometry]:
         "Pen": P["pen"],
         "Blur": P["blur"],
         "Fold": _polygonal(shapely.intersection(P["fold"], tissue)),
+        "IHC pen": P["ihc_pen"],
+        "IHC blur": P["ihc_blur"],
+        "IHC fold": _polygonal(shapely.intersection(P["ihc_fold"], tissue)),
     }

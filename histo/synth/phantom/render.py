@@ -13,7 +13,7 @@ from scipy import ndimage
 from .cells import (
     DUST, FIBROBLAST, GHOST, LYMPHOCYTE, MITOSIS, OVOID, PLASMA, SPINDLE, Cells, SpriteBank,
 )
-from .layout import FASCICULAR, HAPHAZARD, INFLAMMATION, NECROSIS, STROMA, Layout, combine_labels
+from .layout import FASCICULAR, HAPHAZARD, INFLAMMATION, NECROSIS, STROMA, Layout, combine_labels, smooth_noise
 from .spec import PhantomSpec
 from .stain import PEN_INKS, StainModel
 
@@ -22,9 +22,19 @@ _K = 8  # orientation bins of the fibre textures
 _BUCKET = 256  # spatial index bucket (px)
 
 # Nuclear hematoxylin strength (OD) of each kind, H&E; the IHC counterstain is lighter.
-_H_NUC = {SPINDLE: 0.85, OVOID: 0.8, FIBROBLAST: 0.85, LYMPHOCYTE: 1.0, PLASMA: 0.9, GHOST: 1.0, DUST: 1.05, MITOSIS: 1.25}
-_E_BODY = {SPINDLE: 0.28, OVOID: 0.30, FIBROBLAST: 0.0, LYMPHOCYTE: 0.0, PLASMA: 0.22, GHOST: 0.45, DUST: 0.0, MITOSIS: 0.0}
+_H_NUC = {SPINDLE: 0.85, OVOID: 0.85, FIBROBLAST: 0.9, LYMPHOCYTE: 1.15, PLASMA: 0.9, GHOST: 1.0, DUST: 1.05, MITOSIS: 1.25}
+_E_BODY = {SPINDLE: 0.30, OVOID: 0.32, FIBROBLAST: 0.0, LYMPHOCYTE: 0.0, PLASMA: 0.32, GHOST: 0.45, DUST: 0.0, MITOSIS: 0.0}
 _IHC_COUNTER = 0.62
+# Relative chromatin texture (sd of the granular modulation) of each kind's nucleus.
+_CHROM = {SPINDLE: 0.32, OVOID: 0.42, FIBROBLAST: 0.2, LYMPHOCYTE: 0.22, PLASMA: 0.2, GHOST: 0.1, DUST: 0.1, MITOSIS: 0.1}
+# Painted DAB per unit of a cell's dab_od, by compartment: makes the mean DAB OD that deconvolution
+# measures in the compartment (a 2 µm ring round the nucleus, the nucleus, the cell border) come out
+# near the cell's dab_od despite the fading edge, the granules and the optics blur.
+_DAB_GAIN = {"cytoplasmic": 1.18, "nuclear": 1.1, "membranous": 1.6}
+# Texture warp: displacement sd (px) and its correlation length (px); decorrelates the periodic banks.
+_WARP_PX = 220.0
+_WARP_SCALE_PX = 1500.0
+_CRIMP_UM = 1.2  # amplitude of the collagen crimp (µm)
 
 
 def _noise_spectrum(rng: np.random.Generator) -> np.ndarray:
@@ -45,38 +55,51 @@ def _filtered_noise(spectrum: np.ndarray, along_px: float, across_px: float, ang
 
 
 class Textures:
-    """Periodic textures addressed by global level-0 coordinates (so chunks join seamlessly)."""
+    """Periodic textures, read through an aperiodic warp of global level-0 coordinates.
+
+    The banks repeat every ``_TEX`` px; reading them at ``(x, y) + d(x, y)`` with a smooth random
+    displacement ``d`` (hundreds of px, varying over hundreds of µm, see :class:`Renderer`) makes two
+    points one period apart read unrelated texels, so no repeat shows, while every value stays a
+    function of the global position alone (chunking cannot change it).
+    """
 
     def __init__(self, seed: int, mpp: float):
         rng = np.random.default_rng([seed, 202])
         um = 1.0 / mpp
         self.grain = _filtered_noise(_noise_spectrum(rng), 0.5 * um, 0.5 * um, 0.0)
         self.mottle = _filtered_noise(_noise_spectrum(rng), 5 * um, 5 * um, 0.0)
-        s1, s2 = _noise_spectrum(rng), _noise_spectrum(rng)
+        s1, s2, s3 = _noise_spectrum(rng), _noise_spectrum(rng), _noise_spectrum(rng)
         self.fibre = np.stack([_filtered_noise(s1, 14 * um, 0.55 * um, k * np.pi / _K) for k in range(_K)])
         self.fibril = np.stack([_filtered_noise(s2, 6 * um, 0.8 * um, k * np.pi / _K) for k in range(_K)])
+        # Collagen bundles: long, a few µm wide; their crests and troughs make bundles and clefts.
+        self.bundle = np.stack([_filtered_noise(s3, 30 * um, 2.2 * um, k * np.pi / _K) for k in range(_K)])
+        self.speckle = _filtered_noise(_noise_spectrum(rng), 0.3 * um, 0.3 * um, 0.0)
+        self.mottle_t = np.ascontiguousarray(self.mottle[::-1].T)  # a second mottle, independent where it is read
 
     @staticmethod
-    def _idx(x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.arange(y0, y0 + h) % _TEX, np.arange(x0, x0 + w) % _TEX
+    def positions(x0: int, y0: int, w: int, h: int, dx: np.ndarray | None = None, dy: np.ndarray | None = None) -> np.ndarray:
+        """Flat texel index (h, w) of each pixel of the box, displaced by (dx, dy) px when given."""
+        ys = np.arange(y0, y0 + h, dtype=np.int64)[:, None]
+        xs = np.arange(x0, x0 + w, dtype=np.int64)[None, :]
+        if dx is not None:
+            xs = xs + np.floor(dx + 0.5).astype(np.int64)
+            ys = ys + np.floor(dy + 0.5).astype(np.int64)
+        return ((ys % _TEX) * _TEX + xs % _TEX).astype(np.int32)
 
-    @classmethod
-    def look(cls, tex: np.ndarray, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        """The texture over level-0 box (x0, y0, w, h), wrapping its period."""
-        ys, xs = cls._idx(x0, y0, w, h)
-        return tex.take(ys, axis=0).take(xs, axis=1)
+    @staticmethod
+    def look(tex: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The texture at flat texel indices `pos`."""
+        return tex.reshape(-1).take(pos)
 
-    def oriented(self, bank: np.ndarray, angle: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    @staticmethod
+    def oriented(bank: np.ndarray, angle: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Texture following a per-pixel angle (blend of the two nearest orientation bins)."""
-        h, w = angle.shape
         b = np.mod(angle, np.pi) * np.float32(_K / np.pi)
         lo = b.astype(np.int32)
         wt = b - lo
         lo %= _K
         hi = (lo + 1) % _K
-        ys, xs = self._idx(x0, y0, w, h)
         flat = bank.reshape(-1)
-        pos = (ys[:, None] * _TEX + xs[None, :]).astype(np.int32)
         t_lo = flat.take(lo * (_TEX * _TEX) + pos)
         t_hi = flat.take(hi * (_TEX * _TEX) + pos)
         return t_lo + wt * (t_hi - t_lo)
@@ -178,21 +201,33 @@ class Renderer:
         self.fasc_c2, self.fasc_s2 = np.cos(2 * ang).astype(np.float32), np.sin(2 * ang).astype(np.float32)
         self.str_c2 = np.cos(2 * lay.stroma_theta).astype(np.float32)
         self.str_s2 = np.sin(2 * lay.stroma_theta).astype(np.float32)
+        # The texture warp (see Textures): smooth, aperiodic, on the layout grid, its own generator so
+        # the layout and cells of a seed do not change with it.
+        wrng = np.random.default_rng([spec.seed, 303])
+        shape = lay.fields["tissue"].shape
+        scale = _WARP_SCALE_PX / lay.step_px
+        self.warp_x = (_WARP_PX * smooth_noise(wrng, shape, scale)).astype(np.float32)
+        self.warp_y = (_WARP_PX * smooth_noise(wrng, shape, scale)).astype(np.float32)
         um = 1.0 / spec.mpp
         self.patch_sigma_px = 2.2 * um
-        self.has_blur = spec.artefacts.blur_patches > 0
-        self.has_pen = spec.artefacts.pen_marks > 0
-        self.has_fold = spec.artefacts.folds > 0
+        a = spec.artefacts
+        # Each slide carries its own artefacts (fields named per modality in the layout).
+        self.artefacts = {
+            "he": {"prefix": "", "pen": a.pen_marks > 0, "blur": a.blur_patches > 0, "fold": a.folds > 0},
+            "ihc": {"prefix": "ihc_", "pen": a.ihc_pen_marks > 0, "blur": a.ihc_blur_patches > 0, "fold": a.ihc_folds > 0},
+        }
 
     # Heavy members are built lazily so a Renderer pickles small into worker processes.
     @property
     def tex(self) -> Textures:
+        """The texture banks (built on first use)."""
         if self._tex is None:
             self._tex = Textures(self.spec.seed, self.spec.mpp)
         return self._tex
 
     @property
     def bank(self) -> SpriteBank:
+        """The cell sprite bank (built on first use)."""
         if self._bank is None:
             self._bank = SpriteBank(self.spec)
         return self._bank
@@ -207,17 +242,19 @@ class Renderer:
         """RGB uint8 (h, w, 3) of level-0 box (x, y, w, h); modality 'he' or 'ihc'."""
         ihc = modality == "ihc"
         stain = self.ihc if ihc else self.he
+        art = self.artefacts["ihc" if ihc else "he"]
         sig = stain.blur_sigma_px * (0.25 / self.spec.mpp)
         r_opt = int(4.0 * sig + 0.5) if sig > 0 else 0
-        r_patch = int(4.0 * self.patch_sigma_px + 0.5) if (self.has_blur and not ihc) else 0
+        r_patch = int(4.0 * self.patch_sigma_px + 0.5) if art["blur"] else 0
         m = max(r_opt, 0) + r_patch  # margin so blurs see the same neighbours in any chunking
         X0, Y0, Wm, Hm = x - m, y - m, w + 2 * m, h + 2 * m
         it = Interp(self.lay, X0, Y0, Wm, Hm)
         tissue_block = it.block(self.lay.fields["tissue"])
-        if tissue_block.max() <= 0 and not (self.has_pen and not ihc):
+        pen_here = art["pen"] and it.block(self.lay.fields[art["prefix"] + "pen"]).max() > 0
+        if tissue_block.max() <= 0 and not pen_here:
             od = None  # bare glass
         else:
-            od = self._paint(it, X0, Y0, Wm, Hm, ihc, stain)
+            od = self._paint(it, X0, Y0, Wm, Hm, ihc, stain, art)
         glass = od is None
         if glass:
             rgb = np.broadcast_to(stain.background.astype(np.float32), (Hm, Wm, 3)).copy()
@@ -227,9 +264,9 @@ class Renderer:
             for c in range(3):
                 rgb[..., c] = ndimage.gaussian_filter(rgb[..., c], sig, truncate=4.0, mode="nearest")
         if r_patch and not glass:
-            bl = it.block(self.lay.fields["blur"])
-            if bl.max() > 0:
-                wgt = np.clip(it(self.lay.fields["blur"]) * 5.0, 0, 1)
+            field = self.lay.fields[art["prefix"] + "blur"]
+            if it.block(field).max() > 0:
+                wgt = np.clip(it(field) * 5.0, 0, 1)
                 for c in range(3):
                     soft = ndimage.gaussian_filter(rgb[..., c], self.patch_sigma_px, truncate=4.0, mode="nearest")
                     rgb[..., c] += wgt * (soft - rgb[..., c])
@@ -239,7 +276,7 @@ class Renderer:
         np.clip(rgb, 0, 255, out=rgb)
         return (rgb + 0.5).astype(np.uint8)
 
-    def _paint(self, it: Interp, X0: int, Y0: int, W: int, H: int, ihc: bool, stain: StainModel) -> np.ndarray:
+    def _paint(self, it: Interp, X0: int, Y0: int, W: int, H: int, ihc: bool, stain: StainModel, art: dict) -> np.ndarray:
         """Optical density (H, W, 3) of the box: background stains, cells, artefacts."""
         lay, sp, tex = self.lay, self.spec, self.tex
         f = {}
@@ -248,73 +285,89 @@ class Renderer:
             blk = it.block(arr)
             f[k] = np.full((H, W), -1.0, np.float32) if blk.max() <= 0 else it(arr)
         lab = combine_labels(f)
-        grain = tex.look(tex.grain, X0, Y0, W, H)
-        mottle = tex.look(tex.mottle, X0, Y0, W, H)
+        coarse = Interp(lay, X0, Y0, W, H, stride=4)
+        dx, dy = coarse(self.warp_x), coarse(self.warp_y)
+        pos = tex.positions(X0, Y0, W, H, dx, dy)
+        grain = tex.look(tex.grain, pos)
+        mottle = tex.look(tex.mottle, pos)
         c_h = np.zeros((H, W), np.float32)
         c_e = np.zeros((H, W), np.float32)
         c_d = np.zeros((H, W), np.float32)
         present = set(np.nonzero(np.bincount(lab.ravel(), minlength=6))[0].tolist())
-        coarse = Interp(lay, X0, Y0, W, H, stride=4)
+        um = 1.0 / sp.mpp
 
-        if STROMA in present or INFLAMMATION in present or (HAPHAZARD in present and sp.tumor.haphazard_stroma == "hyalinised"):
+        hyal = sp.tumor.haphazard_stroma == "hyalinised"
+        if STROMA in present or INFLAMMATION in present or HAPHAZARD in present:
             sang = 0.5 * np.arctan2(coarse(self.str_s2), coarse(self.str_c2))
-            fib = tex.oriented(tex.fibre, sang, X0, Y0)
-        else:
-            fib = None
+            # Crimp: the collagen is read through a second, small warp (a few µm), so fibres wave.
+            m2 = tex.look(tex.mottle_t, pos)
+            pos_w = tex.positions(X0, Y0, W, H, dx + _CRIMP_UM * um * mottle, dy + _CRIMP_UM * um * m2)
+            fib = tex.oriented(tex.fibre, sang, pos_w)
+            bund = tex.oriented(tex.bundle, sang, pos_w)
         if STROMA in present or INFLAMMATION in present:
-            # Wavy collagen bundles with thin clefts between them.
-            col = np.clip(0.55 + 0.2 * fib + 0.08 * mottle, 0.0, 1.0)
-            col = np.where(fib < -1.6, col * 0.6, col)
+            # Collagen bundles of varied width and strength, thin fibres within, pale clefts between.
+            strength = 0.62 + 0.22 * np.tanh(0.8 * bund) + 0.06 * mottle
+            col = strength * (1.0 + 0.3 * fib)
+            cleft = np.clip((-0.9 - bund) * 1.5, 0, 1)
+            col = np.clip(col * (1.0 - 0.75 * cleft), 0.0, 1.2)
             m = (lab == STROMA) | (lab == INFLAMMATION)
-            scale = np.where(lab == INFLAMMATION, 0.7, 1.0)
-            c_e[m] = (0.40 * col * scale)[m]
-            c_h[m] = np.clip(0.02 + 0.10 * col + 0.03 * mottle, 0, None)[m]
+            scale = np.where(lab == INFLAMMATION, 0.6, 1.0)
+            c_e[m] = (0.42 * col * scale)[m]
+            c_h[m] = np.clip(0.025 + 0.07 * col + 0.02 * mottle, 0, None)[m]
         if FASCICULAR in present:
             fang = 0.5 * np.arctan2(coarse(self.fasc_s2), coarse(self.fasc_c2))
-            fbl = tex.oriented(tex.fibril, fang, X0, Y0)
+            fbl = tex.oriented(tex.fibril, fang, pos)
             m = lab == FASCICULAR
-            c_e[m] = np.clip(0.19 + 0.06 * fbl + 0.03 * grain, 0.05, None)[m]
-            c_h[m] = np.clip(0.08 + 0.05 * fbl + 0.025 * mottle, 0.0, None)[m]
+            c_e[m] = np.clip(0.22 + 0.035 * fbl + 0.03 * grain + 0.02 * mottle, 0.05, None)[m]
+            c_h[m] = np.clip(0.07 + 0.025 * fbl + 0.025 * mottle, 0.0, None)[m]
         if HAPHAZARD in present:
             m = lab == HAPHAZARD
-            if sp.tumor.haphazard_stroma == "hyalinised":
-                # Glassy, homogeneous pink collagen.
-                c_e[m] = np.clip(0.34 + 0.04 * mottle + 0.04 * fib + 0.02 * grain, 0.1, None)[m]
-                c_h[m] = np.clip(0.05 + 0.03 * mottle, 0, None)[m]
+            if hyal:
+                # Hyalinised: glassy, homogeneous pink collagen; faint broad bands, hardly any fibres.
+                c_e[m] = np.clip(0.36 + 0.035 * mottle + 0.03 * bund + 0.012 * fib, 0.12, None)[m]
+                c_h[m] = np.clip(0.035 + 0.015 * mottle, 0, None)[m]
             else:
-                # Myxoid: pale blue-grey matrix with stellate strands and clear spaces.
-                myx = np.clip(0.5 + 0.35 * mottle + 0.2 * grain, 0, 1)
-                c_e[m] = (0.05 + 0.06 * myx)[m]
-                c_h[m] = (0.05 + 0.14 * myx)[m]
+                # Myxoid: pale blue-grey loose matrix, thin stellate strands, clear spaces.
+                strands = np.clip(fib - 1.1, 0, 1.5)
+                loose = np.clip(0.55 + 0.35 * mottle + 0.15 * grain, 0, 1) * (1.0 - 0.7 * np.clip(mottle - 0.9, 0, 1))
+                c_e[m] = (0.025 + 0.04 * loose + 0.10 * strands)[m]
+                c_h[m] = (0.045 + 0.10 * loose + 0.08 * strands)[m]
         if NECROSIS in present:
             m = lab == NECROSIS
             c_e[m] = np.clip(0.36 + 0.05 * grain + 0.04 * mottle, 0.1, None)[m]
             c_h[m] = np.clip(0.025 + 0.03 * grain + 0.015 * mottle, 0.0, None)[m]
         if ihc:
-            # Counterstain only: the eosin is absent; tissue keeps a faint bluish tint.
-            c_h = c_h * 0.35 + (lab > 0) * 0.02
+            # Counterstain only: the eosin is absent; tissue keeps a faint bluish tint, and a faint
+            # non-specific DAB haze lies over all tissue (stronger in necrosis).
+            tis = (lab > 0).astype(np.float32)
+            c_h = c_h * 0.35 + tis * 0.02
             c_e[:] = 0.0
+            haze = np.where(lab == NECROSIS, 0.05, 0.014) * np.clip(1.0 + 0.45 * mottle + 0.25 * grain, 0.2, None)
+            c_d = (haze * tis).astype(np.float32)
 
-        self._stamp_cells(c_h, c_e, c_d, X0, Y0, W, H, ihc, grain)
+        speckle = tex.look(tex.speckle, pos)
+        chrom = 0.75 * speckle + 0.45 * grain  # chromatin: fine granules on a coarser grain
+        self._stamp_cells(c_h, c_e, c_d, X0, Y0, W, H, ihc, chrom, speckle)
 
-        if not ihc and self.has_fold:
-            blk = it.block(lay.fields["fold"])
-            if blk.max() > 0:
-                fold = np.clip(it(lay.fields["fold"]) / (3.0 / sp.mpp), 0, 1) * (lab > 0)
+        if art["fold"]:
+            field = lay.fields[art["prefix"] + "fold"]
+            if it.block(field).max() > 0:
+                fold = np.clip(it(field) / (3.0 / sp.mpp), 0, 1) * (lab > 0)
                 k = 1.0 + 0.95 * fold
                 c_h *= k
                 c_e *= k
+                c_d *= k
         od = stain.od(c_h, c_e, c_d)
-        if not ihc and self.has_pen:
-            blk = it.block(lay.fields["pen"])
-            if blk.max() > 0:
-                pen = np.clip(it(lay.fields["pen"]) / (4.0 / sp.mpp), 0, 1)
-                # One ink per stroke: the strokes are painted in order; the colour of the last wins.
-                ink = PEN_INKS[lay.pen_colors[0]] if lay.pen_colors else PEN_INKS["green"]
+        if art["pen"]:
+            field = lay.fields[art["prefix"] + "pen"]
+            if it.block(field).max() > 0:
+                pen = np.clip(it(field) / (4.0 / sp.mpp), 0, 1)
+                colors = lay.ihc_pen_colors if ihc else lay.pen_colors
+                ink = PEN_INKS[colors[0]] if colors else PEN_INKS["green"]
                 od += (pen * (0.75 + 0.12 * mottle))[..., None] * ink.astype(np.float32)
         return od
 
-    def _stamp_cells(self, c_h, c_e, c_d, X0, Y0, W, H, ihc, grain) -> None:
+    def _stamp_cells(self, c_h, c_e, c_d, X0, Y0, W, H, ihc, chrom, speckle) -> None:
         """Add every cell whose sprite meets the box to the concentration maps."""
         bank = self.bank
         pad = bank.max_half + 2
@@ -324,48 +377,72 @@ class Renderer:
         hscale = _IHC_COUNTER if ihc else 1.0
         mit: list[int] = []
         owner = np.zeros_like(c_d) if ihc else None
+        myxoid = self.spec.tumor.haphazard_stroma == "myxoid"
         for i in idx:
             kind = int(c.kind[i])
             if kind == MITOSIS:
                 mit.append(int(i))
                 continue
-            nuc, body, half = bank.get(kind, int(c.size[i]), int(c.variant[i]), float(c.angle[i]), float(c.stretch[i]))
-            sl, ss = _slices(c.x[i], c.y[i], half, X0, Y0, W, H)
+            s = bank.sprite(kind, int(c.size[i]), int(c.variant[i]), float(c.angle[i]), float(c.stretch[i]))
+            sl, ss = _slices(c.x[i], c.y[i], s.half, X0, Y0, W, H)
             if sl is None:
                 continue
-            hn = nuc[ss] * (_H_NUC[kind] * float(c.dark[i]) * hscale)
+            nuc = s.nuc[ss].astype(np.float32)
+            # Chromatin texture from global position: every nucleus has its own granules.
+            tex = np.clip(1.0 + _CHROM[kind] * chrom[sl], 0.25, None)
+            hn = nuc * tex * (_H_NUC[kind] * float(c.dark[i]) * hscale)
             np.maximum(c_h[sl], hn, out=c_h[sl])
             if not ihc:
-                eb = _E_BODY[kind]
+                eb = _E_BODY[kind] * (0.4 if myxoid and c.region[i] == HAPHAZARD else 1.0)  # scant in myxoid matrix
                 if eb:
-                    np.maximum(c_e[sl], body[ss] * eb, out=c_e[sl])
-                if kind == PLASMA:
-                    np.maximum(c_h[sl], body[ss] * 0.10, out=c_h[sl])
+                    np.maximum(c_e[sl], s.body[ss] * (eb * (1.0 + 0.12 * chrom[sl])), out=c_e[sl])
+                if kind == PLASMA:  # amphophilic (purple-pink) cytoplasm
+                    np.maximum(c_h[sl], s.body[ss] * np.float32(0.17), out=c_h[sl])
             elif kind in (SPINDLE, OVOID):
-                # Cells own the pixels where their cytoplasm is strongest, so a negative cell is not
-                # painted over by its positive neighbours (cells tile space; they do not stack).
-                b = body[ss]
-                mine = b > owner[sl]
-                owner[sl][mine] = b[mine]
+                # Cells own the pixels where they are strongest (its nucleus beats a neighbour's
+                # cytoplasm), so a negative cell is not painted over by its positive neighbours.
+                body = s.body[ss].astype(np.float32)
+                shape = s.shape[ss].astype(np.float32)
+                key = body + shape + 0.5 * _proximity(s.half)[ss]  # nearest cell wins where bodies overlap
+                mine = key > owner[sl]
+                owner[sl][mine] = key[mine]
                 d = float(c.dab_od[i])
+                if d <= 0:
+                    c_d[sl][mine] = np.minimum(c_d[sl][mine], 0.02)
+                    continue
                 if comp == "cytoplasmic":
-                    dmask = np.clip(b * 1.6, 0, 1) * (1.0 - 0.6 * np.clip(nuc[ss] * 2, 0, 1))
+                    # Granular cytoplasmic DAB, fading towards the cell border, none in the nucleus.
+                    gran = np.clip(1.0 + 0.25 * speckle[sl], 0.4, None)
+                    val = body * (1.0 - shape) * gran * (d * _DAB_GAIN["cytoplasmic"])
                 elif comp == "nuclear":
-                    dmask = np.clip(nuc[ss] * 2.2, 0, 1)
-                else:  # membranous: a thin ring at the cell border
-                    dmask = np.clip(4.0 * b * (1.0 - b), 0, 1) * 1.4
-                val = dmask * (0.8 + 0.25 * grain[sl]) * d
-                c_d[sl][mine] = val[mine]
+                    val = shape * np.clip(1.0 + 0.3 * chrom[sl], 0.3, None) * (d * _DAB_GAIN["nuclear"])
+                else:  # membranous: a thin ring at the cell border, a faint cytoplasmic blush
+                    ring = s.ring[ss].astype(np.float32)
+                    val = (ring + 0.12 * body * (1.0 - shape)) * (d * _DAB_GAIN["membranous"])
+                c_d[sl][mine] = np.maximum(val[mine], c_d[sl][mine] * (1.0 - body[mine]))
         for i in mit:
-            nuc, body, half = bank.get(MITOSIS, int(c.size[i]), int(c.variant[i]), float(c.angle[i]))
-            sl, ss = _slices(c.x[i], c.y[i], half, X0, Y0, W, H)
+            s = bank.sprite(MITOSIS, int(c.size[i]), int(c.variant[i]), float(c.angle[i]))
+            sl, ss = _slices(c.x[i], c.y[i], s.half, X0, Y0, W, H)
             if sl is None:
                 continue
-            clear = 1.0 - 0.85 * body[ss]  # the clear halo around the figure
+            clear = 1.0 - 0.85 * s.body[ss].astype(np.float32)  # the clear halo around the figure
             c_e[sl] *= clear
             c_h[sl] *= clear
             c_d[sl] *= clear
-            np.maximum(c_h[sl], nuc[ss] * (_H_NUC[MITOSIS] * (0.85 if ihc else 1.0)), out=c_h[sl])
+            np.maximum(c_h[sl], s.nuc[ss].astype(np.float32) * (_H_NUC[MITOSIS] * (0.85 if ihc else 1.0)), out=c_h[sl])
+
+
+_PROX: dict[int, np.ndarray] = {}
+
+
+def _proximity(half: int) -> np.ndarray:
+    """1 at a sprite's centre falling linearly to 0 at its corner radius (tie-break of cell ownership)."""
+    p = _PROX.get(half)
+    if p is None:
+        r = np.arange(-half, half + 1, dtype=np.float32)
+        p = 1.0 - np.sqrt(r[:, None] ** 2 + r[None, :] ** 2) / (half * 1.415 + 1)
+        _PROX[half] = p
+    return p
 
 
 def _slices(cx: float, cy: float, half: int, X0: int, Y0: int, W: int, H: int):

@@ -100,11 +100,14 @@ class StainSpec:
 
 @dataclass(frozen=True)
 class ArtefactSpec:
-    """Optional QC artefacts."""
+    """Optional QC artefacts; the H&E slide and its IHC companion each carry their own."""
 
-    pen_marks: int = 0
+    pen_marks: int = 0  # on the H&E slide
     blur_patches: int = 0
     folds: int = 0
+    ihc_pen_marks: int = 0  # on the IHC slide (other places: a serial section is handled on its own)
+    ihc_blur_patches: int = 0
+    ihc_folds: int = 0
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,8 @@ def _check_values(spec: PhantomSpec, source: str) -> None:
     need(all(0 < v <= 3 for v in (st.hematoxylin, st.eosin, st.dab)), "stain strengths must be within 0..3")
     need(1 <= st.jpeg_quality <= 100, "'stain.jpeg_quality' must be 1..100")
     a = spec.artefacts
-    need(all(0 <= v <= 20 for v in (a.pen_marks, a.blur_patches, a.folds)), "artefact counts must be 0..20")
+    need(all(0 <= v <= 20 for v in (a.pen_marks, a.blur_patches, a.folds, a.ihc_pen_marks, a.ihc_blur_patches, a.ihc_folds)),
+         "artefact counts must be 0..20")
     g = spec.grading
     need(g.hpf_mm2 > 0, "'grading.hpf_mm2' must be > 0")
     need(len(g.mitotic_score_thresholds_per_10hpf) == 2, "'grading.mitotic_score_thresholds_per_10hpf' needs 2 numbers")

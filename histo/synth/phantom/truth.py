@@ -48,11 +48,11 @@ def geojson(ph: Phantom, modality: str = "he", max_cells: int = GEOJSON_MAX_CELL
     """QuPath-compatible FeatureCollection (level-0 px): regions, mitoses; IHC cells for modality 'ihc'."""
     feats = []
     polys = ph.layout.polygons
-    names = ["Tissue", "Stroma", "Tumor-fascicular", "Tumor-haphazard", "Necrosis", "Inflammation"]
-    if modality == "he":
-        names += ["Pen", "Blur", "Fold"]
+    names = ["Tissue", "Stroma", "Tumor-fascicular", "Tumor-haphazard", "Necrosis", "Inflammation", "Pen", "Blur", "Fold"]
+    # Each slide has its own artefacts: the IHC GeoJSON lists the IHC slide's under the same class names.
+    source = {n: ("IHC " + n.lower() if modality == "ihc" and n in ("Pen", "Blur", "Fold") else n) for n in names}
     for name in names:
-        g = polys[name]
+        g = polys[source[name]]
         if g.is_empty:
             continue
         g = shapely.set_precision(g, 0.01)
@@ -199,7 +199,13 @@ def summary(ph: Phantom) -> dict:
             "blur_mm2": round(_mm2(ph, P["Blur"]), 6),
             "fold_mm2": round(_mm2(ph, P["Fold"]), 6),
             "pen_colors": list(ph.layout.pen_colors),
-            "on": "H&E slide only",
+            "ihc": {
+                "pen_mm2": round(_mm2(ph, P["IHC pen"]), 6),
+                "blur_mm2": round(_mm2(ph, P["IHC blur"]), 6),
+                "fold_mm2": round(_mm2(ph, P["IHC fold"]), 6),
+                "pen_colors": list(ph.layout.ihc_pen_colors),
+            },
+            "on": "each slide its own: H&E ones above (truth.geojson), IHC ones under 'ihc' (truth_ihc.geojson)",
         },
         "geojson_cells": f"IHC cells in the GeoJSON: all up to {GEOJSON_MAX_CELLS}, else a seeded sample of that many; cells.parquet lists every cell",
     }
