@@ -1,0 +1,244 @@
+"""`fit(config)`: seed, build data and model, train with Lightning, export the best checkpoint as a histo model.
+
+A run writes ``output.dir/output.name/version_N/``:
+  config.yaml            the resolved config (its sha256 is the model card's config_digest)
+  checkpoints/*.ckpt     Lightning checkpoints, for ``resume_from`` only. They are pickles written by this
+                         run; histo never loads a .ckpt handed in from elsewhere as a model (see load_model)
+  metrics.csv            CSVLogger; tensorboard/ holds the TensorBoard event files
+  model/<name>.safetensors + <name>.card.json   the exported best model (load with histo.models.load_model)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from histo.atomic import write_text
+from histo.config import apply_overrides
+from histo.errors import ConfigError
+from histo.models import ModelCard, MultiTaskNet, save_model
+from histo.train.config import TrainConfig, TrainerSection, data_config_class
+from histo.train.module import MultiTaskModule
+
+_VERSION_ENV = "HISTO_TRAIN_RUN_VERSION"  # lets DDP child processes (re-launched scripts) share rank 0's run folder
+
+
+@dataclass
+class FitResult:
+    """Where a training run put its outputs, and how it ended."""
+
+    run_dir: Path
+    model_dir: Path | None  # None on non-zero DDP ranks (rank 0 exports)
+    weights_path: Path | None
+    card_path: Path | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics: dict[str, float] = field(default_factory=dict)  # of the best checkpoint, names without "val/"
+    global_step: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    config_digest: str = ""
+
+
+def resolve_trainer_args(t: TrainerSection) -> dict[str, Any]:
+    """accelerator/devices/strategy/precision with 'auto' resolved: CUDA + mixed precision when present, CPU fp32 otherwise."""
+    cuda = torch.cuda.is_available()
+    acc = t.accelerator
+    if acc == "auto":
+        acc = "gpu" if cuda else "cpu"
+    if acc in ("gpu", "cuda") and not cuda:
+        raise ConfigError("trainer.accelerator is 'gpu' but no CUDA GPU is available; use auto or cpu")
+    precision = t.precision
+    if precision == "auto":
+        if acc in ("gpu", "cuda"):
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            precision = "32-true"
+    elif precision == "32":
+        precision = "32-true"
+    devices: int | str = t.devices
+    if devices == "auto":
+        devices = 1 if acc == "cpu" else "auto"  # several CPU 'devices' only when asked (DDP on CPU)
+    return {"accelerator": acc, "devices": devices, "strategy": t.strategy, "precision": precision}
+
+
+def input_spec(config: TrainConfig) -> Any:
+    """histo.data.InputSpec of the model section (tile size, µm/px, normalisation, heatmap stride, classes)."""
+    from histo.data import InputSpec
+
+    heads = config.heads
+    return InputSpec(
+        tile_px=config.model.tile_px,
+        mpp=config.model.mpp,
+        mean=tuple(config.model.mean),
+        std=tuple(config.model.std),
+        mitosis_stride_px=heads["mitosis"]["stride_px"] if "mitosis" in heads else None,
+        pattern_classes=list(heads.get("pattern", {}).get("classes", [])),
+    )
+
+
+def build_datamodule(config: TrainConfig) -> pl.LightningDataModule:
+    """histo.data.TileDataModule for the config's data section."""
+    if data_config_class() is None:
+        raise ConfigError("the data section needs histo.data (TileDataModule), which is not installed")
+    if config.data is None:
+        raise ConfigError("the config has no 'data' section: say where the training tiles come from "
+                          "(data.slides, data.tiles_csv or data.phantoms; see configs/train/lab_template.yaml)")
+    from histo.data import TileDataModule
+
+    return TileDataModule(config.data, input_spec(config))
+
+
+def check_data_files(config: TrainConfig) -> None:
+    """ConfigError naming the key and file for a listed slide, annotation or phantom spec that is missing."""
+    if config.data is None or data_config_class() is None:
+        return
+    from histo.data.sources import check_slide_files, slide_records
+
+    d = config.data
+    check_slide_files(slide_records(d))
+    if d.tiles_csv is not None and not d.resolve(d.tiles_csv).is_file():
+        raise ConfigError(f"data.tiles_csv: file not found: {d.resolve(d.tiles_csv)}")
+    for i, spec in enumerate(d.phantoms.specs if d.phantoms is not None else []):
+        if not d.resolve(spec).is_file():
+            raise ConfigError(f"data.phantoms.specs[{i}]: phantom spec file not found: {d.resolve(spec)}")
+    ref = d.normalise.reference
+    if ref is not None and not d.resolve(ref).is_file():
+        raise ConfigError(f"data.normalise.reference: reference tile not found: {d.resolve(ref)}")
+
+
+def build_net(config: TrainConfig) -> MultiTaskNet:
+    """The MultiTaskNet of the model section (pretrained weights loaded when asked)."""
+    m = config.model
+    pretrained: bool | str = m.pretrained
+    return MultiTaskNet(m.backbone, config.heads, pretrained=pretrained)
+
+
+def build_module(config: TrainConfig, net: MultiTaskNet | None = None) -> MultiTaskModule:
+    """The LightningModule wrapping ``net`` (built from the config when not given)."""
+    m = config.model
+    return MultiTaskModule(net if net is not None else build_net(config), mpp=m.mpp, optim=config.optim,
+                           loss=config.loss, mitosis_threshold=m.mitosis_threshold,
+                           mitosis_min_distance_um=m.mitosis_min_distance_um)
+
+
+def _next_version(root: Path) -> int:
+    nums = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return max(nums, default=-1) + 1
+
+
+def fit(config: TrainConfig | str | Path, *, resume_from: str | Path | None = None,
+        overrides: Sequence[str] = (), datamodule: pl.LightningDataModule | None = None,
+        callbacks: Sequence[Callback] = (), export: bool = True) -> FitResult:
+    """Train a model from a config (file or TrainConfig, plus ``key=value`` overrides) and export the best checkpoint.
+
+    ``datamodule`` replaces the one the data section describes (tests, benchmarks); ``resume_from`` is a
+    Lightning checkpoint written by an earlier run of this function (a pickle: only pass your own).
+    """
+    t0 = time.perf_counter()
+    if isinstance(config, (str, Path)):
+        config = TrainConfig.from_yaml(config, tuple(overrides))
+    elif overrides:
+        config = TrainConfig.from_dict(apply_overrides(config.to_dict(), list(overrides)),
+                                       f"<config> with --set {' '.join(overrides)}")
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        if not resume_from.is_file():
+            raise ConfigError(f"checkpoint to resume from {resume_from} not found")
+    text = config.to_yaml()
+    digest = config.digest
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    trainer_args = resolve_trainer_args(config.trainer)
+    if trainer_args["accelerator"] == "gpu":
+        torch.set_float32_matmul_precision("high")
+    root = Path(config.output.dir) / config.output.name
+    version = int(os.environ.get(_VERSION_ENV) or _next_version(root))
+    run_dir = root / f"version_{version}"
+    if datamodule is None:
+        check_data_files(config)  # fail on a missing file before any folder is made or phantom rendered
+    dm = datamodule if datamodule is not None else build_datamodule(config)
+    module = build_module(config)
+
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}-step{step:06d}",
+                           auto_insert_metric_name=False, monitor=config.checkpoint.monitor,
+                           mode=config.checkpoint.mode, save_top_k=config.checkpoint.save_top_k, save_last=True)
+    cbs: list[Callback] = [ckpt, LearningRateMonitor(logging_interval="step"), *callbacks]
+    if config.early_stop.patience > 0:
+        cbs.append(EarlyStopping(monitor=config.early_stop.monitor, mode=config.early_stop.mode,
+                                 patience=config.early_stop.patience))
+    loggers = [CSVLogger(config.output.dir, name=config.output.name, version=version),
+               TensorBoardLogger(config.output.dir, name=config.output.name, version=version,
+                                 sub_dir="tensorboard", default_hp_metric=False)]
+    t = config.trainer
+    trainer = pl.Trainer(
+        **trainer_args, max_epochs=t.max_epochs, max_steps=t.max_steps, callbacks=cbs, logger=loggers,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val,
+        enable_progress_bar=t.progress_bar, enable_model_summary=False, default_root_dir=str(run_dir),
+    )
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", text)
+    # Children of the DDP launcher start during trainer.fit and inherit this, so all ranks share run_dir.
+    os.environ[_VERSION_ENV] = str(version)
+    try:
+        with warnings.catch_warnings():
+            # Lightning's advice about DataLoader worker counts is for the user's data config, not a fault here.
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            # config.yaml is written into the run folder first, on purpose; the CSV logger only replaces its own files.
+            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+            best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
+            last = Path(ckpt.last_model_path) if ckpt.last_model_path else None
+            step, epochs = int(trainer.global_step), int(trainer.current_epoch)
+            metrics: dict[str, float] = {}
+            if best is not None or last is not None:
+                res = trainer.validate(module, datamodule=dm, ckpt_path=str(best or last), verbose=False)
+                metrics = {k.removeprefix("val/"): float(v) for k, v in (res[0] if res else {}).items()}
+    finally:
+        os.environ.pop(_VERSION_ENV, None)
+
+    result = FitResult(run_dir=run_dir, model_dir=None, weights_path=None, card_path=None, best_checkpoint=best,
+                       last_checkpoint=last, metrics=metrics, global_step=step, epochs=epochs,
+                       accelerator=trainer_args["accelerator"], precision=str(trainer_args["precision"]),
+                       config_digest=digest)
+    if export and trainer.is_global_zero:
+        model_dir = run_dir / "model"
+        weights, card = export_model(module.net, config, metrics, model_dir)
+        result = dataclasses.replace(result, model_dir=model_dir, weights_path=weights, card_path=card)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def make_card(net: MultiTaskNet, config: TrainConfig, metrics: dict[str, float]) -> ModelCard:
+    """The model card of a net trained with ``config``: input spec, heads, metrics and config digest."""
+    m = config.model
+    return ModelCard(name=config.output.name, backbone=net.backbone_name, heads=net.heads_config,
+                     tile_px=m.tile_px, mpp=m.mpp, mean=tuple(m.mean), std=tuple(m.std),
+                     mitosis_threshold=m.mitosis_threshold, mitosis_min_distance_um=m.mitosis_min_distance_um,
+                     metrics=dict(metrics), config_digest=config.digest)
+
+
+def export_model(net: MultiTaskNet, config: TrainConfig, metrics: dict[str, float],
+                 model_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``model_dir/<name>.safetensors`` + ``.card.json`` (atomically); returns both paths."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    net = net.to("cpu").eval()
+    return save_model(net, make_card(net, config, metrics), model_dir)
