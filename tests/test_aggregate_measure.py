@@ -208,3 +208,14 @@ def test_tumour_without_mitoses_has_zero_hotspot_without_location():
     assert hs.count == 0 and hs.centre_x_um is None and hs.box_um is None
     assert hs.window_exceeds_tumour  # 0.09 mm² of tumour < 2.37 mm² window
     assert a.grading.mitotic_score.score == 1
+
+
+def test_small_tumour_hotspot_is_scaled_to_ten_fields_of_tumour():
+    # 0.09 mm² of viable tumour (3 x 3 tiles of 100 µm) holding 3 mitoses: far fewer than 10 HPF of tumour
+    # exist, so the hotspot value is the rate per 10 HPF of that tumour, not the raw count of 3.
+    a = assess_slide(make_tiles(3, 3, 200), points([[50, 50], [150, 150], [250, 250]]), 0.5)
+    mit = a.measurements.mitoses
+    assert mit.hotspot.window_exceeds_tumour and mit.hotspot.count == 3
+    assert mit.hotspot.per_10hpf == pytest.approx(3 / 0.09 * 2.37)
+    assert mit.hotspot.per_10hpf == pytest.approx(mit.per_10hpf)
+    assert a.grading.high_grade.high_grade  # 79 per 10 HPF, not 3

@@ -32,7 +32,10 @@ Definitions
   necrosis mimics mitoses, and FNCLCC counts avoid necrotic areas.
 - Per 10 HPF over the tumour = count / viable area × 10 × HPF area. The hotspot is the placement of
   a window of ``hotspot.n_hpf`` × HPF area (square or circle, centre over viable tumour) holding the
-  most counted mitoses; its count, centre and box (µm) are reported. The HPF area (default 0.237 mm²,
+  most counted mitoses; its count, centre and box (µm) are reported. When the whole viable tumour is
+  smaller than the window (a small specimen: fewer than n_hpf fields of tumour exist), the hotspot
+  value is the count per 10 HPF of the viable tumour area (``window_exceeds_tumour`` is true), so a
+  small high-grade tumour is not under-called for lack of fields. The HPF area (default 0.237 mm²,
   field number 22 at 40x; ``fnclcc`` preset 0.1734 mm²; or custom) is always in the output.
 - No tumour is a result: areas are 0, ratios and scores None, and the grading status is
   ``not_assessable`` (``partially_assessable`` when only one score can be computed, e.g. a fully

@@ -45,7 +45,8 @@ class HotspotMeasurement:
     n_hpf: float
     area_mm2: float
     count: int
-    per_10hpf: float  # count scaled to 10 HPF (equals count when n_hpf is 10)
+    per_10hpf: float  # count scaled to 10 HPF (equals count when n_hpf is 10); when the whole viable
+    # tumour is smaller than the window, the count per 10 HPF of that tumour area (small specimens)
     centre_x_um: float | None  # None when no mitosis was counted
     centre_y_um: float | None
     box_um: tuple[float, float, float, float] | None  # x0, y0, x1, y1
@@ -225,7 +226,9 @@ def _hotspot(
         n_hpf=cfg.hotspot.n_hpf,
         area_mm2=area_mm2,
         count=best.count,
-        per_10hpf=best.count * per_10,
+        # Fewer than n_hpf fields of viable tumour exist: the window holds the whole tumour, so its raw
+        # count would understate the activity; scale to 10 HPF of the tumour there is (= whole-tumour rate).
+        per_10hpf=best.count * per_10 * (area_mm2 / viable_area if exceeds else 1.0),
         centre_x_um=cx,
         centre_y_um=cy,
         box_um=window.box_um(cx, cy),

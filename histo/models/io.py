@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from histo.atomic import atomic_path
 from histo.errors import ModelError
 from histo.models.card import ModelCard
 from histo.models.multitask import MultiTaskNet
@@ -20,18 +20,10 @@ CARD_SUFFIX = ".card.json"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path`` then rename, so a killed run leaves no half file."""
+    """Write ``data`` through histo.atomic (temp file, fsync, rename), so a killed run leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def model_paths(dir_or_prefix: str | Path, name: str | None = None) -> tuple[Path, Path]:

@@ -112,7 +112,8 @@ def measurement_rows(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
                          f"centre ({fmt_num(hs['centre_x_um'], 0)}, {fmt_num(hs['centre_y_um'], 0)}); "
                          f"box x {fmt_num(x0, 0)}–{fmt_num(x1, 0)}, y {fmt_num(y0, 0)}–{fmt_num(y1, 0)}"))
         if hs.get("window_exceeds_tumour"):
-            rows.append(("Note", "the whole viable tumour is smaller than the hotspot window"))
+            rows.append(("Note", "the whole viable tumour is smaller than the hotspot window: the count is "
+                                 "scaled to 10 HPF of the tumour area there is"))
     rows.append(("HPF area", f"{fmt_num(mit['hpf_area_mm2'], 4)} mm² ({mit['hpf_preset']})"))
     g = report["grading"]
     rows.append(("FNCLCC mitotic score", fmt_num(g["mitotic_score"]["score"]) if g["mitotic_score"]["assessable"]

@@ -123,7 +123,8 @@ def criterion_sentence(criterion: Mapping[str, Any]) -> str:
             detail.append(f"centred at x {fmt_num(hs['centre_x_um'], 0)} µm, y {fmt_num(hs['centre_y_um'], 0)} µm; "
                           f"box x {fmt_num(x0, 0)}–{fmt_num(x1, 0)} µm, y {fmt_num(y0, 0)}–{fmt_num(y1, 0)} µm")
         if hs.get("window_exceeds_tumour"):
-            detail.append("the whole viable tumour is smaller than the window")
+            detail.append("the whole viable tumour is smaller than the window, so the count is scaled to 10 HPF "
+                          "of the tumour area there is")
     return (f"{title}: {v} mitoses per 10 HPF {where} ({'; '.join(detail)}), {op} the threshold of {t} — {met}.")
 
 
