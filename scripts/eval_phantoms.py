@@ -9,8 +9,12 @@ training minutes (CPU here). The evaluation phantoms use the training config's p
 with other seeds (default 100, 101), read as non-overlapping tiles without augmentation; the metrics are
 the ones histo.train logs in validation (same code path: MultiTaskModule.update_metrics).
 
-Slide-level accuracy (mitoses per 10 HPF, necrosis %, verdict per preset) belongs in its own function
-beside :func:`tile_level_metrics`, added to the ``sections`` of :func:`evaluate`.
+Slide level (issue 5), with ``--slides``: every grading preset (low_grade_alk_positive,
+high_grade_alk_positive, alk_negative, artefacts) is written as an H&E phantom at unseen seeds, run
+through ``histo.predict.predict_slide`` and ``histo.aggregate.assess_slide`` with the default grading
+config, and compared with the phantom's truth (summary.json): mitoses per 10 HPF over the whole viable
+tumour (target within ±20 % of truth), necrosis % of tumour (within ±5 points), and the high-grade
+verdict (right on every preset). ``--slides-only --model DIR`` skips the tile-level part.
 """
 
 from __future__ import annotations
@@ -76,6 +80,68 @@ def tile_level_metrics(net: MultiTaskNet, card: ModelCard, dataset: Any, device:
     return out
 
 
+SLIDE_PRESETS = ("low_grade_alk_positive", "high_grade_alk_positive", "alk_negative", "artefacts")
+SLIDE_TARGETS = {"mitoses_rel_err_max": 0.20, "necrosis_abs_err_max_pts": 5.0}
+
+
+def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], seed: int, size_px: int,
+                        cache_dir: Path, device: str, workers: int = 1) -> dict[str, Any]:
+    """Per preset: predicted vs true mitoses per 10 HPF, necrosis %, and verdict; plus whether all targets hold."""
+    import tempfile
+
+    from histo.aggregate import assess_slide
+    from histo.predict import load_prediction, predict_slide
+    from histo.synth.phantom import make_phantom
+
+    rows: dict[str, Any] = {}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pred_root = Path(tempfile.mkdtemp(prefix="eval_slides_"))
+    for i, preset in enumerate(presets):
+        spec = Path("configs/synth") / f"{preset}.yaml"
+        out = cache_dir / f"s{seed + i}_{size_px}"
+        summary_path = out / preset / "summary.json"
+        t0 = time.perf_counter()
+        if summary_path.is_file():
+            truth = json.loads(summary_path.read_text(encoding="utf-8"))
+            he = out / preset / truth["files"]["he"]
+        else:
+            ph = make_phantom(spec, out, seed=seed + i, size_px=(size_px, size_px), ihc=False, workers=2)
+            truth, he = ph.summary, ph.he_path
+        t_write = time.perf_counter() - t0
+        res = predict_slide(he, net, card, pred_root, workers=workers, device=device, progress=False)
+        tiles, mitoses, info = load_prediction(res.out_dir)
+        a = assess_slide(tiles, mitoses, info["slide_mpp"]).to_dict()
+        m = a["measurements"]
+        t_mit = truth["mitoses"]["per_10hpf"]
+        p_mit = m["mitoses"]["per_10hpf"]
+        t_nec = truth["necrosis_pct_of_tumor"]
+        p_nec = m["necrosis_pct_of_tumour"]
+        t_hg = bool(truth["grading"]["high_grade"])
+        p_hg = a["grading"]["high_grade"]["high_grade"]
+        rel = None if p_mit is None or not t_mit else (p_mit - t_mit) / t_mit
+        rows[preset] = {
+            "truth": {"mitoses_per_10hpf": round(t_mit, 2), "mitoses_count": truth["mitoses"]["count"],
+                      "necrosis_pct": round(t_nec, 2), "high_grade": t_hg},
+            "histo": {"mitoses_per_10hpf": None if p_mit is None else round(p_mit, 2),
+                      "mitoses_count": m["mitoses"]["count"],
+                      "mitoses_hotspot_per_10hpf": (m["mitoses"]["hotspot"] or {}).get("per_10hpf"),
+                      "necrosis_pct": None if p_nec is None else round(p_nec, 2), "high_grade": p_hg,
+                      "tumour_area_mm2": round(m["tumour_area_mm2"], 3)},
+            "mitoses_rel_err": None if rel is None else round(rel, 3),
+            "necrosis_abs_err_pts": None if p_nec is None else round(abs(p_nec - t_nec), 2),
+            "verdict_right": p_hg == t_hg,
+            "seconds": {"phantom": round(t_write, 1), "predict": res.seconds},
+        }
+    ok_mit = all(r["mitoses_rel_err"] is not None and abs(r["mitoses_rel_err"]) <= SLIDE_TARGETS["mitoses_rel_err_max"]
+                 for r in rows.values())
+    ok_nec = all(r["necrosis_abs_err_pts"] is not None
+                 and r["necrosis_abs_err_pts"] <= SLIDE_TARGETS["necrosis_abs_err_max_pts"] for r in rows.values())
+    return {"slides": rows, "slide_size_px": size_px, "slide_seed": seed,
+            "slide_targets": SLIDE_TARGETS,
+            "slide_targets_met": {"mitoses_within_20pct": ok_mit, "necrosis_within_5pts": ok_nec,
+                                  "verdict_right_every_preset": all(r["verdict_right"] for r in rows.values())}}
+
+
 def evaluate(net: MultiTaskNet, card: ModelCard, dataset: Any, device: str) -> dict[str, Any]:
     """Every evaluation section merged into one dict (slide-level sections go into ``sections``)."""
     sections: list[Callable[[], dict[str, Any]]] = [lambda: tile_level_metrics(net, card, dataset, device)]
@@ -94,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101], help="evaluation phantom seeds")
     ap.add_argument("--cache-dir", type=Path, help="where evaluation phantoms are written (default: the config's)")
     ap.add_argument("--out", help="training output folder (overrides output.dir)")
+    ap.add_argument("--slides", action="store_true", help="also evaluate whole phantom slides per grading preset")
+    ap.add_argument("--slides-only", action="store_true", help="only the slide-level part (needs --model)")
+    ap.add_argument("--slide-seed", type=int, default=500, help="first seed of the slide-level phantoms")
+    ap.add_argument("--slide-size-px", type=int, default=12000, help="slide-level phantom edge (px at 0.25 µm/px)")
+    ap.add_argument("--slide-cache", type=Path, default=Path("data/eval_slides"), help="where slide phantoms are kept")
     args = ap.parse_args(argv)
+    if args.slides_only and not args.model:
+        raise SystemExit("eval_phantoms: --slides-only needs --model")
     overrides = list(args.overrides) + ([f"output.dir={args.out}"] if args.out else [])
     config = load_train_config(args.config, overrides)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -114,12 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         fit_info = {"steps": res.global_step, "epochs": res.epochs, "val": {k: round(v, 4) for k, v in res.metrics.items()}}
         net, card = load_model(res.card_path, device)
         path = res.card_path
-    dataset, phantom_minutes = eval_tiles(config, card, args.seeds, args.cache_dir)
+    metrics: dict[str, Any] = {}
+    phantom_minutes = 0.0
     t0 = time.perf_counter()
-    metrics = evaluate(net, card, dataset, device)
+    if not args.slides_only:
+        dataset, phantom_minutes = eval_tiles(config, card, args.seeds, args.cache_dir)
+        t0 = time.perf_counter()
+        metrics = evaluate(net, card, dataset, device)
+        metrics["targets"] = TARGETS
+        metrics["targets_met"] = {k: metrics.get(k, 0.0) >= v for k, v in TARGETS.items()}
+    if args.slides or args.slides_only:
+        metrics.update(slide_level_metrics(net, card, list(SLIDE_PRESETS), args.slide_seed, args.slide_size_px,
+                                           args.slide_cache, device))
     line = {
         "script": "eval_phantoms", **metrics,
-        "targets": TARGETS, "targets_met": {k: metrics.get(k, 0.0) >= v for k, v in TARGETS.items()},
         "train_minutes": train_minutes, "eval_minutes": round((time.perf_counter() - t0) / 60, 2),
         "eval_phantom_minutes": round(phantom_minutes, 2), "eval_seeds": args.seeds,
         "device": device if device == "cpu" else torch.cuda.get_device_name(), "cpu": platform.processor() or platform.machine(),

@@ -88,8 +88,23 @@ def test_console_script_runs():
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size-px", "4000", "--workers", "1"]) == 0
-    assert (out / "tiles" / "demo_slide" / "grid.parquet").is_file()
-    assert any((out / "tiles" / "demo_slide" / "tiles").glob("*.jpg"))
+    assert main(["demo", "--out", str(out), "--size-px", "4096", "--workers", "1", "--quiet"]) == 0
+    for case in ("high_grade_alk_positive", "low_grade_alk_positive"):
+        report = json.loads((out / "reports" / case / "case_report.json").read_text(encoding="utf-8"))
+        assert report["case_id"] == case and "ALK" in report["summary"]
+        assert (out / "reports" / case / "case_report.html").is_file()
+    err = capsys.readouterr().out
+    assert "truth:" in err and "case_report.html" in err
+
+
+def test_demo_model_is_shipped_and_loads():
+    from histo.cli.demo import demo_model_dir
+    from histo.models import load_model
+
+    cards = list(demo_model_dir().glob("*.card.json"))
+    assert len(cards) == 1
+    net, card = load_model(cards[0])
+    assert set(card.heads) == {"pattern", "necrosis", "mitosis"} and card.mpp == 1.0
+    assert card.config_digest  # ties the weights to the shipped training config

@@ -102,6 +102,7 @@ def test_tables_match_contract_c(test_slide_path, tiny_model, tmp_path):
 
     meta = tiles_metadata(folder / "tiles.parquet")
     assert meta == {"slide": str(test_slide_path.resolve()), "slide_mpp": SLIDE_MPP, "model_name": "tiny-test",
+                    "slide_dimensions": [2048, 1536],
                     "model_weights_sha256": card.weights_sha256, "tile_px": TILE_PX, "mpp": MODEL_MPP,
                     "classes": CLASSES, "histo_version": meta["histo_version"]}
     assert info["schema"] == SCHEMA and info["slide"] == str(test_slide_path.resolve())

@@ -175,7 +175,9 @@ def tiles_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def base_tiles_meta(slide: str, slide_mpp: float, card: ModelCard, sha256: str) -> dict[str, Any]:
-    """The tiles.parquet metadata of contract C."""
-    return {"slide": slide, "slide_mpp": slide_mpp, "model_name": card.name, "model_weights_sha256": sha256,
+def base_tiles_meta(slide: str, slide_mpp: float, card: ModelCard, sha256: str,
+                    slide_dimensions: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The tiles.parquet metadata of contract C (slide_dimensions: level-0 px, for frame checks by histo ihc)."""
+    return {"slide": slide, "slide_mpp": slide_mpp,
+            "slide_dimensions": list(slide_dimensions) if slide_dimensions else None, "model_name": card.name, "model_weights_sha256": sha256,
             "tile_px": card.tile_px, "mpp": card.mpp, "classes": card.classes, "histo_version": histo.__version__}

@@ -158,7 +158,7 @@ def predict_slide(
         "histo_version": histo.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_prediction(slide_dir, tiles, mitoses, base_tiles_meta(resolved, slide_mpp, card, sha), prediction)
+    write_prediction(slide_dir, tiles, mitoses, base_tiles_meta(resolved, slide_mpp, card, sha, dims), prediction)
     timings["write_s"] = round(time.perf_counter() - t_write, 4)
     return PredictResult(str(slide_path), slide_path.stem, status, reason, len(tiles), len(mitoses),
                          round(time.perf_counter() - t0, 3), str(slide_dir), timings)
