@@ -26,7 +26,6 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from histo.ihc import (
-    CellParams,
     call_marker,
     cell_classes,
     deconvolve,

@@ -19,17 +19,15 @@ on rerun. Exit 0 when every case is reported, 1 when some failed, 2 for bad usag
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histo.atomic import write_text
 from histo.config import from_dict, load_yaml
 from histo.errors import ConfigError, HistoError
+from histo.status import write_status
 
 STATUS_FIELDS = ["case", "status", "verdict", "summary", "reason", "report", "seconds"]
 
@@ -171,15 +169,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"FAILED   {case_path}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
-        _write_status(out / "status.csv", rows)
+        write_status(out / "status.csv", rows, STATUS_FIELDS)
     print(f"histo case: {len(rows) - failed} of {len(rows)} cases reported, {failed} failed; status in "
           f"{out / 'status.csv'}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _write_status(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=STATUS_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())

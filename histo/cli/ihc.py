@@ -15,8 +15,6 @@ slides must share a level-0 frame (phantom pairs do; serial sections need regist
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 
 from histo.atomic import write_text
 from histo.errors import ConfigError, HistoError
+from histo.status import read_status, write_status
 
 
 @dataclass
@@ -191,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     run_cfg = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     write_text(out / "ihc_run.yaml", yaml.safe_dump(json.loads(json.dumps(run_cfg, default=str)), sort_keys=False))
-    status = _load_status(out / "status.csv")
+    status = read_status(out / "status.csv")
     failed = 0
     bar = tqdm(slides, desc="slides", unit="slide", disable=args.quiet or len(slides) < 2)
     for path in bar:
@@ -203,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             row = IHCStatus(path.stem, str(path), "failed", f"unexpected {type(exc).__name__}: {exc}", spec.name)
         failed += row.status == "failed"
         status[row.slide] = asdict(row)
-        _write_status(out / "status.csv", status)
+        write_status(out / "status.csv", status, STATUS_FIELDS)
         _report(row)
     print(f"histo ihc: {len(slides) - failed} of {len(slides)} slides done, {failed} failed; status in {out / 'status.csv'}",
           file=sys.stderr)
@@ -218,19 +217,3 @@ def _report(r: IHCStatus) -> None:
         print(f"skipped  {r.slide}: {r.reason}", file=sys.stderr)
     else:
         print(f"{r.status:<8} {r.slide}: {r.reason} [{r.seconds:.1f} s]")
-
-
-def _load_status(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.is_file():
-        return {}
-    with path.open(newline="", encoding="utf-8") as f:
-        return {row["slide"]: row for row in csv.DictReader(f)}
-
-
-def _write_status(path: Path, status: dict[str, dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=STATUS_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for row in status.values():
-        w.writerow(row)
-    write_text(path, buf.getvalue())

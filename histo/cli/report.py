@@ -9,8 +9,6 @@ others go on; exit 0 when all succeeded, 1 when some failed, 2 on a bad config o
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
@@ -23,6 +21,7 @@ from histo.aggregate import GradingConfig, assess_slide
 from histo.atomic import write_text
 from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
+from histo.status import write_status
 
 STATUS_FIELDS = ["folder", "status", "verdict", "reason", "report", "seconds"]
 
@@ -177,15 +176,7 @@ def run(args: argparse.Namespace) -> int:
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
         if out_root is not None:
-            _write_status(out_root / "status.csv", rows)
+            write_status(out_root / "status.csv", rows, STATUS_FIELDS)
     ok = len(folders) - failed
     print(f"histo report: {ok} of {len(folders)} folders reported, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _write_status(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=STATUS_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())

@@ -8,9 +8,7 @@ skipped on a rerun with the same settings; a failed slide is reported and the ot
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from tqdm.auto import tqdm
 from histo.atomic import write_text
 from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
+from histo.status import read_status, write_status
 from histo.tiling import SlideResult, TilingConfig, make_pool, tile_slide
 
 STATUS_FIELDS = [f.name for f in dataclasses.fields(SlideResult)]
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         names[s.stem] = s
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    status = _load_status(out / "status.csv")
+    status = read_status(out / "status.csv")
     pool = make_pool(config.workers, config.pool)
     failed = 0
     try:
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 result = SlideResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
             failed += result.status == "failed"
             status[result.slide] = dataclasses.asdict(result)
-            _write_status(out / "status.csv", status)
+            write_status(out / "status.csv", status, STATUS_FIELDS)
             _report(result)
     finally:
         if pool is not None:
@@ -115,19 +114,3 @@ def _report(r: SlideResult) -> None:
     else:
         print(f"ok       {r.slide}: {r.n_tiles} tiles, {r.tissue_area_mm2:.2f} mm² tissue, {r.seconds:.1f} s "
               f"-> {r.grid_path}", file=sys.stderr)
-
-
-def _load_status(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.is_file():
-        return {}
-    with path.open(newline="", encoding="utf-8") as f:
-        return {row["slide"]: row for row in csv.DictReader(f)}
-
-
-def _write_status(path: Path, status: dict[str, dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=STATUS_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for row in status.values():
-        w.writerow(row)
-    write_text(path, buf.getvalue())

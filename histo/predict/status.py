@@ -6,15 +6,12 @@ after the final barrier (rows of earlier runs are kept unless a slide was done a
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
-from histo.atomic import write_text
+from histo import status as status_table
 from histo.predict.run import STATUS_FIELDS
-
-STATUS_FILE = "status.csv"
+from histo.status import STATUS_FILE
 
 
 def rank_status_path(out_dir: str | Path, rank: int) -> Path:
@@ -24,21 +21,12 @@ def rank_status_path(out_dir: str | Path, rank: int) -> Path:
 
 def read_status(path: str | Path) -> dict[str, dict[str, Any]]:
     """Rows of a status file keyed by slide ({} when the file is absent)."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    with path.open(newline="", encoding="utf-8") as f:
-        return {row["slide"]: row for row in csv.DictReader(f)}
+    return status_table.read_status(path)
 
 
 def write_status(path: str | Path, rows: dict[str, dict[str, Any]]) -> Path:
     """Write status rows atomically, in the order given."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(STATUS_FIELDS), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in rows.values():
-        w.writerow(row)
-    return write_text(path, buf.getvalue())
+    return status_table.write_status(path, rows, STATUS_FIELDS)
 
 
 def merge_status(out_dir: str | Path, world_size: int) -> Path:
