@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from histo.data import InputSpec, TileDataModule, data_config_from_dict
 from histo.models import ModelCard, MultiTaskNet, load_model
+from histo.models import find_card
 from histo.train import MultiTaskModule, TrainConfig, fit, load_train_config
 
 TARGETS = {"pattern_bacc": 0.90, "necrosis_auroc": 0.95, "mitosis_f1": 0.80}
@@ -174,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     train_minutes = None
     fit_info: dict[str, Any] = {}
     if args.model:
-        path = Path(args.model)
-        if path.is_dir():
-            cards = sorted(path.glob("*.card.json"))
-            if len(cards) != 1:
-                raise SystemExit(f"eval_phantoms: expected one *.card.json in {path}, found {len(cards)}")
-            path = cards[0]
+        path = find_card(args.model)
         net, card = load_model(path, device)
     else:
         res = fit(config)

@@ -106,5 +106,7 @@ def test_demo_model_is_shipped_and_loads():
     cards = list(demo_model_dir().glob("*.card.json"))
     assert len(cards) == 1
     net, card = load_model(cards[0])
+    _, same = load_model(demo_model_dir())  # a model folder holding one card loads as well
+    assert same == card
     assert set(card.heads) == {"pattern", "necrosis", "mitosis"} and card.mpp == 1.0
     assert card.config_digest  # ties the weights to the shipped training config

@@ -140,7 +140,6 @@ def run_case(case_path: Path, model: Any, card: Any, args: argparse.Namespace, g
 
 def run(args: argparse.Namespace) -> int:
     """Report every case; one status row each; exit 1 if any failed."""
-    from histo.cli.predict import locate_model
     from histo.cli.report import resolve_grading
     from histo.ihc import load_panel
     from histo.models import load_model
@@ -149,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
     grading = resolve_grading(args)
     panel = load_panel(args.panel)
-    model, card = load_model(locate_model(args.model), "cpu")
+    model, card = load_model(args.model, "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from histo.errors import ConfigError, HistoError, ModelError
+from histo.errors import ConfigError, HistoError
 
 # torch and the models are imported in run(): every `histo` command builds this parser, few need torch.
-CARD_SUFFIX = ".card.json"  # as histo.models.io names model cards
 
 
 def register(sub: Any) -> None:
@@ -52,19 +51,6 @@ def register(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
-
-
-def locate_model(path: str | Path) -> Path:
-    """The card of a model given as a folder with exactly one card, or the path itself (prefix/card/weights)."""
-    p = Path(path)
-    if p.is_dir():
-        cards = sorted(p.glob(f"*{CARD_SUFFIX}"))
-        if len(cards) != 1:
-            found = ", ".join(c.name for c in cards) or "none"
-            raise ModelError(f"model folder {p} must hold exactly one *{CARD_SUFFIX} (found {found}); "
-                             "give the card or prefix of the one to use")
-        return cards[0]
-    return p
 
 
 def _tiling(args: argparse.Namespace) -> Any:
@@ -112,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         grading = resolve_grading(args)  # a bad grading config fails before any slide is read
     info = dist.rank_info()
     device = resolve_device(dist.rank_device(args.device, info))
-    model, card = load_model(locate_model(args.model), "cpu")
+    model, card = load_model(args.model, "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

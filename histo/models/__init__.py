@@ -9,7 +9,7 @@ from histo.models.heads import (
     heatmap_to_points,
     heatmaps_to_points,
 )
-from histo.models.io import load_model, model_paths, save_model
+from histo.models.io import find_card, load_model, model_paths, save_model
 from histo.models.multitask import HEAD_NAMES, MultiTaskNet, resolve_heads
 from histo.models.registry import Backbone, create_backbone, list_backbones, register_backbone
 
@@ -17,5 +17,5 @@ __all__ = [
     "Backbone", "ClassificationHead", "DEFAULT_PATTERN_CLASSES", "HEAD_NAMES", "HeatmapHead",
     "IMAGENET_MEAN", "IMAGENET_STD", "LogitHead", "ModelCard", "MultiTaskNet", "SCHEMA_VERSION",
     "config_digest", "create_backbone", "heatmap_to_points", "heatmaps_to_points", "list_backbones",
-    "load_model", "model_paths", "register_backbone", "resolve_heads", "save_model",
+    "find_card", "load_model", "model_paths", "register_backbone", "resolve_heads", "save_model",
 ]

@@ -60,9 +60,25 @@ def save_model(model: MultiTaskNet, card: ModelCard, dir_or_prefix: str | Path) 
     return weights_path, card_path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskNet, ModelCard]:
-    """Rebuild the net from its card and load the safetensors weights strictly; returns (model in eval mode, card)."""
+def find_card(path: str | Path) -> Path:
+    """The card of a model given as a folder holding exactly one card, or the path itself (prefix/card/weights)."""
     p = Path(path)
+    if not p.is_dir():
+        return p
+    cards = sorted(p.glob(f"*{CARD_SUFFIX}"))
+    if len(cards) != 1:
+        found = ", ".join(c.name for c in cards) or "none"
+        raise ModelError(f"model folder {p} must hold exactly one *{CARD_SUFFIX} (found {found}); "
+                         "give the card or prefix of the one to use")
+    return cards[0]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskNet, ModelCard]:
+    """Rebuild the net from its card and load the safetensors weights strictly; returns (model in eval mode, card).
+
+    ``path`` is a model folder holding one card, a card, a weights file or their common prefix.
+    """
+    p = find_card(path)
     if p.suffix.lower() in PICKLE_SUFFIXES or (p.is_file() and not str(p).endswith(CARD_SUFFIX)):
         refuse_pickle(p)
     weights_path, card_path = model_paths(p)
