@@ -66,7 +66,8 @@ def run_once(path: Path, workers: int, pool: str) -> dict:
         "mpp_analysis": r.mpp_analysis, "tile_px": r.tile_px,
         # CPU seconds of this process and its finished children: on a shared machine wall time depends on
         # the others' load; cpu_s / 2 is what two idle cores would need at best.
-        "cpu_s": round(cpu, 1), "cpu_s_per_2_cores": round(cpu / 2, 1), "load_avg_1min_after": round(os.getloadavg()[0], 2),
+        "cpu_s": round(cpu, 1), "cpu_s_per_2_cores": round(cpu / 2, 1), "cpu_s_per_tile": round(cpu / max(tiles, 1), 3),
+        "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
 
 
