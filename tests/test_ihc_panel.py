@@ -38,6 +38,8 @@ def test_shipped_panel_loads_with_expected_markers():
     assert panel["Ki67"].cell_params.nuclear_channel == "hematoxylin+dab"
     assert panel["ALK"].cell_params.nuclear_channel == "hematoxylin"
     assert panel["ROS1"].call.min_h_score == 100.0
+    assert {n: m.cell_params.dab_statistic for n, m in panel.items() if n != "CD34"} == dict.fromkeys(panel.keys() - {"CD34"}, "p75")
+    assert panel["CD34"].cell_params.dab_statistic == "p90"
 
 
 @pytest.mark.parametrize(
@@ -71,6 +73,7 @@ def test_unknown_key_names_key_and_file(tmp_path, mutate, key):
         (lambda m: m.pop("compartment"), ["missing key 'compartment'"]),
         (lambda m: m.update(cells={"nuclear_channel": "eosin"}), ["nuclear_channel", "'eosin'"]),
         (lambda m: m.update(cells={"min_area_um2": 300}), ["max_area_um2"]),
+        (lambda m: m.update(cells={"dab_statistic": "p99"}), ["markers.ALK.cells.dab_statistic", "'p99'", "p75"]),
     ],
 )
 def test_bad_values_are_config_errors(tmp_path, mutate, words):

@@ -11,6 +11,7 @@ from typing import Any
 from histo.config import load_yaml
 from histo.errors import ConfigError, HistoError
 from histo.ihc.cells import COMPARTMENTS, NUCLEAR_CHANNELS, CellParams
+from histo.ihc.compartment_stats import STATISTICS
 from histo.ihc.scoring import ScoreSummary, check_thresholds
 
 CALL_TYPES = ("threshold", "index")
@@ -96,6 +97,10 @@ def _cell_params(d: Any, base: CellParams, path: Path | str, where: str) -> Cell
             kw[k] = v
         elif k == "threshold_od":
             kw[k] = _number(v, path, f"{where}.{k}", lo=0.0, allow_none=True)
+        elif k == "dab_statistic":
+            if v not in STATISTICS:
+                raise _err(path, f"{where}.{k}", f"{v!r} is not one of {', '.join(STATISTICS)}")
+            kw[k] = v
         elif k == "clump_rounds":
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise _err(path, f"{where}.{k}", f"expected an integer >= 0, got {v!r}")

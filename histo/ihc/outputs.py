@@ -49,7 +49,7 @@ def cells_geojson(result: SlideIHCResult, max_features: int = GEOJSON_MAX_FEATUR
             "properties": {
                 "objectType": "detection",
                 "classification": {"name": CLASS_NAMES[k], "color": list(CLASS_COLOURS[k])},
-                "measurements": {f"{result.spec.compartment}: DAB OD mean": round(float(dab), 4),
+                "measurements": {f"{result.spec.compartment}: DAB OD {result.spec.cell_params.dab_statistic}": round(float(dab), 4),
                                  "Nucleus: area µm^2": round(float(area), 2)},
             },
         })
