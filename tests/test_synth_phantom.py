@@ -42,6 +42,8 @@ def test_unknown_key_names_key_and_file(tmp_path):
         ({"ihc": {"compartment": "golgi"}}, r"'ihc\.compartment' must be one of cytoplasmic, nuclear, membranous"),
         ({"necrosis": {"fraction_of_tumor": 1.5}}, r"necrosis\.fraction_of_tumor"),
         ({"ihc": {"class_fractions": [0.5, 0.5]}}, r"class_fractions"),
+        ({"ihc": {"class_bounds_od": [0.4, 0.2, 0.6]}}, r"'ihc\.class_bounds_od' must be 3 increasing"),
+        ({"ihc": {"class_dab_od": [0.0, 0.1, 0.5, 0.8]}}, r"'ihc\.class_dab_od' must lie inside its class band"),
         ({"width_px": 5000, "width_um": 100}, r"not both"),
         ({"tumor": 3}, r"'tumor' must be a mapping"),
     ],
@@ -106,6 +108,17 @@ def test_every_mitosis_point_lies_on_a_dark_figure(demo):
         ring = od[((xx**2 + yy**2) >= 26**2) & ((xx**2 + yy**2) <= 30**2)]  # ~7 µm: the clear halo
         assert np.percentile(near, 90) > 0.9, f"mitosis {i} at ({cx},{cy}): H OD {np.percentile(near, 90):.2f}"
         assert np.percentile(near, 90) > 3 * np.median(ring)
+
+
+def test_truth_dab_od_lies_inside_the_class_bounds(demo):
+    # The truth class of a tumour cell is where its DAB OD lies between ihc.class_bounds_od (the
+    # panel's convention), with a guard so no cell sits on a bound.
+    c = demo.cells
+    b = (0.0,) + tuple(demo.spec.ihc.class_bounds_od) + (np.inf,)
+    assert np.all(c.dab_od[c.ihc_class == 0] == 0)
+    for k in (1, 2, 3):
+        v = c.dab_od[c.ihc_class == k]
+        assert v.size >= 30 and v.min() > b[k] + 0.02 and v.max() < b[k + 1] - 0.02, (k, v.min(), v.max())
 
 
 @pytest.mark.slow

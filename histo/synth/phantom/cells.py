@@ -206,18 +206,24 @@ def clear_around(cells: Cells, mitoses: Cells, radius_px: float) -> Cells:
 
 
 def assign_ihc(spec: PhantomSpec, cells: Cells, rng: np.random.Generator) -> None:
-    """Give every viable tumour cell an IHC class 0..3 and a DAB OD inside that class's band."""
+    """Give every viable tumour cell an IHC class 0..3 and a DAB OD inside that class's band.
+
+    Class 0 cells carry no specific stain. A positive cell's OD varies around its class's typical
+    value but keeps 15 % of the band's width away from the class bounds, so the truth class is
+    unambiguous while intensities still spread within each class.
+    """
     tum = np.isin(cells.kind, TUMOR_KINDS)
     n = int(tum.sum())
     fr = np.asarray(spec.ihc.class_fractions, float)
     fr = fr / fr.sum()
     cls = rng.choice(4, size=n, p=fr).astype(np.int8)
     od = np.asarray(spec.ihc.class_dab_od, float)
-    # Intensity varies within a class but never crosses half-way to the neighbouring class.
-    lo = np.concatenate([[od[0]], (od[:-1] + od[1:]) / 2])
-    hi = np.concatenate([(od[:-1] + od[1:]) / 2, [od[-1] * 1.15 + 0.01]])
+    b = np.asarray(spec.ihc.class_bounds_od, float)
+    lo = np.concatenate([[0.0], b])
+    hi = np.concatenate([b, [max(od[3] * 1.25, b[2] + 0.2)]])
+    guard = 0.15 * (hi - lo)
     val = od[cls] * (1.0 + 0.12 * rng.standard_normal(n))
-    val = np.clip(val, lo[cls] + 0.25 * (od[cls] - lo[cls]), hi[cls] - 0.25 * (hi[cls] - od[cls]))
+    val = np.clip(val, (lo + guard)[cls], (hi - guard)[cls])
     val[cls == 0] = 0.0
     cells.ihc_class[tum] = cls
     cells.dab_od[tum] = val.astype(np.float32)
@@ -287,7 +293,7 @@ def _border_distance(u: np.ndarray, v: np.ndarray, A: float, B: float, rng: np.r
 def _cell(u: np.ndarray, v: np.ndarray, A: float, B: float, rng: np.random.Generator, irregular: float,
           membrane_px: float, nucleus_ab: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(body, ring) of an irregular elliptical cell of semi-axes A, B (px): body fades to 0 over the outer
-    ~2 µm; ring is a thin membrane band. With `nucleus_ab` the membrane hugs the nucleus at about 1.9 µm
+    ~2 µm; ring is the membrane band. With `nucleus_ab` the membrane hugs the nucleus at about 1.9 µm
     (packed tumour cells: where a membrane marker outlines each cell, and where scorers look for it)
     while the cytoplasm's tapering tails reach further."""
     dist = _border_distance(u, v, A, B, rng, irregular)
@@ -297,7 +303,9 @@ def _cell(u: np.ndarray, v: np.ndarray, A: float, B: float, rng: np.random.Gener
         gap = 2.1 * membrane_px / 0.45
         dist = np.maximum(_border_distance(u, v, nucleus_ab[0] + gap, nucleus_ab[1] + gap, rng, irregular * 0.5),
                           np.minimum(dist, 0.0))
-    ring = np.exp(-(((dist - 0.6 * membrane_px) / (0.5 * membrane_px)) ** 2)) * (dist > -membrane_px)
+    # DAB lines a membrane ~0.75 µm thick (FWHM) on the glass: thin, yet resolvable at 0.5 µm/px.
+    w = 2.0 * membrane_px
+    ring = np.exp(-(((dist - 0.6 * w) / (0.5 * w)) ** 2)) * (dist > -w)
     return body, ring
 
 

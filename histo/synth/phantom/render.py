@@ -30,7 +30,8 @@ _CHROM = {SPINDLE: 0.32, OVOID: 0.42, FIBROBLAST: 0.2, LYMPHOCYTE: 0.22, PLASMA:
 # Painted DAB per unit of a cell's dab_od, by compartment: makes the mean DAB OD that deconvolution
 # measures in the compartment (a 2 µm ring round the nucleus, the nucleus, the cell border) come out
 # near the cell's dab_od despite the fading edge, the granules and the optics blur.
-_DAB_GAIN = {"cytoplasmic": 1.18, "nuclear": 1.1, "membranous": 1.6}
+_DAB_GAIN = {"cytoplasmic": 1.0, "nuclear": 1.1, "membranous": 1.15}
+_CYTO_FILL = 2.5
 # Texture warp: displacement sd (px) and its correlation length (px); decorrelates the periodic banks.
 _WARP_PX = 220.0
 _WARP_SCALE_PX = 1500.0
@@ -347,7 +348,9 @@ class Renderer:
 
         speckle = tex.look(tex.speckle, pos)
         chrom = 0.75 * speckle + 0.45 * grain  # chromatin: fine granules on a coarser grain
-        self._stamp_cells(c_h, c_e, c_d, X0, Y0, W, H, ihc, chrom, speckle)
+        # Cell DAB is painted divided by the slide's DAB strength, so what lies on the glass in a cell
+        # is its truth dab_od whatever this slide's stain-strength draw (the haze still varies with it).
+        self._stamp_cells(c_h, c_e, c_d, X0, Y0, W, H, ihc, chrom, speckle, 1.0 / float(stain.strengths[2]))
 
         if art["fold"]:
             field = lay.fields[art["prefix"] + "fold"]
@@ -367,7 +370,7 @@ class Renderer:
                 od += (pen * (0.75 + 0.12 * mottle))[..., None] * ink.astype(np.float32)
         return od
 
-    def _stamp_cells(self, c_h, c_e, c_d, X0, Y0, W, H, ihc, chrom, speckle) -> None:
+    def _stamp_cells(self, c_h, c_e, c_d, X0, Y0, W, H, ihc, chrom, speckle, dab_scale=1.0) -> None:
         """Add every cell whose sprite meets the box to the concentration maps."""
         bank = self.bank
         pad = bank.max_half + 2
@@ -406,14 +409,15 @@ class Renderer:
                 key = body + shape + 0.5 * _proximity(s.half)[ss]  # nearest cell wins where bodies overlap
                 mine = key > owner[sl]
                 owner[sl][mine] = key[mine]
-                d = float(c.dab_od[i])
+                d = float(c.dab_od[i]) * dab_scale
                 if d <= 0:
                     c_d[sl][mine] = np.minimum(c_d[sl][mine], 0.02)
                     continue
                 if comp == "cytoplasmic":
                     # Granular cytoplasmic DAB, fading towards the cell border, none in the nucleus.
                     gran = np.clip(1.0 + 0.25 * speckle[sl], 0.4, None)
-                    val = body * (1.0 - shape) * gran * (d * _DAB_GAIN["cytoplasmic"])
+                    fill = np.minimum(body * _CYTO_FILL, 1.0)
+                    val = fill * (1.0 - shape) * gran * (d * _DAB_GAIN["cytoplasmic"])
                 elif comp == "nuclear":
                     val = shape * np.clip(1.0 + 0.3 * chrom[sl], 0.3, None) * (d * _DAB_GAIN["nuclear"])
                 else:  # membranous: a thin ring at the cell border, a faint cytoplasmic blush

@@ -80,7 +80,11 @@ class IHCSpec:
     marker: str = "ALK"
     compartment: str = "cytoplasmic"  # cytoplasmic | nuclear | membranous
     class_fractions: tuple = (0.1, 0.2, 0.3, 0.4)  # of tumour cells in classes 0, 1+, 2+, 3+
-    class_dab_od: tuple = (0.0, 0.18, 0.42, 0.85)  # mean DAB optical density of each class
+    # A tumour cell's truth class is where its DAB optical density (the mean chromogen OD painted in its
+    # stained compartment, on the glass) lies between these lower bounds of 1+, 2+ and 3+: the same
+    # convention and default bounds as histo's marker panel (configs/markers/panel.yaml).
+    class_bounds_od: tuple = (0.2, 0.4, 0.6)
+    class_dab_od: tuple = (0.0, 0.3, 0.5, 0.8)  # typical DAB OD of each class (inside its band)
     positive_pct_min: float = 10.0  # marker call: positive when % positive cells >= this
 
 
@@ -121,6 +125,10 @@ class GradingSpec:
     # default grading rules in configs/grading/default.yaml: grading.high_grade)
     high_grade_min_mitoses_per_10hpf: float = 10.0
     high_grade_min_necrosis_pct: float = 1.0  # ... or tumour necrosis >= this % of tumour area
+    # The mitotic count the score and flag use: the hotspot (densest 10-HPF window, FNCLCC practice and
+    # histo's default grading.mitotic_score.basis) or the whole viable tumour (falls back to it when the
+    # tumour is smaller than one 10-HPF window).
+    mitotic_count_basis: str = "hotspot"
 
 
 @dataclass(frozen=True)
@@ -289,6 +297,12 @@ def _check_values(spec: PhantomSpec, source: str) -> None:
     od = spec.ihc.class_dab_od
     need(len(od) == 4 and all(0 <= x <= 3 for x in od) and list(od) == sorted(od),
          f"'ihc.class_dab_od' must be 4 increasing optical densities within 0..3, got {list(od)}")
+    b = spec.ihc.class_bounds_od
+    need(len(b) == 3 and 0 < b[0] < b[1] < b[2] <= 3,
+         f"'ihc.class_bounds_od' must be 3 increasing optical densities within 0..3 (1+, 2+, 3+), got {list(b)}")
+    if len(b) == 3 and len(od) == 4:
+        need(od[0] < b[0] and b[0] < od[1] < b[1] and b[1] < od[2] < b[2] and od[3] > b[2],
+             f"each 'ihc.class_dab_od' must lie inside its class band {list(b)}, got {list(od)}")
     need(spec.ihc.marker.replace("-", "").replace("_", "").isalnum(), f"'ihc.marker' must be a plain name, got {spec.ihc.marker!r}")
     st = spec.stain
     need(0 <= st.vector_jitter <= 0.2 and 0 <= st.intensity_jitter <= 0.5, "stain jitters must be small (vector <= 0.2, intensity <= 0.5)")
@@ -300,6 +314,8 @@ def _check_values(spec: PhantomSpec, source: str) -> None:
          "artefact counts must be 0..20")
     g = spec.grading
     need(g.hpf_mm2 > 0, "'grading.hpf_mm2' must be > 0")
+    need(g.mitotic_count_basis in ("hotspot", "whole_tumour"),
+         f"'grading.mitotic_count_basis' must be hotspot or whole_tumour, got {g.mitotic_count_basis!r}")
     need(len(g.mitotic_score_thresholds_per_10hpf) == 2, "'grading.mitotic_score_thresholds_per_10hpf' needs 2 numbers")
     need(len(g.necrosis_score_thresholds_pct) == 2, "'grading.necrosis_score_thresholds_pct' needs 2 numbers")
 
