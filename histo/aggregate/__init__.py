@@ -22,7 +22,10 @@ Definitions
 - Areas: tiles are rasterised and every raster cell is owned by the nearest-centred covering tile,
   so overlapping tiles are never double counted (see :mod:`histo.aggregate.coverage`). A tile's
   tissue area is its owned area × ``tissue_fraction``; all areas below are sums of tissue areas.
-- A tile is necrotic when ``p_necrosis >= tiles.necrosis_min_p``; tumour when ``p_tumour >=
+- Necrosis is measured as confluent regions (:mod:`histo.aggregate.necrosis`): tiles with
+  ``p_necrosis >= tiles.necrosis_min_p`` seed regions that grow through neighbouring tiles with
+  ``p_necrosis >= tiles.necrosis_grow_p``; regions under ``tiles.necrosis_min_region_mm2`` (and under
+  ``tiles.necrosis_min_region_pct_of_tissue`` % of the tissue) are dropped. A tile is tumour when ``p_tumour >=
   tiles.tumour_min_p``. Necrotic tiles count as tumour: ``tumour_area_mm2`` = viable tumour +
   necrosis, and necrosis % = necrosis / tumour area, as pathologists quote it. All necrosis is taken
   to be tumour necrosis (tile scores cannot tell ulcer or infarct from tumour necrosis).
@@ -50,6 +53,7 @@ from histo.aggregate.measure import (
     PatternMeasurements,
     SlideMeasurements,
     measure_slide,
+    necrotic_mask,
 )
 from histo.aggregate.rules import (
     SCHEMA_VERSION,
@@ -84,6 +88,7 @@ __all__ = [
     "grade",
     "load_grading_config",
     "measure_slide",
+    "necrotic_mask",
     "validate_mitosis_table",
     "validate_tile_table",
 ]

@@ -27,7 +27,10 @@ class TileRules:
     pattern_classes: tuple[str, ...] = ("none", "fascicular", "haphazard")
     non_spindle_class: str = "none"
     tumour_min_p: float = 0.5
-    necrosis_min_p: float = 0.5
+    necrosis_min_p: float = 0.5  # a tile at or above this seeds a necrotic region
+    necrosis_grow_p: float = 0.25  # the region grows through neighbouring tiles at or above this
+    necrosis_min_region_mm2: float = 0.05  # smaller regions are dropped (isolated mimics) ...
+    necrosis_min_region_pct_of_tissue: float = 5.0  # ... unless at least this % of the tissue (biopsies)
 
 
 @dataclass(frozen=True)
@@ -221,9 +224,15 @@ def _check_values(cfg: GradingConfig, source: str) -> None:
     if len(t.pattern_classes) < 2:
         raise bad("tiles.pattern_classes", "needs at least one spindle pattern besides the non-spindle class")
     for key, v in (("tiles.tumour_min_p", t.tumour_min_p), ("tiles.necrosis_min_p", t.necrosis_min_p),
-                   ("mitoses.min_score", cfg.mitoses.min_score)):
+                   ("tiles.necrosis_grow_p", t.necrosis_grow_p), ("mitoses.min_score", cfg.mitoses.min_score)):
         if not 0.0 <= v <= 1.0:
             raise bad(key, f"must be within 0..1, got {v}")
+    if t.necrosis_grow_p > t.necrosis_min_p:
+        raise bad("tiles.necrosis_grow_p", f"must not exceed tiles.necrosis_min_p ({t.necrosis_min_p}), got {t.necrosis_grow_p}")
+    if not 0.0 <= t.necrosis_min_region_mm2 < 100.0:
+        raise bad("tiles.necrosis_min_region_mm2", f"must be within [0, 100) mm², got {t.necrosis_min_region_mm2}")
+    if not 0.0 <= t.necrosis_min_region_pct_of_tissue <= 100.0:
+        raise bad("tiles.necrosis_min_region_pct_of_tissue", f"must be within 0..100, got {t.necrosis_min_region_pct_of_tissue}")
     h = cfg.hpf
     if h.preset == "custom":
         if h.area_mm2 is None or not 0.0 < h.area_mm2 < 10.0:

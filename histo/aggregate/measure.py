@@ -12,6 +12,7 @@ import pandas as pd
 from histo.aggregate.config import GradingConfig
 from histo.aggregate.coverage import CoverageRaster, build_coverage
 from histo.aggregate.hotspot import Window, find_hotspot
+from histo.aggregate.necrosis import necrotic_tiles
 from histo.aggregate.tables import pattern_column, validate_mitosis_table, validate_mpp, validate_tile_table
 
 _UM2_PER_MM2 = 1e6
@@ -93,6 +94,23 @@ class SlideMeasurements:
         return _plain(dataclasses.asdict(self))
 
 
+def necrotic_mask(tiles: pd.DataFrame, mpp: float, config: GradingConfig | None = None) -> np.ndarray:
+    """The tiles the slide's necrosis is measured on (row-aligned bool mask), for reports and maps."""
+    cfg = config or GradingConfig()
+    mpp = validate_mpp(mpp)
+    t = validate_tile_table(tiles, cfg.tiles.pattern_classes)
+    raster = build_coverage(t["x"].to_numpy(), t["y"].to_numpy(), t["w"].to_numpy(), t["h"].to_numpy())
+    tissue_mm2 = raster.owned_area_px2(len(t)) * t["tissue_fraction"].to_numpy() * mpp * mpp / _UM2_PER_MM2
+    return _necrotic(t, tissue_mm2, cfg)
+
+
+def _necrotic(t: pd.DataFrame, tissue_mm2: np.ndarray, cfg: GradingConfig) -> np.ndarray:
+    tr = cfg.tiles
+    return necrotic_tiles(t["x"].to_numpy(), t["y"].to_numpy(), t["w"].to_numpy(), t["h"].to_numpy(),
+                          t["p_necrosis"].to_numpy(), tissue_mm2, tr.necrosis_min_p, tr.necrosis_grow_p,
+                          tr.necrosis_min_region_mm2, tr.necrosis_min_region_pct_of_tissue)
+
+
 def measure_slide(
     tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None
 ) -> SlideMeasurements:
@@ -115,7 +133,7 @@ def measure_slide(
         tumour, source = t["p_tumour"].to_numpy() >= cfg.tiles.tumour_min_p, "p_tumour"
     else:
         tumour, source = spindle.copy(), "pattern"
-    necrotic = t["p_necrosis"].to_numpy() >= cfg.tiles.necrosis_min_p
+    necrotic = _necrotic(t, tissue_mm2, cfg)
     # necrotic tiles are tumour necrosis: the tumour area includes them, as pathologists quote
     # necrosis as % of the whole tumour; mitoses are only counted in viable (non-necrotic) tumour
     region = tumour | necrotic

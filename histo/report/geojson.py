@@ -67,11 +67,13 @@ def union_of_tiles(tiles: pd.DataFrame, mask: np.ndarray) -> Any:
 
 
 def slide_geojson(tiles: pd.DataFrame, mitoses: pd.DataFrame | None, *, mpp: float, classes: Sequence[str],
-                  necrosis_min_p: float, mitosis_min_score: float, include_tiles: bool = True,
+                  necrotic: np.ndarray, mitosis_min_score: float, include_tiles: bool = True,
                   hotspot: dict[str, Any] | None = None) -> dict[str, Any]:
     """The FeatureCollection of one slide: region annotations, the hotspot window, mitosis detections, tiles.
 
-    ``hotspot`` is the report's hotspot dict (box_px, shape, count, per_10hpf, area_mm2) or None.
+    ``necrotic`` is the row-aligned mask of necrotic tiles the grading measured
+    (:func:`histo.aggregate.necrotic_mask`); ``hotspot`` is the report's hotspot dict (box_px, shape,
+    count, per_10hpf, area_mm2) or None.
     """
     feats: list[dict[str, Any]] = []
     if hotspot is not None:
@@ -84,10 +86,10 @@ def slide_geojson(tiles: pd.DataFrame, mitoses: pd.DataFrame | None, *, mpp: flo
                               {"Mitoses": float(hotspot["count"]), "Mitoses per 10 HPF": hotspot["per_10hpf"],
                                "Area mm2": hotspot["area_mm2"]}))
     # glass tiles (no tissue) belong to no region; the heatmaps leave them unpainted too
-    tiles = tiles[tissue_tiles(tiles)].reset_index(drop=True)
+    keep = tissue_tiles(tiles)
+    necrotic = np.asarray(necrotic, bool)[keep]
+    tiles = tiles[keep].reset_index(drop=True)
     n = len(tiles)
-    p_nec = tiles["p_necrosis"].to_numpy(float) if n else np.zeros(0)
-    necrotic = p_nec >= necrosis_min_p
     mm2_per_px2 = mpp * mpp / 1e6
     geom = union_of_tiles(tiles, necrotic)
     if geom is not None:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from histo import __version__
-from histo.aggregate import SlideAssessment
+from histo.aggregate import SlideAssessment, necrotic_mask
 from histo.atomic import atomic_path, write_text
 from histo.errors import HistoError
 from histo.report import html as H
@@ -196,7 +196,10 @@ def write_slide_report(
     rendered["necrosis"] = (
         I.heatmap_image(canvas, tiles, tiles["p_necrosis"].to_numpy(float), title="Necrosis probability",
                         label="p(necrosis)", cmap="inferno", hotspot=hs_box),
-        f"Necrosis probability per tile (a tile counts as necrotic at p ≥ {fmt_num(cfg.tiles.necrosis_min_p)}).")
+        f"Necrosis probability per tile. Necrosis is measured as confluent regions: tiles at p ≥ "
+        f"{fmt_num(cfg.tiles.necrosis_min_p)} seed a region that grows through neighbours at p ≥ "
+        f"{fmt_num(cfg.tiles.necrosis_grow_p)}; regions under {fmt_num(cfg.tiles.necrosis_min_region_mm2)} mm² "
+        f"(and under {fmt_num(cfg.tiles.necrosis_min_region_pct_of_tissue)} % of the tissue) are dropped.")
     rendered["pattern"] = (
         I.pattern_image(canvas, tiles, classes, title="Most probable pattern", hotspot=hs_box),
         "Most probable spindle-cell pattern per tile (mean of overlapping tiles).")
@@ -219,7 +222,7 @@ def write_slide_report(
             marker = "".join(ch if ch.isalnum() else "_" for ch in str(item.data.get("marker", i)))
             image_paths[f"ihc_{marker}"] = _write_bytes(out / IMAGES_DIR / f"ihc_{i}_{marker}.png", png)
 
-    gj = slide_geojson(tiles, mitoses, mpp=mpp, classes=classes, necrosis_min_p=cfg.tiles.necrosis_min_p,
+    gj = slide_geojson(tiles, mitoses, mpp=mpp, classes=classes, necrotic=necrotic_mask(tiles, mpp, cfg),
                        mitosis_min_score=cfg.mitoses.min_score, include_tiles=geojson_tiles, hotspot=hotspot)
     geojson_path = write_text(out / GEOJSON_NAME, json.dumps(gj, separators=(",", ":"), allow_nan=False))
 
