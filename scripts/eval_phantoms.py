@@ -88,25 +88,32 @@ SLIDE_TARGETS = {"mitoses_rel_err_max": 0.20, "necrosis_abs_err_max_pts": 5.0}
 def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], seed: int, size_px: int,
                         cache_dir: Path, device: str, workers: int = 1) -> dict[str, Any]:
     """Per preset: predicted vs true mitoses per 10 HPF, necrosis %, and verdict; plus whether all targets hold."""
+    import dataclasses
+    import hashlib
     import tempfile
+
+    import yaml
 
     from histo.aggregate import assess_slide
     from histo.predict import load_prediction, predict_slide
-    from histo.synth.phantom import make_phantom
+    from histo.synth.phantom import build_phantom, load_spec, make_phantom, replace_size, summary
 
     rows: dict[str, Any] = {}
     cache_dir.mkdir(parents=True, exist_ok=True)
     pred_root = Path(tempfile.mkdtemp(prefix="eval_slides_"))
     for i, preset in enumerate(presets):
-        spec = Path("configs/synth") / f"{preset}.yaml"
-        out = cache_dir / f"s{seed + i}_{size_px}"
-        summary_path = out / preset / "summary.json"
+        spec = replace_size(dataclasses.replace(load_spec(Path("configs/synth") / f"{preset}.yaml"), seed=seed + i),
+                            size_px, size_px)
+        # Cached slides are keyed on the full spec, so an edited preset is rendered again; the truth is
+        # recomputed every time (cheap, no pixels), so it always follows the current truth code.
+        digest = hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        out = cache_dir / f"s{seed + i}_{size_px}_{digest}"
+        he = out / preset / f"{spec.name}_HE.tiff"
         t0 = time.perf_counter()
-        if summary_path.is_file():
-            truth = json.loads(summary_path.read_text(encoding="utf-8"))
-            he = out / preset / truth["files"]["he"]
+        if he.is_file():
+            truth = summary(build_phantom(spec))
         else:
-            ph = make_phantom(spec, out, seed=seed + i, size_px=(size_px, size_px), ihc=False, workers=2)
+            ph = make_phantom(spec, out, ihc=False, workers=2)
             truth, he = ph.summary, ph.he_path
         t_write = time.perf_counter() - t0
         res = predict_slide(he, net, card, pred_root, workers=workers, device=device, progress=False)
@@ -122,7 +129,9 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
         rel = None if p_mit is None or not t_mit else (p_mit - t_mit) / t_mit
         rows[preset] = {
             "truth": {"mitoses_per_10hpf": round(t_mit, 2), "mitoses_count": truth["mitoses"]["count"],
-                      "necrosis_pct": round(t_nec, 2), "high_grade": t_hg},
+                      "mitoses_hotspot_per_10hpf": truth["mitoses"]["hotspot_per_10hpf"],
+                      "necrosis_pct": round(t_nec, 2), "high_grade": t_hg,
+                      "verdict_basis": truth["grading"]["rules"]["mitotic_count_basis"]},
             "histo": {"mitoses_per_10hpf": None if p_mit is None else round(p_mit, 2),
                       "mitoses_count": m["mitoses"]["count"],
                       "mitoses_hotspot_per_10hpf": (m["mitoses"]["hotspot"] or {}).get("per_10hpf"),
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slides", action="store_true", help="also evaluate whole phantom slides per grading preset")
     ap.add_argument("--slides-only", action="store_true", help="only the slide-level part (needs --model)")
     ap.add_argument("--slide-seed", type=int, default=500, help="first seed of the slide-level phantoms")
-    ap.add_argument("--slide-size-px", type=int, default=12000, help="slide-level phantom edge (px at 0.25 µm/px)")
+    ap.add_argument("--slide-size-px", type=int, default=24000, help="slide-level phantom edge (px at 0.25 µm/px; 24000 = 6 mm: enough mitoses in the low-grade presets for a ±20 %% check)")
     ap.add_argument("--slide-cache", type=Path, default=Path("data/eval_slides"), help="where slide phantoms are kept")
     args = ap.parse_args(argv)
     if args.slides_only and not args.model:

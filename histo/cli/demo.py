@@ -83,7 +83,10 @@ def _truth_line(summary: dict) -> str:
     parts = []
     if "high_grade" in g:
         parts.append(f"high grade {'yes' if g['high_grade'] else 'no'}")
-    if m.get("per_10hpf") is not None:
+    if m.get("hotspot_per_10hpf") is not None:
+        parts.append(f"mitoses {m['hotspot_per_10hpf']:.0f} per 10 HPF in the hotspot, "
+                     f"{m['per_10hpf']:.1f} over the whole tumour")
+    elif m.get("per_10hpf") is not None:
         parts.append(f"mitoses {m['per_10hpf']:.1f} per 10 HPF (whole tumour)")
     if summary.get("necrosis_pct_of_tumor") is not None:
         parts.append(f"necrosis {summary['necrosis_pct_of_tumor']:.1f} % of tumour")

@@ -134,14 +134,18 @@ def summary(ph: Phantom) -> dict:
     per_mm2 = n_mit / areas["tumor_viable"] if areas["tumor_viable"] > 0 else 0.0
     hpf = sp.grading.hpf_mm2
     per_10hpf = per_mm2 * 10 * hpf
-    hotspot = _hotspot_per_10hpf(ph, c.x[mit], c.y[mit])
+    # As histo.aggregate does: a viable tumour smaller than the 10-HPF window has no hotspot; its
+    # count per 10 HPF of tumour area is the figure graded.
+    hotspot = _hotspot_per_10hpf(ph, c.x[mit], c.y[mit]) if areas["tumor_viable"] >= 10 * hpf else None
 
     g = sp.grading
     t1, t2 = g.mitotic_score_thresholds_per_10hpf
-    mitotic_score = 1 if per_10hpf < t1 else (2 if per_10hpf < t2 else 3)
+    use_hotspot = g.mitotic_count_basis == "hotspot" and hotspot is not None
+    graded = hotspot if use_hotspot else per_10hpf
+    mitotic_score = 1 if graded < t1 else (2 if graded < t2 else 3)
     n1, n2 = g.necrosis_score_thresholds_pct
     necrosis_score = 0 if necrosis_pct <= n1 else (1 if necrosis_pct < n2 else 2)
-    high = per_10hpf >= g.high_grade_min_mitoses_per_10hpf or necrosis_pct >= g.high_grade_min_necrosis_pct
+    high = graded >= g.high_grade_min_mitoses_per_10hpf or necrosis_pct >= g.high_grade_min_necrosis_pct
 
     scored = c.ihc_class >= 0
     counts = np.bincount(c.ihc_class[scored].astype(int), minlength=4) if scored.any() else np.zeros(4, int)
@@ -187,8 +191,11 @@ def summary(ph: Phantom) -> dict:
                 "necrosis_score_thresholds_pct": list(g.necrosis_score_thresholds_pct),
                 "high_grade_if": f"mitoses >= {g.high_grade_min_mitoses_per_10hpf:g} per 10 HPF "
                 f"or tumour necrosis >= {g.high_grade_min_necrosis_pct:g} % of tumour area",
-                "mitotic_count_basis": "whole viable tumour area (per_10hpf above)",
+                "mitotic_count_basis": ("hotspot (hotspot_per_10hpf above)" if use_hotspot else
+                                        "whole viable tumour area (per_10hpf above)"
+                                        + (" - the tumour is smaller than one 10-HPF window" if g.mitotic_count_basis == "hotspot" else "")),
             },
+            "mitoses_per_10hpf_graded": graded,
             "mitotic_score": mitotic_score,
             "necrosis_score": necrosis_score,
             "high_grade": bool(high),
