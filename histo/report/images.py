@@ -226,8 +226,20 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
                    fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, facecolor="white")
-    png = buf.getvalue()
+    png = compact_png(buf.getvalue())
     return RenderedImage(png, width, height, 0, _TITLE_PX, canvas.sx, canvas.sy)
+
+
+def compact_png(png: bytes, colours: int = 256) -> bytes:
+    """Re-encode a PNG with an adaptive palette of ``colours`` (still a lossless-format PNG, a few times
+    smaller): a report embeds several slide-sized images, and RGB PNGs made it several MB."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        pal = im.convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    pal.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def thumbnail_image(canvas: Canvas, *, title: str, hotspot: HotspotBox | None = None) -> RenderedImage:
