@@ -50,10 +50,10 @@ def necrotic_tiles(x: np.ndarray, y: np.ndarray, w: np.ndarray, h: np.ndarray, p
     ok = lab >= 0
     seeded = np.zeros(n_lab, bool)
     seeded[lab[ok & (p >= min_p)]] = True
-    area = np.bincount(lab[ok], weights=np.asarray(tissue_mm2, np.float64)[ok], minlength=n_lab) - 1e-12
+    area = np.bincount(lab[ok], weights=np.asarray(tissue_mm2, np.float64)[ok], minlength=n_lab)
     tissue = np.asarray(tissue_mm2, np.float64)
     floor = min(min_region_mm2, min_region_pct_of_tissue / 100.0 * float(tissue.sum()))
-    keep = seeded & (area >= floor)
+    keep = seeded & (area >= floor - 1e-12)  # a region of exactly the floor area is kept
     return ok & keep[np.where(ok, lab, 0)]
 
 

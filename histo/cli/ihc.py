@@ -26,6 +26,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from histo.atomic import write_text
+from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
 from histo.status import read_status, write_status
 
@@ -210,10 +211,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(r: IHCStatus) -> None:
-    if r.status == "failed":
-        msg = r.reason if r.reason.startswith(r.slide) else f"{r.slide}: {r.reason}"
-        print(f"FAILED   {msg}", file=sys.stderr)
-    elif r.status == "skipped":
-        print(f"skipped  {r.slide}: {r.reason}", file=sys.stderr)
-    else:
+    if not report_problem(r):
         print(f"{r.status:<8} {r.slide}: {r.reason} [{r.seconds:.1f} s]")

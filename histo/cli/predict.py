@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
 
 # torch and the models are imported in run(): every `histo` command builds this parser, few need torch.
@@ -154,12 +155,9 @@ def _write_report(result: Any, slide: Path, grading: Any) -> Any:
 
 def _report(r: Any) -> None:
     """One line per slide on stderr."""
-    if r.status == "failed":
-        msg = r.reason if r.reason.startswith(r.slide) else f"{r.slide}: {r.reason}"
-        print(f"FAILED    {msg}", file=sys.stderr)
-    elif r.status == "skipped":
-        print(f"skipped   {r.slide}: {r.reason}", file=sys.stderr)
-    elif r.status == "no_tissue":
+    if report_problem(r, width=10):
+        return
+    if r.status == "no_tissue":
         print(f"no tissue {r.slide}: empty tables written to {r.out_dir}", file=sys.stderr)
     else:
         print(f"ok        {r.slide}: {r.n_tiles} tiles, {r.n_mitoses} mitoses, {r.seconds:.1f} s -> {r.out_dir}",

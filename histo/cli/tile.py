@@ -17,6 +17,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from histo.atomic import write_text
+from histo.cli.batch import report_problem
 from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
 from histo.status import read_status, write_status
@@ -103,13 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(r: SlideResult) -> None:
-    if r.status == "failed":
-        # library messages already start with the file name; do not print it twice
-        msg = r.reason if r.reason.startswith(r.slide) else f"{r.slide}: {r.reason}"
-        print(f"FAILED   {msg}", file=sys.stderr)
-    elif r.status == "skipped":
-        print(f"skipped  {r.slide}: {r.reason}", file=sys.stderr)
-    elif r.status == "no_tissue":
+    if report_problem(r):
+        return
+    if r.status == "no_tissue":
         print(f"no tissue {r.slide}: empty grid written to {r.grid_path}", file=sys.stderr)
     else:
         print(f"ok       {r.slide}: {r.n_tiles} tiles, {r.tissue_area_mm2:.2f} mm² tissue, {r.seconds:.1f} s "
