@@ -234,6 +234,14 @@ def test_tumour_mask_from_tiles_keeps_viable_spindle_tiles():
         tumour_mask_from_tiles(pd.DataFrame(rows), (1024, 512), slide_mpp=0.25)
     with pytest.raises(HistoError, match="non_spindle_class"):
         tumour_mask_from_tiles(pd.DataFrame(rows), (2048, 1024), slide_mpp=0.25, non_spindle_class="stroma")
+    # The necrotic regions the H&E grading measured replace the per-tile threshold: tile 3 (p 0.2, at the
+    # edge of a necrotic zone) is left out, tile 2 (p 0.9, a mimic the region rule dropped) is counted.
+    m = tumour_mask_from_tiles(pd.DataFrame(rows), (2048, 1024), slide_mpp=0.25, mask_mpp=8.0,
+                               necrotic=np.array([False, False, False, True]))
+    cols = m.mask[0]
+    assert cols[:16].all() and not cols[16:32].any() and cols[32:48].all() and not cols[48:].any()
+    with pytest.raises(HistoError, match="one value per tile"):
+        tumour_mask_from_tiles(pd.DataFrame(rows), (2048, 1024), slide_mpp=0.25, necrotic=np.ones(3, bool))
 
 
 def test_calibrate_thresholds_recovers_cuts():

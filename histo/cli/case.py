@@ -87,7 +87,8 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _ihc_args(ihc_path: Path, marker: str, out: Path, he_pred: Path, args: argparse.Namespace, mpp: float | None) -> argparse.Namespace:
+def _ihc_args(ihc_path: Path, marker: str, out: Path, he_pred: Path, args: argparse.Namespace, mpp: float | None,
+              grading: Any = None) -> argparse.Namespace:
     """The `histo ihc` arguments for one IHC slide of a case, with that command's defaults."""
     from histo.cli import build_parser
 
@@ -101,7 +102,9 @@ def _ihc_args(ihc_path: Path, marker: str, out: Path, he_pred: Path, args: argpa
         argv.append("--overwrite")
     if args.quiet:
         argv.append("--quiet")
-    return build_parser().parse_args(argv)
+    ns = build_parser().parse_args(argv)
+    ns.grading_config = grading  # necrotic regions left out of the IHC count follow the case's grading rules
+    return ns
 
 
 def run_case(case_path: Path, model: Any, card: Any, args: argparse.Namespace, grading: Any, panel: dict[str, Any],
@@ -126,7 +129,7 @@ def run_case(case_path: Path, model: Any, card: Any, args: argparse.Namespace, g
     ihc_dirs: list[Path] = []
     for marker, path in ihc_paths.items():
         out = case_dir / "ihc" / marker
-        row = score_one(path, panel[marker], _ihc_args(path, marker, out, he_pred, args, case.mpp), he_pred, out)
+        row = score_one(path, panel[marker], _ihc_args(path, marker, out, he_pred, args, case.mpp, grading), he_pred, out)
         print(f"  {case.case_id} {marker}: {row.status} {row.reason}", file=sys.stderr)
         ihc_dirs.append(out / path.stem)
     verdict, report_json, _ = report_folder(he_pred, he_pred, grading, slides=[he_path], n_folders=1,

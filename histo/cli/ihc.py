@@ -72,7 +72,9 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="tiles scored at once (0 = in this thread)")
     p.add_argument("--pool", choices=["thread", "process"], default="thread", help="worker kind (default thread)")
     p.add_argument("--non-spindle-class", default="none", help="pattern class that is not tumour (default none)")
-    p.add_argument("--necrosis-min-p", type=float, default=0.5, help="tiles with p_necrosis >= this are not counted")
+    p.add_argument("--necrosis-min-p", type=float, default=None,
+                   help="p_necrosis that seeds a necrotic region, which is not counted (default: the grading config's, "
+                        "0.5; regions grow and are filtered as in histo report)")
     p.add_argument("--allow-frame-mismatch", action="store_true",
                    help="accept a tumour map from a slide of another size (stretched; only right for pure scale changes)")
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
@@ -119,12 +121,30 @@ def _settings(args: argparse.Namespace, spec: Any, tumour: Path | None) -> dict[
         "mpp_override": args.mpp,
         "tumour_tiles": str(tumour.resolve()) if tumour is not None else None,
         "non_spindle_class": args.non_spindle_class,
-        "necrosis_min_p": args.necrosis_min_p,
+        "necrosis": asdict(_necrosis_rules(args).tiles) if tumour is not None else None,
     }
+
+
+def _necrosis_rules(args: argparse.Namespace) -> Any:
+    """The grading config whose tile rules find the necrotic regions left out of the IHC count: the
+    case's (``args.grading_config``, set by ``histo case``) or the default, with ``--necrosis-min-p``."""
+    import dataclasses
+
+    from histo.aggregate import GradingConfig
+
+    cfg = getattr(args, "grading_config", None) or GradingConfig()
+    if args.necrosis_min_p is not None:
+        if not 0.0 < args.necrosis_min_p <= 1.0:
+            raise HistoError(f"--necrosis-min-p must lie in (0, 1], got {args.necrosis_min_p}")
+        t = cfg.tiles
+        cfg = dataclasses.replace(cfg, tiles=dataclasses.replace(
+            t, necrosis_min_p=args.necrosis_min_p, necrosis_grow_p=min(t.necrosis_grow_p, args.necrosis_min_p)))
+    return cfg
 
 
 def score_one(path: Path, spec: Any, args: argparse.Namespace, tumour_src: Path | None, out: Path) -> IHCStatus:
     """Score one slide and write its outputs; a finished slide with the same settings is skipped."""
+    from histo.aggregate import necrotic_mask
     from histo.ihc import read_prediction_tiles, score_slide, tumour_mask_from_tiles, write_ihc_outputs
     from histo.slide import open_slide
 
@@ -151,8 +171,11 @@ def score_one(path: Path, spec: Any, args: argparse.Namespace, tumour_src: Path 
             if not he_dims and abs(he_mpp - slide.mpp) / slide.mpp > 0.03 and not args.allow_frame_mismatch:
                 raise HistoError(f"{tumour}: the H&E slide was {he_mpp:g} µm/px, this IHC slide {slide.mpp:g} µm/px: "
                                  "not the same level-0 frame (serial sections need registration, which histo does not do)")
+            # Necrosis as the H&E report measured it (regions, not single tiles), so the IHC is counted
+            # in the viable tumour the report shows.
+            necrotic = necrotic_mask(tiles, he_mpp, _necrosis_rules(args))
             tmask = tumour_mask_from_tiles(tiles, tuple(he_dims) if he_dims else slide.dimensions, slide_mpp=he_mpp,
-                                           non_spindle_class=args.non_spindle_class, necrosis_min_p=args.necrosis_min_p)
+                                           non_spindle_class=args.non_spindle_class, necrotic=necrotic)
         result = score_slide(slide, spec, analysis_mpp=args.analysis_mpp, tumour_mask=tmask, stain=args.stain,
                              workers=args.workers, pool=args.pool, progress=not args.quiet,
                              allow_frame_mismatch=args.allow_frame_mismatch)

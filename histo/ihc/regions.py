@@ -109,6 +109,7 @@ def tumour_mask_from_tiles(
     classes: Sequence[str] | None = None,
     non_spindle_class: str = "none",
     necrosis_min_p: float = 0.5,
+    necrotic: np.ndarray | None = None,
     mask_mpp: float = 8.0,
 ) -> TissueMask:
     """Tumour mask (level-0 frame of the H&E slide) from a prediction tile table (contract C tiles.parquet).
@@ -155,7 +156,14 @@ def tumour_mask_from_tiles(
         )
     probs = tiles_df[[PATTERN_PREFIX + c for c in classes]].to_numpy(np.float64)
     top = np.asarray(classes, dtype=object)[np.argmax(probs, axis=1)]
-    tumour = (top != non_spindle_class) & (tiles_df["p_necrosis"].to_numpy(np.float64) < float(necrosis_min_p))
+    if necrotic is None:
+        dead = tiles_df["p_necrosis"].to_numpy(np.float64) >= float(necrosis_min_p)
+    else:
+        dead = np.asarray(necrotic)
+        if dead.dtype != bool or dead.shape != (len(tiles_df),):
+            raise HistoError(f"necrotic must be a bool array with one value per tile ({len(tiles_df)}), "
+                             f"got {dead.dtype} of shape {dead.shape}")
+    tumour = (top != non_spindle_class) & ~dead
     ds = out.downsample
     mh, mw = out.mask.shape
     m = out.mask
