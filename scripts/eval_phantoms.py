@@ -14,7 +14,9 @@ high_grade_alk_positive, alk_negative, artefacts) is written as an H&E phantom a
 through ``histo.predict.predict_slide`` and ``histo.aggregate.assess_slide`` with the default grading
 config, and compared with the phantom's truth (summary.json): mitoses per 10 HPF over the whole viable
 tumour (target within ±20 % of truth), necrosis % of tumour (within ±5 points), and the high-grade
-verdict (right on every preset). ``--slides-only --model DIR`` skips the tile-level part.
+verdict (right on every preset). ``--slides-only --model DIR`` skips the tile-level part. Several
+``--slide-seed`` values give several rounds of slides; mitoses are then also pooled per preset (see
+``pooled_slide_metrics``).
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
         rel = None if p_mit is None or not t_mit else (p_mit - t_mit) / t_mit
         rows[preset] = {
             "truth": {"mitoses_per_10hpf": round(t_mit, 2), "mitoses_count": truth["mitoses"]["count"],
+                      "viable_tumour_mm2": round(truth["areas_mm2"]["tumor_viable"], 4),
                       "mitoses_hotspot_per_10hpf": truth["mitoses"]["hotspot_per_10hpf"],
                       "necrosis_pct": round(t_nec, 2), "high_grade": t_hg,
                       "verdict_basis": truth["grading"]["rules"]["mitotic_count_basis"]},
@@ -136,7 +139,8 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
                       "mitoses_count": m["mitoses"]["count"],
                       "mitoses_hotspot_per_10hpf": (m["mitoses"]["hotspot"] or {}).get("per_10hpf"),
                       "necrosis_pct": None if p_nec is None else round(p_nec, 2), "high_grade": p_hg,
-                      "tumour_area_mm2": round(m["tumour_area_mm2"], 3)},
+                      "tumour_area_mm2": round(m["tumour_area_mm2"], 3),
+                      "viable_tumour_mm2": round(m["viable_tumour_area_mm2"], 4), "hpf_mm2": m["mitoses"]["hpf_area_mm2"]},
             "mitoses_rel_err": None if rel is None else round(rel, 3),
             "necrosis_abs_err_pts": None if p_nec is None else round(abs(p_nec - t_nec), 2),
             "verdict_right": p_hg == t_hg,
@@ -150,6 +154,47 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
             "slide_targets": SLIDE_TARGETS,
             "slide_targets_met": {"mitoses_within_20pct": ok_mit, "necrosis_within_5pts": ok_nec,
                                   "verdict_right_every_preset": all(r["verdict_right"] for r in rows.values())}}
+
+
+def pooled_slide_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per preset over several rounds of slides: mitoses per 10 HPF as all counts over all viable tumour.
+
+    A 6 mm low-grade phantom holds 4-8 mitoses, so one missed figure moves its own rate by 12-25 %: a
+    single slide cannot resolve a ±20 % target there. Pooling slides of one preset (as a study pools
+    cases) measures the count's bias; the per-slide errors stay in ``slide_rounds``. Necrosis and the
+    verdict are still judged on every slide.
+    """
+    pooled: dict[str, Any] = {}
+    for preset in rounds[0]["slides"]:
+        rows = [r["slides"][preset] for r in rounds]
+        t_n = sum(r["truth"]["mitoses_count"] for r in rows)
+        h_n = sum(r["histo"]["mitoses_count"] for r in rows)
+        t_a = sum(r["truth"]["viable_tumour_mm2"] for r in rows)
+        h_a = sum(r["histo"]["viable_tumour_mm2"] for r in rows)
+        hpf = rows[0]["histo"]["hpf_mm2"]
+        t_rate = 10 * hpf * t_n / t_a if t_a else None
+        h_rate = 10 * hpf * h_n / h_a if h_a else None
+        pooled[preset] = {
+            "slides": len(rows), "truth_mitoses": t_n, "histo_mitoses": h_n,
+            "truth_per_10hpf": None if t_rate is None else round(t_rate, 3),
+            "histo_per_10hpf": None if h_rate is None else round(h_rate, 3),
+            "mitoses_rel_err": None if not t_rate or h_rate is None else round((h_rate - t_rate) / t_rate, 3),
+            "per_slide_rel_err": [r["mitoses_rel_err"] for r in rows],
+        }
+    lim = SLIDE_TARGETS["mitoses_rel_err_max"]
+    every = [r for rnd in rounds for r in rnd["slides"].values()]
+    return {
+        "slide_rounds": rounds, "pooled": pooled, "slide_targets": SLIDE_TARGETS,
+        "slide_targets_met": {
+            "mitoses_within_20pct_pooled": all(p["mitoses_rel_err"] is not None and abs(p["mitoses_rel_err"]) <= lim
+                                               for p in pooled.values()),
+            "mitoses_within_20pct_every_slide": all(r["mitoses_rel_err"] is not None and abs(r["mitoses_rel_err"]) <= lim
+                                                    for r in every),
+            "necrosis_within_5pts_every_slide": all(r["necrosis_abs_err_pts"] is not None and r["necrosis_abs_err_pts"]
+                                                    <= SLIDE_TARGETS["necrosis_abs_err_max_pts"] for r in every),
+            "verdict_right_every_slide": all(r["verdict_right"] for r in every),
+        },
+    }
 
 
 def evaluate(net: MultiTaskNet, card: ModelCard, dataset: Any, device: str) -> dict[str, Any]:
@@ -172,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="training output folder (overrides output.dir)")
     ap.add_argument("--slides", action="store_true", help="also evaluate whole phantom slides per grading preset")
     ap.add_argument("--slides-only", action="store_true", help="only the slide-level part (needs --model)")
-    ap.add_argument("--slide-seed", type=int, default=500, help="first seed of the slide-level phantoms")
+    ap.add_argument("--slide-seed", type=int, nargs="+", default=[500],
+                    help="first seed of each round of slide-level phantoms (preset i gets seed + i); with several "
+                         "rounds, mitoses are also pooled per preset")
     ap.add_argument("--slide-size-px", type=int, default=24000, help="slide-level phantom edge (px at 0.25 µm/px; 24000 = 6 mm: enough mitoses in the low-grade presets for a ±20 %% check)")
     ap.add_argument("--slide-cache", type=Path, default=Path("data/eval_slides"), help="where slide phantoms are kept")
     args = ap.parse_args(argv)
@@ -202,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics["targets"] = TARGETS
         metrics["targets_met"] = {k: metrics.get(k, 0.0) >= v for k, v in TARGETS.items()}
     if args.slides or args.slides_only:
-        metrics.update(slide_level_metrics(net, card, list(SLIDE_PRESETS), args.slide_seed, args.slide_size_px,
-                                           args.slide_cache, device))
+        rounds = [slide_level_metrics(net, card, list(SLIDE_PRESETS), seed, args.slide_size_px, args.slide_cache, device)
+                  for seed in args.slide_seed]
+        metrics.update(rounds[0] if len(rounds) == 1 else pooled_slide_metrics(rounds))
     line = {
         "script": "eval_phantoms", **metrics,
         "train_minutes": train_minutes, "eval_minutes": round((time.perf_counter() - t0) / 60, 2),

@@ -49,7 +49,7 @@ def _card(net: MultiTaskNet, **kw) -> ModelCard:
 # -- registry -----------------------------------------------------------------------------------------
 def test_registry_names_and_unknown_backbone():
     names = list_backbones()
-    for n in ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "convnext_tiny", "densenet121", "tiny"):
+    for n in ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "convnext_tiny", "densenet121", "small", "tiny"):
         assert n in names
     with pytest.raises(ModelError, match=r"unknown backbone 'resnet9'.*resnet18.*tiny"):
         create_backbone("resnet9")
@@ -69,6 +69,16 @@ def test_tiny_backbone_size_and_outputs():
     assert bb.forward_features(x).shape == (2, nf, 2, 2)
     with pytest.raises(ModelError, match="no ImageNet weights"):
         create_backbone("tiny", pretrained="imagenet")
+
+
+def test_small_backbone_size_and_outputs():
+    bb, nf = create_backbone("small")
+    assert 300_000 < sum(p.numel() for p in bb.parameters()) < 700_000  # the demo model stays a few MB
+    pyr = bb.forward_pyramid(torch.randn(2, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in pyr] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert [f.shape[1] for f in pyr] == list(bb.feature_channels) and nf == bb.feature_channels[-1]
+    with pytest.raises(ModelError, match="no ImageNet weights"):
+        create_backbone("small", pretrained="imagenet")
 
 
 @pytest.mark.slow

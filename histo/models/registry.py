@@ -1,4 +1,4 @@
-"""Backbone registry: named feature extractors (torchvision CNNs and a tiny test net) without classifiers.
+"""Backbone registry: named feature extractors (torchvision CNNs, a small CPU CNN, a tiny test net).
 
 Every backbone is a :class:`Backbone`: ``forward(x)`` gives pooled features ``(N, num_features)``,
 ``forward_pyramid(x)`` the feature maps at strides 4, 8, 16 and 32 (for dense heads), and
