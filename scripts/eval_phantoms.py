@@ -159,7 +159,7 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
 def pooled_slide_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per preset over several rounds of slides: mitoses per 10 HPF as all counts over all viable tumour.
 
-    A 6 mm low-grade phantom holds 4-8 mitoses, so one missed figure moves its own rate by 12-25 %: a
+    A 6 mm low-grade phantom holds 4-11 mitoses, so one missed figure moves its own rate by 9-25 %: a
     single slide cannot resolve a ±20 % target there. Pooling slides of one preset (as a study pools
     cases) measures the count's bias; the per-slide errors stay in ``slide_rounds``. Necrosis and the
     verdict are still judged on every slide.
