@@ -252,7 +252,23 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class TinyBackbone(Backbone):
+class _PlainCNN(Backbone):
+    """A plain CNN of four stages (``stem`` to stride 4, then ``stage2``-``stage4``), built by subclasses."""
+
+    stem: nn.Module
+    stage2: nn.Module
+    stage3: nn.Module
+    stage4: nn.Module
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at strides 4, 8, 16, 32."""
+        s4 = self.stem(x)
+        s8 = self.stage2(s4)
+        s16 = self.stage3(s8)
+        return [s4, s8, s16, self.stage4(s16)]
+
+
+class TinyBackbone(_PlainCNN):
     """A ~50k-parameter CNN with the same interface as the real backbones, for fast tests."""
 
     def __init__(self) -> None:
@@ -265,13 +281,6 @@ class TinyBackbone(Backbone):
         self.feature_channels = c
         self.num_features = c[-1]
 
-    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps at strides 4, 8, 16, 32."""
-        s4 = self.stem(x)
-        s8 = self.stage2(s4)
-        s16 = self.stage3(s8)
-        return [s4, s8, s16, self.stage4(s16)]
-
 
 @register_backbone("tiny")
 def _tiny(imagenet: bool) -> Backbone:
@@ -280,7 +289,7 @@ def _tiny(imagenet: bool) -> Backbone:
     return TinyBackbone()
 
 
-class SmallBackbone(Backbone):
+class SmallBackbone(_PlainCNN):
     """A ~0.5M-parameter CNN (2 MB) for CPU-trained demo models: two convolutions per stage.
 
     ``tiny`` reaches stride 4 after two convolutions (a 7 px receptive field), too little to tell a
@@ -297,13 +306,6 @@ class SmallBackbone(Backbone):
         self.stage4 = nn.Sequential(_conv_bn(c[2], c[3], 2), _conv_bn(c[3], c[3], 1))
         self.feature_channels = c
         self.num_features = c[-1]
-
-    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps at strides 4, 8, 16, 32."""
-        s4 = self.stem(x)
-        s8 = self.stage2(s4)
-        s16 = self.stage3(s8)
-        return [s4, s8, s16, self.stage4(s16)]
 
 
 @register_backbone("small")
