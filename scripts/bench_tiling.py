@@ -25,20 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _rss_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def make_slide(path: Path, size_px: int, seed: int) -> float:
-    """Write the benchmark slide in a child process (so its memory is not counted); returns seconds."""
-    t0 = time.perf_counter()
-    code = (
-        "import sys; from histo.synth.simple import write_simple_slide; "
-        f"write_simple_slide(sys.argv[1], {size_px}, {size_px}, mpp=0.25, seed={seed}, tissue_fraction=0.35)"
-    )
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
-    return time.perf_counter() - t0
+from _bench import make_slide, rss_mb  # scripts/ is on sys.path when a script runs
 
 
 def measure(slide_path: Path, workers: int, max_tiles: int | None) -> dict:
@@ -112,8 +99,8 @@ def measure(slide_path: Path, workers: int, max_tiles: int | None) -> dict:
         "ratio_vs_a": round(a_s / histo_s, 2),
         "ratio_vs_b": round(b_s / histo_s, 2),
         "same_pixels_as_b": checksum_h == checksum_b,
-        "peak_rss_mb_main": round(_rss_mb(resource.RUSAGE_SELF), 1),
-        "peak_rss_mb_worker": round(_rss_mb(resource.RUSAGE_CHILDREN), 1),
+        "peak_rss_mb_main": round(rss_mb(resource.RUSAGE_SELF), 1),
+        "peak_rss_mb_worker": round(rss_mb(resource.RUSAGE_CHILDREN), 1),
     }
 
 
@@ -137,7 +124,7 @@ def main() -> int:
         args.cache.mkdir(parents=True, exist_ok=True)
         slide = args.cache / f"simple_{args.size_px}px_seed{args.seed}.tiff"
         if not slide.is_file():
-            gen_s = round(make_slide(slide, args.size_px, args.seed), 1)
+            gen_s = round(make_slide(slide, args.size_px, args.seed, mpp=0.25, tissue_fraction=0.35), 1)
     # measure in a fresh process so peak RSS is that of tiling alone
     cmd = [sys.executable, __file__, "--measure-only", "--slide", str(slide), "--workers", str(args.workers)]
     if args.max_tiles:
