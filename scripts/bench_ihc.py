@@ -8,7 +8,11 @@ pool on the same slide, and prints one JSON line: seconds, cells/s, tiles/s, tis
 whether the target (< 120 s on 2 cores for 1 cm² of tissue) is met. The baseline named in the JSON is
 the same run with workers=1 on a fixed subset of tiles (ratio = parallel speed-up).
 
+``--marker`` scores another panel marker (default ALK); ``--slide-mpp`` writes the slide at another
+level-0 µm/px (CD34 is read at 0.25 µm/px when the slide has it, four times the pixels per mm²).
+
 Usage: python scripts/bench_ihc.py [--size-px 28000] [--workers 2] [--slide PATH] [--pools thread,process]
+                                   [--marker ALK] [--slide-mpp 0.5]
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ def _cpu_s() -> float:
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
-def run_once(path: Path, workers: int, pool: str) -> dict:
+def run_once(path: Path, workers: int, pool: str, marker: str = "ALK") -> dict:
     """Score the whole slide once; seconds and throughput."""
     from histo.ihc import load_panel, score_slide
 
-    spec = load_panel()["ALK"]
+    spec = load_panel()[marker]
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
     r = score_slide(path, spec, workers=workers, pool=pool)
@@ -46,10 +50,10 @@ def run_once(path: Path, workers: int, pool: str) -> dict:
     cpu = _cpu_s() - cpu0
     tiles = len(r.tiles)
     return {
-        "pool": pool, "workers": workers, "seconds": round(s, 2), "n_tiles": tiles, "n_cells": int(len(r.cells)),
+        "marker": marker, "pool": pool, "workers": workers, "seconds": round(s, 2), "n_tiles": tiles, "n_cells": int(len(r.cells)),
         "cells_per_s": round(len(r.cells) / s, 1), "tiles_per_s": round(tiles / s, 3),
         "tissue_area_mm2": round(r.qc_values["tissue_area_mm2"], 2), "timing_s": {k: round(v, 2) for k, v in r.timing.items()},
-        "mpp_analysis": r.mpp_analysis, "tile_px": r.tile_px,
+        "mpp_analysis": r.mpp_analysis, "tile_px": r.tile_px, "qc": [f.name for f in r.qc],
         # CPU seconds of this process and its finished children: on a shared machine wall time depends on
         # the others' load; cpu_s / 2 is what two idle cores would need at best.
         "cpu_s": round(cpu, 1), "cpu_s_per_2_cores": round(cpu / 2, 1), "cpu_s_per_tile": round(cpu / max(tiles, 1), 3),
@@ -65,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--slide", type=Path, default=None, help="use this slide (default: a cached generated one)")
     ap.add_argument("--pools", default="thread", help="comma-separated: thread,process")
+    ap.add_argument("--marker", default="ALK", help="panel marker to score (default ALK)")
+    ap.add_argument("--slide-mpp", type=float, default=0.5, help="level-0 µm/px of the generated slide (default 0.5)")
     a = ap.parse_args(argv)
-    path = a.slide or Path(tempfile.gettempdir()) / f"histo_bench_ihc_{a.size_px}_s{a.seed}.tiff"
+    suffix = "" if a.slide_mpp == 0.5 else f"_mpp{a.slide_mpp:g}"
+    path = a.slide or Path(tempfile.gettempdir()) / f"histo_bench_ihc_{a.size_px}_s{a.seed}{suffix}.tiff"
     made_s = None
     if not path.is_file():
-        made_s = round(make_slide(path, a.size_px, a.seed, mpp=0.5, tissue_fraction=0.55), 1)
+        made_s = round(make_slide(path, a.size_px, a.seed, mpp=a.slide_mpp, tissue_fraction=0.55), 1)
     out: dict = {"slide": str(path), "slide_written_s": made_s, "cpu_count": os.cpu_count(),
                  "target": f"< {TARGET_S:g} s for >= {TARGET_MM2:g} mm² tissue at 0.5 µm/px on 2 cores"}
-    runs = [run_once(path, a.workers, pool) for pool in a.pools.split(",")]
+    runs = [run_once(path, a.workers, pool, a.marker) for pool in a.pools.split(",")]
     out["runs"] = runs
     best = min(runs, key=lambda r: r["seconds"])
     out["best"] = best["pool"]
@@ -84,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     out["seconds_per_cm2"] = round(best["seconds"] * 100.0 / max(best["tissue_area_mm2"], 1e-9), 1)
     out["peak_rss_mb"] = round(rss_mb(resource.RUSAGE_SELF), 1)
     out["peak_rss_children_mb"] = round(rss_mb(resource.RUSAGE_CHILDREN), 1)
-    out["target_met"] = bool(best["tissue_area_mm2"] >= TARGET_MM2 and best["seconds"] < TARGET_S)
-    out["target_met_on_idle_2_cores_estimate"] = bool(best["tissue_area_mm2"] >= TARGET_MM2 and best["cpu_s_per_2_cores"] < TARGET_S)
+    # The target is stated for analysis at 0.5 µm/px; a run at another resolution reports seconds_per_cm2 only.
+    at_target_mpp = abs(best["mpp_analysis"] - 0.5) < 1e-6
+    out["target_met"] = bool(at_target_mpp and best["tissue_area_mm2"] >= TARGET_MM2 and best["seconds"] < TARGET_S)
+    out["target_met_on_idle_2_cores_estimate"] = bool(at_target_mpp and best["tissue_area_mm2"] >= TARGET_MM2
+                                                      and best["cpu_s_per_2_cores"] < TARGET_S)
     print(json.dumps(out))
     return 0
 

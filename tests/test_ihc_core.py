@@ -149,6 +149,59 @@ def test_dab_mean_rises_with_painted_intensity():
     assert np.all(np.diff(mem) > 0.05)
 
 
+def _touching_pair(mpp: float = 0.25):
+    """A membrane-positive cell (a 0.75 µm DAB line round it) touching a negative one; nuclei r=4 µm, 10 µm apart."""
+    shape = (int(30 / mpp), int(44 / mpp))
+    cy = shape[0] // 2
+    cx_pos, cx_neg = int(14 / mpp), int(24 / mpp)
+    h = np.zeros(shape)
+    d = np.zeros(shape)
+    r = 4.0 / mpp
+    h[_disc(shape, cy, cx_pos, r) | _disc(shape, cy, cx_neg, r)] = 0.5
+    line = _disc(shape, cy, cx_pos, r + 2.0 / mpp) & ~_disc(shape, cy, cx_pos, r + 1.25 / mpp)
+    d[line] = 0.8
+    return deconvolve(compose_rgb(h, d)), (cx_pos, cx_neg)
+
+
+def test_negative_cell_beside_a_membrane_positive_one_reads_negative():
+    """The stained line where two cells touch lies in both membrane bands; the negative cell is measured on
+    the part of its band no other nucleus is near ('exclude'), and reads positive on the whole band."""
+    maps, (cx_pos, cx_neg) = _touching_pair()
+    reads = {}
+    for mode in ("exclude", "include"):
+        t = detect_cells(maps, 0.25, CellParams(nuclear_channel="hematoxylin", dab_statistic="p90",
+                                                 shared_membrane=mode)).table.sort_values("x_px")
+        assert len(t) == 2
+        reads[mode] = t["dab_membrane"].to_numpy()
+    assert reads["include"][1] > 0.4  # the neighbour's line, read as this cell's
+    assert reads["exclude"][1] < 0.1
+    assert reads["exclude"][0] > 0.6 and reads["include"][0] > 0.6  # the positive cell keeps its own line
+    with pytest.raises(HistoError, match="shared_membrane"):
+        CellParams(shared_membrane="ignore").validate()
+
+
+def test_boxed_in_cell_keeps_its_whole_membrane_band():
+    """A cell with (almost) no private band is measured on all of it rather than on a few pixels."""
+    from histo.ihc.compartments import exclude_shared_membrane
+
+    nuclei = np.zeros((9, 9), np.int32)
+    nuclei[4, 4] = 1
+    nuclei[0, :] = 2
+    nuclei[8, :] = 3
+    nuclei[:, 0] = 4
+    nuclei[:, 8] = 5
+    membrane = np.zeros_like(nuclei)
+    membrane[2:7, 2:7] = 1
+    membrane[3:6, 3:6] = 0
+    assert np.array_equal(exclude_shared_membrane(membrane, nuclei, 2), membrane)
+    # with the neighbours far enough away, the band is private and kept whole as well
+    assert np.array_equal(exclude_shared_membrane(membrane, np.where(nuclei == 1, 1, 0), 2), membrane)
+    # one neighbour on the left: only the left column of the band goes
+    one = np.where((nuclei == 1) | (nuclei == 4), nuclei, 0)
+    got = exclude_shared_membrane(membrane, one, 2)
+    assert not got[:, 2].any() and np.array_equal(got[:, 3:], membrane[:, 3:])
+
+
 def test_touching_nuclei_are_split():
     shape = (80, 80)
     h = np.zeros(shape)

@@ -40,6 +40,10 @@ def test_shipped_panel_loads_with_expected_markers():
     assert panel["ROS1"].call.min_h_score == 100.0
     assert {n: m.cell_params.dab_statistic for n, m in panel.items() if n != "CD34"} == dict.fromkeys(panel.keys() - {"CD34"}, "p75")
     assert panel["CD34"].cell_params.dab_statistic == "p90"
+    # CD34's membrane line is read at 0.25 µm/px; the others at the default (None = 0.5)
+    assert panel["CD34"].analysis_mpp == 0.25
+    assert all(m.analysis_mpp is None for n, m in panel.items() if n != "CD34")
+    assert {m.cell_params.shared_membrane for m in panel.values()} == {"exclude"}
 
 
 @pytest.mark.parametrize(
@@ -74,6 +78,9 @@ def test_unknown_key_names_key_and_file(tmp_path, mutate, key):
         (lambda m: m.update(cells={"nuclear_channel": "eosin"}), ["nuclear_channel", "'eosin'"]),
         (lambda m: m.update(cells={"min_area_um2": 300}), ["max_area_um2"]),
         (lambda m: m.update(cells={"dab_statistic": "p99"}), ["markers.ALK.cells.dab_statistic", "'p99'", "p75"]),
+        (lambda m: m.update(cells={"shared_membrane": "share"}), ["markers.ALK.cells.shared_membrane", "'share'", "exclude"]),
+        (lambda m: m.update(analysis_mpp=2.0), ["markers.ALK.analysis_mpp", "0.1-1.0"]),
+        (lambda m: m.update(analysis_mpp="fine"), ["markers.ALK.analysis_mpp", "number"]),
     ],
 )
 def test_bad_values_are_config_errors(tmp_path, mutate, words):

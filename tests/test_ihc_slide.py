@@ -176,6 +176,23 @@ def test_process_pool_gives_the_same_cells(cells_slide, alk):
     assert a.cells.equals(b.cells)
 
 
+def test_panel_analysis_mpp_is_used_but_never_finer_than_the_slide(cells_slide, alk):
+    """A marker's panel resolution is honoured when the slide has it; on a coarser slide it is read at the
+    slide's own (flagged), while an explicit analysis_mpp is always honoured (flagged when upsampled)."""
+    path, _, _ = cells_slide  # level 0 at 0.25 µm/px
+    as_panel = dataclasses.replace(alk, analysis_mpp=0.25)
+    r = score_slide(path, as_panel, tile_px=1024, workers=0)
+    assert r.mpp_analysis == 0.25 and not r.qc
+    with open_slide(path, mpp=0.5) as coarse:  # the same pixels declared as a 0.5 µm/px scan
+        r = score_slide(coarse, as_panel, tile_px=1024, workers=0)
+        assert r.mpp_analysis == 0.5
+        assert [f.name for f in r.qc] == ["coarser_than_panel"]
+        assert "0.25" in r.qc[0].message
+        r = score_slide(coarse, as_panel, analysis_mpp=0.25, tile_px=1024, workers=0)
+        assert r.mpp_analysis == 0.25 and [f.name for f in r.qc] == ["upsampled"]
+    assert score_slide(path, alk, tile_px=1024, workers=0).mpp_analysis == 0.5  # no panel value: the default
+
+
 def test_bad_arguments(cells_slide, alk):
     path, _, _ = cells_slide
     with pytest.raises(HistoError, match="stain"):

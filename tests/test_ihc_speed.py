@@ -11,18 +11,10 @@ from skimage.morphology import disk
 from skimage.segmentation import expand_labels, watershed
 
 from histo.ihc import deconvolve, ruifrok_hdab
-from histo.ihc.cells import (
-    _binary_opening,
-    _compartment_stats,
-    _expand_labels,
-    _fill_holes,
-    _from_order_bits,
-    _gaussian,
-    _grey_opening,
-    _order_bits,
-    _split,
-)
-from histo.ihc.compartment_stats import STATISTICS, label_statistic
+from histo.ihc.cells import _binary_opening, _fill_holes, _gaussian, _grey_opening, _split
+from histo.ihc.compartment_stats import STATISTICS, from_order_bits, label_statistic, order_bits
+from histo.ihc.compartments import compartment_stats
+from histo.ihc.compartments import expand_labels as fast_expand_labels
 
 
 def _blobs(shape=(97, 131), n=40, seed=0, r=(3, 7)) -> np.ndarray:
@@ -80,18 +72,18 @@ def test_expand_labels_equals_skimage_when_no_two_nuclei_compete(distance):
             yy, xx = np.ogrid[:120, :140]
             k += 1
             nuc[(yy - cy) ** 2 + (xx - cx - rng.uniform(-1, 1)) ** 2 <= rng.uniform(2, 5) ** 2] = k
-    assert np.array_equal(_expand_labels(nuc, distance), expand_labels(nuc, distance))
+    assert np.array_equal(fast_expand_labels(nuc, distance), expand_labels(nuc, distance))
 
 
 def test_expand_labels_on_packed_nuclei_differs_only_at_ties():
     nuc = _labels_of(_binary_opening(_blobs(n=120, seed=5, r=(2, 4)), 1))
     ref = expand_labels(nuc, 4)
-    got = _expand_labels(nuc, 4)
+    got = fast_expand_labels(nuc, 4)
     assert np.array_equal(got > 0, ref > 0)  # the same ring pixels (exact Euclidean cut)
     assert np.array_equal(got[nuc > 0], nuc[nuc > 0])
     ring = (ref > 0) & (nuc == 0)
     assert (got[ring] != ref[ring]).mean() < 0.01  # only near-equidistant pixels may go to the other nucleus
-    assert np.array_equal(_expand_labels(np.zeros((5, 6), np.int32), 4), np.zeros((5, 6), np.int32))
+    assert np.array_equal(fast_expand_labels(np.zeros((5, 6), np.int32), 4), np.zeros((5, 6), np.int32))
 
 
 def test_split_equals_one_watershed_of_the_whole_image():
@@ -112,10 +104,10 @@ def test_split_equals_one_watershed_of_the_whole_image():
 
 def test_order_bits_sort_like_the_floats_and_round_trip():
     v = np.concatenate([np.random.default_rng(2).normal(0, 1, 500), [0.0, -1e-30, 1e-30, 3.4e38, -3.4e38]]).astype(np.float32)
-    u = _order_bits(v)
+    u = order_bits(v)
     assert u.min() >= 0 and u.max() < 2**32
     assert np.array_equal(np.sort(v), v[np.argsort(u, kind="stable")])
-    assert np.array_equal(_from_order_bits(u), v)
+    assert np.array_equal(from_order_bits(u), v)
 
 
 @pytest.mark.parametrize("statistic", STATISTICS)
@@ -128,7 +120,7 @@ def test_compartment_statistics_equal_label_statistic(statistic):
     membrane = np.where((nuclei == 0) & (rng.random(cells.shape) < 0.4), cells, 0)
     dab = np.round(rng.normal(0.2, 0.3, cells.shape), 1).astype(np.float32)  # ties and negatives
     hema = rng.random(cells.shape).astype(np.float32)
-    got = _compartment_stats(nuclei, cells, membrane, dab, hema, n, statistic)
+    got = compartment_stats(nuclei, cells, membrane, dab, hema, n, statistic)
     comps = {"nucleus": nuclei, "cytoplasm": np.where(nuclei == 0, cells, 0), "membrane": membrane, "cell": cells}
     for name, img in comps.items():
         ref, cnt = label_statistic(dab, img, n, statistic)

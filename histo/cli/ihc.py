@@ -66,7 +66,9 @@ def register(sub: Any) -> None:
                    help="H&E prediction tiles.parquet / prediction folder per slide, or one folder of prediction folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
-    p.add_argument("--analysis-mpp", type=float, default=0.5, help="µm/px cells are analysed at (default 0.5)")
+    p.add_argument("--analysis-mpp", type=float, default=None,
+                   help="µm/px cells are analysed at (default: the marker's analysis_mpp in the panel, never finer "
+                        "than the slide; else 0.5)")
     p.add_argument("--stain", choices=["ruifrok", "estimate"], default="ruifrok",
                    help="stain vectors: Ruifrok H-DAB (default) or estimated per slide")
     p.add_argument("--workers", type=int, default=2, help="tiles scored at once (0 = in this thread)")
@@ -117,6 +119,7 @@ def _settings(args: argparse.Namespace, spec: Any, tumour: Path | None) -> dict[
         "call": asdict(spec.call),
         "cell_params": asdict(spec.cell_params),
         "analysis_mpp": args.analysis_mpp,
+        "panel_analysis_mpp": spec.analysis_mpp,
         "stain": args.stain,
         "mpp_override": args.mpp,
         "tumour_tiles": str(tumour.resolve()) if tumour is not None else None,

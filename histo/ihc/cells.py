@@ -26,7 +26,8 @@ from skimage.morphology import disk
 from skimage.segmentation import watershed
 
 from histo.errors import HistoError, MppError
-from histo.ihc.compartment_stats import check_statistic
+from histo.ihc.compartment_stats import check_statistic, from_order_bits, order_bits
+from histo.ihc.compartments import SHARED_MEMBRANE, compartment_stats, exclude_shared_membrane, expand_labels, membrane_band
 from histo.ihc.deconvolution import StainMaps
 
 NUCLEAR_CHANNELS = ("hematoxylin+dab", "hematoxylin", "od_sum")
@@ -54,6 +55,9 @@ class CellParams:
     edge_fraction: float = 0.5  # nucleus edge at this fraction of its own intensity (0 = threshold edge)
     cytoplasm_um: float = 2.0  # ring width around each nucleus
     membrane_um: float = 0.75  # outer part of that ring taken as membrane
+    # Membrane pixels within cytoplasm_um + membrane_um of another nucleus hold that neighbour's membrane
+    # too: "exclude" measures each cell on the rest of its band (histo.ihc.compartments), "include" on all.
+    shared_membrane: str = "exclude"
     dab_statistic: str = "mean"  # per-compartment DAB value: mean | p50 | p75 | p90 (histo.ihc.compartment_stats)
 
     def validate(self) -> None:
@@ -78,6 +82,8 @@ class CellParams:
         if not 0 <= self.membrane_um <= self.cytoplasm_um:
             raise HistoError(f"membrane_um ({self.membrane_um}) must lie in [0, cytoplasm_um={self.cytoplasm_um}]")
         check_statistic(self.dab_statistic)
+        if self.shared_membrane not in SHARED_MEMBRANE:
+            raise HistoError(f"shared_membrane {self.shared_membrane!r} is not one of {SHARED_MEMBRANE}")
 
 
 @dataclass
@@ -86,7 +92,7 @@ class CellDetection:
 
     nuclei: np.ndarray  # (H, W) int32, 0 = none
     cells: np.ndarray  # (H, W) int32, nucleus + cytoplasm ring, same label as its nucleus
-    membrane: np.ndarray  # (H, W) int32, outer ring of each cell (label), 0 elsewhere
+    membrane: np.ndarray  # (H, W) int32, outer ring of each cell (label; its private part, see shared_membrane), 0 elsewhere
     table: pd.DataFrame
     mpp: float
     params: CellParams = field(default_factory=CellParams)
@@ -298,18 +304,6 @@ def segment_nuclei(channel: np.ndarray, mpp: float, params: CellParams | None = 
     return out, t
 
 
-def _order_bits(v: np.ndarray) -> np.ndarray:
-    """float32 values as int64 in [0, 2^32) with the same order (negatives flipped): sortable inside an int64 key."""
-    bits = np.ascontiguousarray(v, dtype=np.float32).view(np.int32)
-    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64) + 2**31
-
-
-def _from_order_bits(u: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_order_bits` (float32)."""
-    m = (np.asarray(u, np.int64) - 2**31).astype(np.int32)
-    return (m ^ ((m >> 31) & 0x7FFFFFFF)).view(np.float32)
-
-
 def _refine_edges(labels: np.ndarray, sm: np.ndarray, n: int, fraction: float, min_px: float) -> np.ndarray:
     """Trim each nucleus to pixels above ``fraction`` of its own 95th-percentile intensity (a local half-max edge).
 
@@ -323,14 +317,14 @@ def _refine_edges(labels: np.ndarray, sm: np.ndarray, n: int, fraction: float, m
     # np.lexsort on the pair and gives the same order.
     sel = np.flatnonzero(labels.ravel())
     lab = labels.ravel()[sel].astype(np.int64)
-    keys = np.sort((lab << 32) + _order_bits(np.ascontiguousarray(sm, dtype=np.float32).ravel()[sel]))
+    keys = np.sort((lab << 32) + order_bits(np.ascontiguousarray(sm, dtype=np.float32).ravel()[sel]))
     lab = keys >> 32
     starts = np.searchsorted(lab, idx)
     ends = np.searchsorted(lab, idx, side="right")
     pos = np.minimum(starts + ((ends - starts - 1) * 0.95).astype(np.int64), np.maximum(ends - 1, starts))
     pos = np.minimum(pos, max(keys.size - 1, 0))
     if keys.size:
-        p95[1:] = np.where(ends > starts, _from_order_bits(keys[pos] & 0xFFFFFFFF), 0)
+        p95[1:] = np.where(ends > starts, from_order_bits(keys[pos] & 0xFFFFFFFF), 0)
     keep = (labels > 0) & (sm >= fraction * p95[labels])
     trimmed = np.where(keep, labels, 0)
     # Holes punched in a nucleus by chromatin texture go back to it.
@@ -343,99 +337,6 @@ def _refine_edges(labels: np.ndarray, sm: np.ndarray, n: int, fraction: float, m
     lut = np.zeros(n + 1, np.int32)
     lut[ok] = np.arange(1, int(ok.sum()) + 1, dtype=np.int32)
     return lut[trimmed]
-
-
-def _expand_labels(nuclei: np.ndarray, distance_px: int) -> np.ndarray:
-    """As ``skimage.segmentation.expand_labels``: background within ``distance_px`` takes the nearest nucleus' label.
-
-    OpenCV's labelled distance transform gives the nearest nucleus pixel of every pixel (5x5 chamfer,
-    so where two nuclei are almost equally near, the other may win: ~0.1% of ring pixels on a dense
-    tile); the distance cut is then the exact Euclidean one to that pixel. A third of skimage's time.
-    """
-    flat = nuclei.ravel()
-    feat = np.flatnonzero(flat)
-    if feat.size == 0 or distance_px <= 0:
-        return nuclei.copy()
-    src = (nuclei == 0).view(np.uint8)
-    dist, near = cv2.distanceTransformWithLabels(src, cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL)
-    # DIST_LABEL_PIXEL numbers the zero pixels of ``src`` (the nucleus pixels) 1, 2, ... in raster order.
-    out = nuclei.copy()
-    # The chamfer distance is within ~3% of the Euclidean one: the band below holds every candidate.
-    cand = np.flatnonzero((dist.ravel() <= distance_px * 1.05 + 1.0) & (flat == 0))
-    f = feat[near.ravel()[cand] - 1]
-    w = nuclei.shape[1]
-    dy = cand // w - f // w
-    dx = cand % w - f % w
-    ok = dy * dy + dx * dx <= distance_px * distance_px
-    out.ravel()[cand[ok]] = flat[f[ok]]
-    return out
-
-
-def _membrane(cells: np.ndarray, nuclei: np.ndarray, width_px: int) -> np.ndarray:
-    """Pixels of each cell within ``width_px`` of its outer edge or of a neighbouring cell (nuclei excluded)."""
-    if width_px <= 0:
-        return np.zeros_like(cells)
-    fp = disk(width_px).astype(np.uint8)
-    # Labels as float32 (exact below 2^24) for OpenCV's min/max filters; as ndi.grey_erosion/dilation
-    # with mode 'nearest' (a min/max filter ignores the border either way).
-    f = cells.astype(np.float32)
-    lo = cv2.erode(f, fp, borderType=cv2.BORDER_REPLICATE)
-    hi = cv2.dilate(f, fp, borderType=cv2.BORDER_REPLICATE)
-    edge = (cells > 0) & ((lo != f) | (hi != f)) & (nuclei == 0)
-    return np.where(edge, cells, 0).astype(np.int32)
-
-
-_PARTS = {"nucleus": [0], "cytoplasm": [1, 2], "membrane": [2], "cell": [0, 1, 2]}  # see _compartment_stats
-
-
-def _compartment_stats(nuclei: np.ndarray, cells: np.ndarray, membrane: np.ndarray, dab: np.ndarray,
-                       hema: np.ndarray, n: int, dab_statistic: str = "mean",
-                       ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per label and compartment: DAB ``dab_statistic``, mean H, pixel count ({name: (dab, h, n_px)}; NaN if empty).
-
-    Nuclei and membrane lie inside the cells and the membrane outside the nuclei, so one pass over the
-    cell pixels, binned by (label, part) with part = nucleus / other cytoplasm / membrane, gives all four
-    compartments. A percentile ("lower" rule, as ``compartment_stats.label_statistic``) comes from one
-    sort of the cell pixels by (label, DAB): the k-th pixel of a compartment within a label's run is
-    found on the running count of that compartment's pixels, so the four need no sort of their own.
-    """
-    check_statistic(dab_statistic)
-    sel = np.flatnonzero(cells.ravel())
-    part = np.where(nuclei.ravel()[sel] > 0, 0, np.where(membrane.ravel()[sel] > 0, 2, 1))
-    lab = cells.ravel()[sel].astype(np.int64)
-    idx = lab * 3 + part
-    size = 3 * (n + 1)
-    cnt = np.bincount(idx, minlength=size).reshape(-1, 3)[1:]
-    s_h = np.bincount(idx, weights=hema.ravel()[sel], minlength=size).reshape(-1, 3)[1:]
-    dab_px = dab.ravel()[sel]
-    if dab_statistic == "mean":
-        s_dab = np.bincount(idx, weights=dab_px, minlength=size).reshape(-1, 3)[1:]
-    else:
-        q = int(dab_statistic[1:]) / 100.0
-        # Key: label (high bits), DAB value (order-preserving bits), part (2 low bits).
-        keys = np.sort((lab << 34) + (_order_bits(dab_px) << 2) + part)
-        lab_s = keys >> 34
-        part_s = keys & 3
-        val_s = _from_order_bits((keys >> 2) & 0xFFFFFFFF)
-        run0 = np.searchsorted(lab_s, np.arange(1, n + 1))  # first sorted pixel of each label
-    out = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for name, cols in _PARTS.items():
-            c = cnt[:, cols].sum(axis=1)
-            h_mean = np.where(c > 0, s_h[:, cols].sum(axis=1) / np.maximum(c, 1), np.nan)
-            if dab_statistic == "mean":
-                dab_v = np.where(c > 0, s_dab[:, cols].sum(axis=1) / np.maximum(c, 1), np.nan)
-            else:
-                inside = np.isin(part_s, cols)
-                run_cnt = np.cumsum(inside)  # pixels of this compartment up to and including each sorted pixel
-                before = np.where(run0 > 0, run_cnt[np.maximum(run0 - 1, 0)], 0) if run_cnt.size else run0
-                target = before + np.floor(q * np.maximum(c - 1, 0)).astype(np.int64) + 1
-                has = c > 0
-                pos = np.searchsorted(run_cnt, target[has])  # first pixel where the running count reaches it
-                dab_v = np.full(n, np.nan)
-                dab_v[has] = val_s[pos]
-            out[name] = (dab_v, h_mean, c)
-    return out
 
 
 def detect_cells(
@@ -463,10 +364,12 @@ def detect_cells(
             raise HistoError(f"tissue_mask must be a bool array of shape {shape}, got {tissue_mask.dtype} {tissue_mask.shape}")
     nuclei, t = segment_nuclei(nuclear_channel(maps, p.nuclear_channel), m, p)
     ring_px = int(round(p.cytoplasm_um / m))
-    cells = _expand_labels(nuclei, ring_px) if ring_px > 0 else nuclei.copy()
+    cells = expand_labels(nuclei, ring_px) if ring_px > 0 else nuclei.copy()
     if tissue_mask is not None:
         cells = np.where((nuclei > 0) | tissue_mask, cells, 0).astype(np.int32)
-    membrane = _membrane(cells, nuclei, int(round(p.membrane_um / m)))
+    membrane = membrane_band(cells, nuclei, int(round(p.membrane_um / m)))
+    if p.shared_membrane == "exclude":
+        membrane = exclude_shared_membrane(membrane, nuclei, int(round((p.cytoplasm_um + p.membrane_um) / m)))
     n = int(nuclei.max())
     table: dict[str, np.ndarray] = {"label": np.arange(1, n + 1, dtype=np.int32)}
     if n:
@@ -478,7 +381,7 @@ def detect_cells(
     else:
         table["x_px"] = np.zeros(0)
         table["y_px"] = np.zeros(0)
-    means = _compartment_stats(nuclei, cells, membrane, maps.dab, maps.hematoxylin, n, p.dab_statistic)
+    means = compartment_stats(nuclei, cells, membrane, maps.dab, maps.hematoxylin, n, p.dab_statistic)
     for name in ("nucleus", "cytoplasm", "membrane", "cell"):
         dab, h, cnt = means[name]
         if name == "nucleus":

@@ -17,6 +17,18 @@ from histo.errors import HistoError
 STATISTICS = ("mean", "p50", "p75", "p90")
 
 
+def order_bits(v: np.ndarray) -> np.ndarray:
+    """float32 values as int64 in [0, 2^32) with the same order (negatives flipped): sortable inside an int64 key."""
+    bits = np.ascontiguousarray(v, dtype=np.float32).view(np.int32)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64) + 2**31
+
+
+def from_order_bits(u: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`order_bits` (float32)."""
+    m = (np.asarray(u, np.int64) - 2**31).astype(np.int32)
+    return (m ^ ((m >> 31) & 0x7FFFFFFF)).view(np.float32)
+
+
 def check_statistic(name: str) -> str:
     """Return ``name`` if it is a known statistic, else raise HistoError listing the choices."""
     if name not in STATISTICS:

@@ -12,12 +12,13 @@ from histo.config import load_yaml
 from histo.errors import ConfigError, HistoError
 from histo.ihc.cells import COMPARTMENTS, NUCLEAR_CHANNELS, CellParams
 from histo.ihc.compartment_stats import STATISTICS
+from histo.ihc.compartments import SHARED_MEMBRANE
 from histo.ihc.scoring import ScoreSummary, check_thresholds
 
 CALL_TYPES = ("threshold", "index")
 COMBINES = ("any", "all")
 _TOP_KEYS = {"version", "cells", "markers"}
-_MARKER_KEYS = {"description", "compartment", "thresholds_od", "call", "cells"}
+_MARKER_KEYS = {"description", "compartment", "thresholds_od", "call", "cells", "analysis_mpp"}
 _CALL_KEYS = {"type", "min_percent_positive", "min_h_score", "combine", "min_cells"}
 _CELL_KEYS = {f.name for f in fields(CellParams)}
 
@@ -48,6 +49,9 @@ class MarkerSpec:
     call: CallRule
     cell_params: CellParams = field(default_factory=CellParams)
     description: str = ""
+    # µm/px this marker is read at; None = the caller's default (histo.ihc.slide.DEFAULT_ANALYSIS_MPP).
+    # Never finer than the slide itself (a thinner line is not in the pixels): see score_slide.
+    analysis_mpp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ def _cell_params(d: Any, base: CellParams, path: Path | str, where: str) -> Cell
         elif k == "dab_statistic":
             if v not in STATISTICS:
                 raise _err(path, f"{where}.{k}", f"{v!r} is not one of {', '.join(STATISTICS)}")
+            kw[k] = v
+        elif k == "shared_membrane":
+            if v not in SHARED_MEMBRANE:
+                raise _err(path, f"{where}.{k}", f"{v!r} is not one of {', '.join(SHARED_MEMBRANE)}")
             kw[k] = v
         elif k == "clump_rounds":
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -163,6 +171,9 @@ def parse_panel(data: Any, path: Path | str = "<panel>") -> dict[str, MarkerSpec
         except HistoError as e:
             raise _err(path, f"{where}.thresholds_od", str(e)) from None
         desc = m.get("description", "")
+        amp = _number(m.get("analysis_mpp"), path, f"{where}.analysis_mpp", lo=0.1, allow_none=True)
+        if amp is not None and amp > 1.0:
+            raise _err(path, f"{where}.analysis_mpp", f"must be a cell-resolution µm/px within 0.1-1.0, got {amp}")
         if not isinstance(desc, str):
             raise _err(path, f"{where}.description", f"expected text, got {desc!r}")
         out[str(name)] = MarkerSpec(
@@ -172,6 +183,7 @@ def parse_panel(data: Any, path: Path | str = "<panel>") -> dict[str, MarkerSpec
             call=_call_rule(m["call"], path, f"{where}.call"),
             cell_params=_cell_params(m.get("cells"), base, path, f"{where}.cells"),
             description=desc,
+            analysis_mpp=amp,
         )
     return out
 

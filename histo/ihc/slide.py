@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,6 +48,7 @@ POOLS = ("thread", "process")
 _HIST_EDGES = np.linspace(-0.5, 3.0, 351)
 # The margin must hold half the longest nucleus plus the cytoplasm ring plus the top-hat support.
 DEFAULT_MARGIN_UM = 20.0
+DEFAULT_ANALYSIS_MPP = 0.5  # µm/px cells are read at when neither the caller nor the panel says
 MIN_GLASS_FRACTION = 0.02
 # "No DAB at all" is judged on clearly brown pixels: with fixed Ruifrok vectors, dark hematoxylin leaks
 # into the DAB channel (measured on the alk_negative phantom, which has no DAB: 0.8% of stained pixels
@@ -215,7 +216,7 @@ def score_slide(
     slide: Slide | str | Path,
     spec: MarkerSpec,
     *,
-    analysis_mpp: float = 0.5,
+    analysis_mpp: float | None = None,
     tissue_mask: TissueMask | None = None,
     tumour_mask: TissueMask | None = None,
     stain: str | StainMatrix = "ruifrok",
@@ -238,6 +239,10 @@ def score_slide(
     tiles at once (0 = in this thread). A tumour mask made in another level-0 frame raises
     FrameMismatchError unless ``allow_frame_mismatch``. ``slide_mpp`` overrides the level-0 µm/px when
     ``slide`` is a path.
+
+    Resolution: ``analysis_mpp`` when given (finer than the slide: interpolated, flagged 'upsampled');
+    else the marker's own ``analysis_mpp`` from the panel, but never finer than the slide's level 0
+    (flagged 'coarser_than_panel' when the slide cannot give it); else DEFAULT_ANALYSIS_MPP.
     """
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -257,7 +262,19 @@ def _score(s: Slide, spec: MarkerSpec, analysis_mpp: float, tissue_mask: TissueM
            pool: str, progress: bool, mask_mpp: float, qcp: QCParams, ring_tissue_od: float | None,
            allow_frame_mismatch: bool, t_start: float, timing: dict[str, float]) -> SlideIHCResult:
     slide_mpp = s.mpp  # MppError naming the slide when missing
-    mpp = _check_analysis_mpp(analysis_mpp, slide_mpp)
+    flags: list[SlideQCFlag] = []
+    if analysis_mpp is not None:
+        mpp = _check_analysis_mpp(analysis_mpp, slide_mpp)
+    elif spec.analysis_mpp is not None:
+        mpp = _check_analysis_mpp(spec.analysis_mpp, slide_mpp)
+        if mpp < slide_mpp / 1.05:
+            flags.append(SlideQCFlag(
+                "coarser_than_panel", "warning", slide_mpp, mpp,
+                f"the panel reads {spec.name} at {mpp:g} µm/px; this slide is {slide_mpp:.3f} µm/px, so it was read at "
+                f"that: a stained line thinner than two pixels reads weaker (scan at {mpp:g} µm/px or finer)"))
+            mpp = min(slide_mpp, 1.0)  # a coarser slide is still upsampled to a cell resolution (flagged below)
+    else:
+        mpp = DEFAULT_ANALYSIS_MPP
     if isinstance(tile_px, bool) or not isinstance(tile_px, int) or not 64 <= tile_px <= 4096:
         raise HistoError(f"tile_px must be an integer within 64-4096, got {tile_px!r}")
     if not (isinstance(margin_um, (int, float)) and math.isfinite(margin_um) and margin_um >= 0):
@@ -292,9 +309,13 @@ def _score(s: Slide, spec: MarkerSpec, analysis_mpp: float, tissue_mask: TissueM
         tiles = tiles[tiles["tumour_fraction"] > 0].reset_index(drop=True)
     margin_px = int(math.ceil(margin_um / mpp))
     mpp_override = slide_mpp if s.mpp_source == "override" else None
-    work = _Work(str(s.path), mpp_override, mpp, tile_px, margin_px, ruifrok_hdab(), background, spec.cell_params,
+    cell_params = spec.cell_params
+    if spec.compartment != "membrane" and cell_params.shared_membrane != "include":
+        # Leaving out shared membrane pixels changes only the membrane compartment's values: a marker
+        # read elsewhere skips its cost (two label filters per tile).
+        cell_params = replace(cell_params, shared_membrane="include")
+    work = _Work(str(s.path), mpp_override, mpp, tile_px, margin_px, ruifrok_hdab(), background, cell_params,
                  spec.compartment, spec.thresholds_od, qcp, ring_tissue_od)
-    flags: list[SlideQCFlag] = []
     method = "custom" if isinstance(stain, StainMatrix) else stain
     if isinstance(stain, StainMatrix):
         work = _replace(work, stains=stain)
@@ -346,9 +367,7 @@ def _score(s: Slide, spec: MarkerSpec, analysis_mpp: float, tissue_mask: TissueM
 
 
 def _replace(work: _Work, **kw: Any) -> _Work:
-    import dataclasses
-
-    return dataclasses.replace(work, **kw)
+    return replace(work, **kw)
 
 
 def _make_pool(workers: int, pool: str) -> Executor | None:
