@@ -166,6 +166,19 @@ def _write_phantom(spec, folder: Path) -> tuple[Path, dict, Path, "object"]:
     return ihc_path, summary(ph), gj, cells
 
 
+def _phantom_folder(work_dir: Path, spec) -> Path:
+    """Where a phantom is kept in ``work_dir``: keyed on its full spec (seed, size, ...) and on the phantom
+    code, so a kept slide is never scored against the truth of another draw or of changed rendering code."""
+    import hashlib
+
+    import yaml
+
+    from histo.synth.phantom import code_digest
+
+    h = hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode() + code_digest().encode())
+    return work_dir / f"{spec.name}_s{spec.seed}_{h.hexdigest()[:10]}"
+
+
 def _tumour_truth_mask(gj: dict, slide):
     from histo.ihc import mask_from_geojson
 
@@ -214,7 +227,7 @@ def _score_block(r, truth: dict) -> dict:
 
 
 def eval_phantoms(out: dict, work_dir: Path | None = None, size_px: int = 4096, panel: dict | None = None,
-                  presets: tuple[str, ...] = PHANTOM_PRESETS) -> None:
+                  presets: tuple[str, ...] = PHANTOM_PRESETS, seed_offset: int = 0) -> None:
     """Score synthetic IHC phantoms with score_slide and compare with their exact truth (summary.json).
 
     For each preset: the IHC slide is rendered at ``size_px``², scored with the panel's marker (ALK for
@@ -226,7 +239,8 @@ def eval_phantoms(out: dict, work_dir: Path | None = None, size_px: int = 4096, 
     calibrated (histo.ihc.calibrate_thresholds) on an independently seeded twin phantom are reported
     beside them, with the measured vs painted OD per class (see "calibration"): they show how far the
     measurement scale drifts from the painted one. Targets: % positive within ±5 points and H-score
-    within ±15 of the truth (region tumour).
+    within ±15 of the truth (region tumour). ``seed_offset`` shifts every preset's seed (and its
+    calibration twin's): the same presets drawn anew, to see how much the figures move from draw to draw.
     """
     import dataclasses
     import tempfile
@@ -241,16 +255,16 @@ def eval_phantoms(out: dict, work_dir: Path | None = None, size_px: int = 4096, 
         tmp = tempfile.TemporaryDirectory(prefix="histo-eval-ihc-")
         work_dir = Path(tmp.name)
     presets_dir = REPO / "configs" / "synth"
-    res: dict = {"size_px": size_px, "targets": {"pct_positive_points": PHANTOM_PCT_TOL, "h_score": PHANTOM_H_TOL}}
+    res: dict = {"size_px": size_px, "seed_offset": seed_offset, "targets": {"pct_positive_points": PHANTOM_PCT_TOL, "h_score": PHANTOM_H_TOL}}
     try:
         calibrated: dict[str, tuple] = {}
         calib_info: dict = {}
         needed = {PHANTOM_MARKER[load_spec(presets_dir / f"{p}.yaml").ihc.compartment] for p in presets}
         for marker in sorted(needed):
             base = replace_size(load_spec(presets_dir / f"{CALIBRATION_PRESET[marker]}.yaml"), size_px, size_px)
-            spec = dataclasses.replace(base, name=f"calib_{marker}", seed=base.seed + CALIBRATION_SEED_OFFSET,
+            spec = dataclasses.replace(base, name=f"calib_{marker}", seed=base.seed + seed_offset + CALIBRATION_SEED_OFFSET,
                                        ihc=dataclasses.replace(base.ihc, class_fractions=(0.25, 0.25, 0.25, 0.25)))
-            path, truth, gj, tcells = _write_phantom(spec, work_dir / spec.name)
+            path, truth, gj, tcells = _write_phantom(spec, _phantom_folder(work_dir, spec))
             with open_slide(path) as s:
                 r = score_slide(s, panel[marker], tumour_mask=_tumour_truth_mask(gj, s), workers=2)
             d, t, n_truth = _match_truth(r, tcells)
@@ -273,8 +287,9 @@ def eval_phantoms(out: dict, work_dir: Path | None = None, size_px: int = 4096, 
         per: dict = {}
         for preset in presets:
             spec = replace_size(load_spec(presets_dir / f"{preset}.yaml"), size_px, size_px)
+            spec = dataclasses.replace(spec, seed=spec.seed + seed_offset)
             marker = PHANTOM_MARKER[spec.ihc.compartment]
-            path, truth_summary, gj, tcells = _write_phantom(spec, work_dir / spec.name)
+            path, truth_summary, gj, tcells = _write_phantom(spec, _phantom_folder(work_dir, spec))
             truth = truth_summary["ihc"]
             ms = panel[marker]
             with open_slide(path) as s:
@@ -288,6 +303,7 @@ def eval_phantoms(out: dict, work_dir: Path | None = None, size_px: int = 4096, 
             agree_pos = float(np.mean((d["ihc_class"].to_numpy() >= 1) == (t["ihc_class"].to_numpy() >= 1))) if len(d) else float("nan")
             per[preset] = {
                 "marker": marker,
+                "seed": spec.seed,
                 "truth": {"n_scored_cells": truth["n_scored_cells"], "counts": list(truth["counts"].values()),
                           "pct_positive": truth["pct_positive"], "h_score": truth["h_score"], "call": truth["call"]},
                 "panel_thresholds_tumour": _score_block(r_t, truth),
@@ -317,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phantoms", choices=["on", "off"], default="on", help="also evaluate synthetic IHC phantoms")
     ap.add_argument("--phantom-size", type=int, default=4096, help="phantom side in px at 0.25 µm/px")
     ap.add_argument("--phantom-dir", type=Path, default=None, help="keep the rendered phantoms here (default: temporary)")
+    ap.add_argument("--phantom-seed-offset", type=int, default=0,
+                    help="add this to every phantom preset's seed: a fresh draw of the same presets (default 0)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     panel = load_panel(a.panel)
@@ -329,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     out["targets_met_scope"] = "real Ki67 tiles (agreement >= 0.85, % positive within 10 points); phantom targets are under phantoms"
     out["fhl2_cytoplasmic"] = eval_fhl2(a.data_dir, panel, a.overlay)
     if a.phantoms == "on":
-        eval_phantoms(out, a.phantom_dir, a.phantom_size, panel)
+        eval_phantoms(out, a.phantom_dir, a.phantom_size, panel, seed_offset=a.phantom_seed_offset)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(out))
     return 0

@@ -98,7 +98,7 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
 
     from histo.aggregate import assess_slide
     from histo.predict import load_prediction, predict_slide
-    from histo.synth.phantom import build_phantom, load_spec, make_phantom, replace_size, summary
+    from histo.synth.phantom import build_phantom, code_digest, load_spec, make_phantom, replace_size, summary
 
     rows: dict[str, Any] = {}
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +106,10 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
     for i, preset in enumerate(presets):
         spec = replace_size(dataclasses.replace(load_spec(Path("configs/synth") / f"{preset}.yaml"), seed=seed + i),
                             size_px, size_px)
-        # Cached slides are keyed on the full spec, so an edited preset is rendered again; the truth is
-        # recomputed every time (cheap, no pixels), so it always follows the current truth code.
-        digest = hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        # Cached slides are keyed on the full spec and the phantom code, so an edited preset or renderer
+        # is rendered again; the truth is recomputed every time (cheap, no pixels).
+        digest = hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode()
+                                + code_digest().encode()).hexdigest()[:10]
         out = cache_dir / f"s{seed + i}_{size_px}_{digest}"
         he = out / preset / f"{spec.name}_HE.tiff"
         t0 = time.perf_counter()

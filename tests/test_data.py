@@ -225,3 +225,23 @@ def test_tiny_config_reuses_cached_phantoms(tiny_cache):
     recs = phantom_records(cfg, generate=False)  # already written: no error, no rendering
     assert [r.path.name for r in recs] == ["tiny_s0_1024x1024_HE.tiff", "tiny_s1_1024x1024_HE.tiff"]
     assert all(r.annotations.name == "truth.geojson" for r in recs)
+
+
+def test_phantom_rendered_by_other_code_is_not_reused(tmp_path):
+    """A cached phantom whose summary names another renderer digest is stale: setup refuses it, prepare redraws it."""
+    import json
+
+    from histo.data.sources import phantom_records
+    from histo.synth.phantom import code_digest
+
+    cfg = tiny_data_config(tmp_path, n_slides=1, size_px=(512, 512))
+    rec = phantom_records(cfg, generate=True)[0]
+    summary = rec.path.parent / "summary.json"
+    assert json.loads(summary.read_text(encoding="utf-8"))["renderer_digest"] == code_digest()
+    stale = json.loads(summary.read_text(encoding="utf-8"))
+    stale["renderer_digest"] = "0" * 12
+    summary.write_text(json.dumps(stale), encoding="utf-8")
+    with pytest.raises(ConfigError, match="another spec or phantom code"):
+        phantom_records(cfg, generate=False)
+    phantom_records(cfg, generate=True)
+    assert json.loads(summary.read_text(encoding="utf-8"))["renderer_digest"] == code_digest()

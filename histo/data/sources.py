@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,16 +103,32 @@ def phantom_records(cfg: DataConfig, generate: bool) -> list[SlideRecord]:
             spec = dataclasses.replace(spec, name=name)
             folder = cache / name
             he, truth = folder / f"{name}_HE.tiff", folder / "truth.geojson"
-            current = (folder / "spec.yaml").is_file() and he.is_file() and truth.is_file() and \
-                yaml.safe_load((folder / "spec.yaml").read_text(encoding="utf-8")) == yaml.safe_load(
-                    yaml.safe_dump(spec.to_dict(), sort_keys=False))
+            current = _cached_phantom_is_current(folder, spec, (he, truth))
             if not current:
                 if not generate:
-                    raise ConfigError(f"{key}: phantom {name} is not in {cache} (prepare_data() writes it)")
+                    raise ConfigError(f"{key}: phantom {name} is not in {cache}, or was rendered from another spec or "
+                                      "phantom code (prepare_data() writes it)")
                 cache.mkdir(parents=True, exist_ok=True)
                 make_phantom(spec, cache, workers=ph.workers, ihc=False)
             out.append(SlideRecord(he, truth, "auto", None, name, True, f"{key} seed {seed}"))
     return out
+
+
+def _cached_phantom_is_current(folder: Path, spec: Any, files: Sequence[Path]) -> bool:
+    """True when ``folder`` holds ``files`` written from this very spec by the current rendering code."""
+    import json
+
+    from histo.synth.phantom import code_digest
+
+    if not all(f.is_file() for f in (folder / "spec.yaml", folder / "summary.json", *files)):
+        return False
+    same_spec = yaml.safe_load((folder / "spec.yaml").read_text(encoding="utf-8")) == yaml.safe_load(
+        yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    try:
+        rendered_by = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("renderer_digest")
+    except ValueError:
+        return False
+    return same_spec and rendered_by == code_digest()
 
 
 def check_slide_files(records: Sequence[SlideRecord]) -> None:

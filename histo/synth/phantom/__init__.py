@@ -11,6 +11,8 @@ fields), ``cells`` (placement and sprites), ``render`` (tiles), ``truth`` (GeoJS
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import multiprocessing as mp
 import time
 from collections import deque
@@ -30,12 +32,26 @@ from .truth import cell_table, geojson, summary, write_json_atomic, write_parque
 
 __all__ = [
     "Phantom", "PhantomSpec", "PhantomOutput", "build_phantom", "load_spec", "spec_from_dict", "replace_size",
-    "make_phantom", "geojson", "summary", "cell_table", "ChunkFeeder",
+    "make_phantom", "geojson", "summary", "cell_table", "ChunkFeeder", "code_digest",
 ]
 
 CHUNK_PX = 1024
 
 _WORKER: Renderer | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of this package's source: rendered phantoms are only reused while it is unchanged.
+
+    The same spec and seed give the same pixels only under the same rendering code, so caches of
+    written phantoms (training data, evaluation slides) key on the spec *and* this. It changes on any
+    edit here, comments included: re-rendering is cheaper than scoring against a stale slide.
+    """
+    h = hashlib.sha256()
+    for src in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(src.name.encode() + b"\0" + src.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _init_worker(renderer: Renderer) -> None:
@@ -158,6 +174,7 @@ def make_phantom(
         secs["ihc"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     summ = summary(ph)
+    summ["renderer_digest"] = code_digest()
     summ["files"] = {"he": he_path.name, "ihc": ihc_path.name if ihc_path else None, "truth": "truth.geojson",
                      "truth_ihc": "truth_ihc.geojson" if ihc_path else None, "cells": "cells.parquet"}
     gj = write_json_atomic(folder / "truth.geojson", geojson(ph, "he"))

@@ -322,9 +322,12 @@ class SpriteBank:
 
     def sprite(self, kind: int, size: int, variant: int, angle: float, stretch: float = 1.0) -> Sprite:
         """The masks of a cell (cached by kind, size, variant, orientation bin and stretch bin)."""
-        ob = int(round(angle / np.pi * N_ORIENT)) % N_ORIENT
+        # Round cells (lymphocytes, dust) are drawn in one orientation: it is not part of their key, so it
+        # must not reach _make either, or the cached sprite would be whichever orientation came first and
+        # a chunk's pixels would depend on the chunks rendered before it.
+        ob = int(round(angle / np.pi * N_ORIENT)) % N_ORIENT if kind not in (LYMPHOCYTE, DUST) else 0
         sb = int(round((stretch - 0.45) / 0.55 * 3)) if stretch < 1.0 else 4
-        key = (kind, size, variant, ob if kind not in (LYMPHOCYTE, DUST) else 0, sb)
+        key = (kind, size, variant, ob, sb)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._make(kind, size, variant, ob * np.pi / N_ORIENT, 0.45 + sb * 0.55 / 3 if sb < 4 else 1.0)
