@@ -169,14 +169,9 @@ def _write_phantom(spec, folder: Path) -> tuple[Path, dict, Path, "object"]:
 def _phantom_folder(work_dir: Path, spec) -> Path:
     """Where a phantom is kept in ``work_dir``: keyed on its full spec (seed, size, ...) and on the phantom
     code, so a kept slide is never scored against the truth of another draw or of changed rendering code."""
-    import hashlib
+    from histo.synth.phantom import render_key
 
-    import yaml
-
-    from histo.synth.phantom import code_digest
-
-    h = hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode() + code_digest().encode())
-    return work_dir / f"{spec.name}_s{spec.seed}_{h.hexdigest()[:10]}"
+    return work_dir / f"{spec.name}_s{spec.seed}_{render_key(spec)}"
 
 
 def _tumour_truth_mask(gj: dict, slide):

@@ -91,14 +91,11 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
                         cache_dir: Path, device: str, workers: int = 1) -> dict[str, Any]:
     """Per preset: predicted vs true mitoses per 10 HPF, necrosis %, and verdict; plus whether all targets hold."""
     import dataclasses
-    import hashlib
     import tempfile
-
-    import yaml
 
     from histo.aggregate import assess_slide
     from histo.predict import load_prediction, predict_slide
-    from histo.synth.phantom import build_phantom, code_digest, load_spec, make_phantom, replace_size, summary
+    from histo.synth.phantom import build_phantom, load_spec, make_phantom, render_key, replace_size, summary
 
     rows: dict[str, Any] = {}
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -108,9 +105,7 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
                             size_px, size_px)
         # Cached slides are keyed on the full spec and the phantom code, so an edited preset or renderer
         # is rendered again; the truth is recomputed every time (cheap, no pixels).
-        digest = hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode()
-                                + code_digest().encode()).hexdigest()[:10]
-        out = cache_dir / f"s{seed + i}_{size_px}_{digest}"
+        out = cache_dir / f"s{seed + i}_{size_px}_{render_key(spec)}"
         he = out / preset / f"{spec.name}_HE.tiff"
         t0 = time.perf_counter()
         if he.is_file():

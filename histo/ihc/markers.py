@@ -16,6 +16,7 @@ from histo.ihc.compartments import SHARED_MEMBRANE
 from histo.ihc.scoring import ScoreSummary, check_thresholds
 
 CALL_TYPES = ("threshold", "index")
+ANALYSIS_MPP_RANGE = (0.1, 1.0)  # µm/px a cell-level IHC analysis may run at
 COMBINES = ("any", "all")
 _TOP_KEYS = {"version", "cells", "markers"}
 _MARKER_KEYS = {"description", "compartment", "thresholds_od", "call", "cells", "analysis_mpp"}
@@ -171,9 +172,10 @@ def parse_panel(data: Any, path: Path | str = "<panel>") -> dict[str, MarkerSpec
         except HistoError as e:
             raise _err(path, f"{where}.thresholds_od", str(e)) from None
         desc = m.get("description", "")
-        amp = _number(m.get("analysis_mpp"), path, f"{where}.analysis_mpp", lo=0.1, allow_none=True)
-        if amp is not None and amp > 1.0:
-            raise _err(path, f"{where}.analysis_mpp", f"must be a cell-resolution µm/px within 0.1-1.0, got {amp}")
+        lo, hi = ANALYSIS_MPP_RANGE
+        amp = _number(m.get("analysis_mpp"), path, f"{where}.analysis_mpp", lo=lo, allow_none=True)
+        if amp is not None and amp > hi:
+            raise _err(path, f"{where}.analysis_mpp", f"must be a cell-resolution µm/px within {lo:.1f}-{hi:.1f}, got {amp}")
         if not isinstance(desc, str):
             raise _err(path, f"{where}.description", f"expected text, got {desc!r}")
         out[str(name)] = MarkerSpec(

@@ -33,7 +33,7 @@ from histo.ihc.deconvolution import (
     estimate_stain_matrix,
     ruifrok_hdab,
 )
-from histo.ihc.markers import MarkerSpec, call_marker
+from histo.ihc.markers import ANALYSIS_MPP_RANGE, MarkerSpec, call_marker
 from histo.ihc.qc import QCParams
 from histo.ihc.regions import check_frame, mask_values_at
 from histo.ihc.result import CELL_COLUMNS, SlideIHCResult, SlideQCFlag
@@ -182,8 +182,9 @@ def _check_spec(spec: Any) -> MarkerSpec:
 
 
 def _check_analysis_mpp(v: Any, slide_mpp: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.1 <= v <= 1.0:
-        raise MppError(f"analysis_mpp must be a cell-resolution µm/px within 0.1-1.0, got {v!r}")
+    lo, hi = ANALYSIS_MPP_RANGE
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise MppError(f"analysis_mpp must be a cell-resolution µm/px within {lo:.1f}-{hi:.1f}, got {v!r}")
     return float(v)
 
 
@@ -272,7 +273,7 @@ def _score(s: Slide, spec: MarkerSpec, analysis_mpp: float, tissue_mask: TissueM
                 "coarser_than_panel", "warning", slide_mpp, mpp,
                 f"the panel reads {spec.name} at {mpp:g} µm/px; this slide is {slide_mpp:.3f} µm/px, so it was read at "
                 f"that: a stained line thinner than two pixels reads weaker (scan at {mpp:g} µm/px or finer)"))
-            mpp = min(slide_mpp, 1.0)  # a coarser slide is still upsampled to a cell resolution (flagged below)
+            mpp = min(slide_mpp, ANALYSIS_MPP_RANGE[1])  # a coarser slide is still upsampled to a cell resolution (flagged below)
     else:
         mpp = DEFAULT_ANALYSIS_MPP
     if isinstance(tile_px, bool) or not isinstance(tile_px, int) or not 64 <= tile_px <= 4096:

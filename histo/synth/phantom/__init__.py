@@ -32,7 +32,7 @@ from .truth import cell_table, geojson, summary, write_json_atomic, write_parque
 
 __all__ = [
     "Phantom", "PhantomSpec", "PhantomOutput", "build_phantom", "load_spec", "spec_from_dict", "replace_size",
-    "make_phantom", "geojson", "summary", "cell_table", "ChunkFeeder", "code_digest",
+    "make_phantom", "geojson", "summary", "cell_table", "ChunkFeeder", "code_digest", "render_key",
 ]
 
 CHUNK_PX = 1024
@@ -52,6 +52,12 @@ def code_digest() -> str:
     for src in sorted(Path(__file__).parent.glob("*.py")):
         h.update(src.name.encode() + b"\0" + src.read_bytes())
     return h.hexdigest()[:12]
+
+
+def render_key(spec: PhantomSpec) -> str:
+    """A short key that changes whenever a phantom's pixels could: its full spec and the phantom code."""
+    h = hashlib.sha256(yaml.safe_dump(spec.to_dict(), sort_keys=True).encode() + code_digest().encode())
+    return h.hexdigest()[:10]
 
 
 def _init_worker(renderer: Renderer) -> None:
