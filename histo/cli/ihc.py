@@ -55,7 +55,7 @@ def register(sub: Any) -> None:
     """Add the `ihc` subcommand."""
     p = sub.add_parser(
         "ihc",
-        help="score IHC slides for one marker: DAB per cell, % positive, H-score and the marker call",
+        help="score IHC slides for one marker: DAB per cell, %% positive, H-score and the marker call",
         description="Detect tissue and cells on IHC slides, measure DAB in the marker's compartment, classify "
                     "cells 0/1+/2+/3+, report % positive, H-score and the panel's call (research use only).",
     )
