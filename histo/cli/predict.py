@@ -1,10 +1,13 @@
 """`histo predict SLIDES... --model MODEL --out DIR`: tile probabilities and mitosis points per slide.
 
 Writes OUT/<slide_stem>/{tiles.parquet, mitoses.parquet, prediction.json} (contract C) and
-OUT/status.csv (slide, status, reason, n_tiles, seconds). A slide already predicted with the same
-weights is skipped; a slide that fails (corrupt file, resolution the model cannot use) gets a failed
-row and the others go on. Under torchrun (WORLD_SIZE > 1) each rank takes its share of the slides,
-on its own GPU, and rank 0 merges the status rows at the end.
+OUT/status.csv (slide, status, reason, n_tiles, seconds). A slide already predicted with the same run
+key (slide file, its mpp, tiling/tissue settings, model) is skipped; one predicted with another is
+redone and its reason says why ("redone: mpp 0.5 → 0.25"); its report is redone when the grading
+differs. A slide that fails (corrupt file, resolution the model cannot use) gets a failed row and the
+others go on. Under torchrun (WORLD_SIZE > 1) each rank takes its share of the slides, on its own GPU,
+and adds its rows to OUT/status.csv under the table's lock (histo.status), as two commands on one
+--out do.
 
 Exit codes: 0 every slide ok / no_tissue / skipped; 1 some failed; 2 bad usage (model, options).
 """
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from histo.predict import distributed as dist
     from histo.predict.engine import resolve_device
     from histo.predict.run import PredictResult, predict_slide
-    from histo.predict.status import STATUS_FILE, merge_status, rank_status_path, read_status, write_status
+    from histo.predict.run import STATUS_FIELDS
+    from histo.status import STATUS_FILE, update_status
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -105,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     distributed = dist.init(info)
     mine = dist.shard(slides, info)
-    status_path = rank_status_path(out, info.rank) if distributed else out / STATUS_FILE
-    status = {} if distributed else read_status(status_path)
+    status_path = out / STATUS_FILE
     failed = 0
     bar = tqdm(mine, desc=f"slides (rank {info.rank})" if distributed else "slides", unit="slide",
                disable=args.quiet or len(mine) < 2)
@@ -122,15 +125,12 @@ def run(args: argparse.Namespace) -> int:
         if grading is not None and result.status != "failed":
             result = _write_report(result, path, grading)
         failed += result.status == "failed"
-        status[result.slide] = result.status_row()
-        write_status(status_path, status)
+        update_status(status_path, {result.slide: result.status_row()}, STATUS_FIELDS)
         _report(result)
 
     if distributed:
-        dist.barrier()  # every rank's status file is complete
-        if info.rank == 0:
-            merge_status(out, info.world_size)
-        failed = dist.sum_all(failed)  # also keeps the others alive until rank 0 has merged
+        dist.barrier()  # every rank has added its rows
+        failed = dist.sum_all(failed)
         dist.shutdown()
     if info.rank == 0:
         print(f"histo predict: {len(slides) - failed} of {len(slides)} slides done, {failed} failed; "
@@ -138,13 +138,33 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _report_changes(folder: Path, grading: Any) -> tuple[list[str] | None, str]:
+    """(what differs between the grading of the folder's report.json and ``grading``, its verdict);
+    (None, "") when there is no readable report."""
+    from histo.rerun import describe_changes, read_json
+
+    old = read_json(folder / "report.json")
+    if old is None or not isinstance(old.get("grading_config"), dict):
+        return None, ""
+    verdict = old.get("verdict", {}).get("high_grade", "") if isinstance(old.get("verdict"), dict) else ""
+    return [f"grading {c}" for c in describe_changes(old["grading_config"], grading.to_dict())], str(verdict)
+
+
 def _write_report(result: Any, slide: Path, grading: Any) -> Any:
-    """Grade a predicted slide and write its report beside the predictions; a report failure fails the slide."""
+    """Grade a predicted slide and write its report beside the predictions; a report failure fails the slide.
+
+    A skipped slide keeps its report when it was made with the same grading; otherwise the report is
+    redone from the unchanged predictions and the row says so."""
     from histo.cli.report import report_folder
 
     folder = Path(result.out_dir)
-    if result.status == "skipped" and (folder / "report.json").is_file():
-        return result
+    if result.status == "skipped":
+        changes, verdict = _report_changes(folder, grading)
+        if changes == []:  # the same grading: the report stands, and so does its row
+            return dataclasses.replace(result, verdict=verdict, report=str(folder / "report.html"))
+        why = "; ".join(changes[:4]) if changes else "no report yet"
+        result = dataclasses.replace(result, status="no_tissue" if result.n_tiles == 0 else "ok",
+                                     reason=f"report redone: {why} (predictions unchanged)")
     try:
         verdict, json_path, _ = report_folder(folder, folder, grading, slides=[slide], n_folders=1, ihc=[],
                                               geojson_tiles=True)
@@ -162,5 +182,7 @@ def _report(r: Any) -> None:
     else:
         print(f"ok        {r.slide}: {r.n_tiles} tiles, {r.n_mitoses} mitoses, {r.seconds:.1f} s -> {r.out_dir}",
               file=sys.stderr)
+    if r.reason.startswith(("redone", "report redone")):
+        print(f"          {r.reason}", file=sys.stderr)
     if r.report:
         print(f"          high grade: {r.verdict.replace('_', ' ')}; report {r.report}", file=sys.stderr)

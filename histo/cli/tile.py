@@ -1,8 +1,9 @@
 """`histo tile SLIDES... -c CONFIG --out DIR`: plan tile grids over tissue and, on request, extract tiles.
 
-Writes `DIR/config.yaml` (the resolved config), `DIR/status.csv` (one row per slide, rewritten
-atomically after each slide) and one folder per slide (see `histo.tiling.run`). Finished slides are
-skipped on a rerun with the same settings; a failed slide is reported and the others go on.
+Writes `DIR/config.yaml` (the resolved config), `DIR/status.csv` (one row per slide, merged in under
+the table's lock after each slide) and one folder per slide (see `histo.tiling.run`). Finished slides
+are skipped on a rerun with the same slide file, mpp and settings, and redone (saying what changed)
+otherwise; a failed slide is reported and the others go on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from histo.atomic import write_text
 from histo.cli.batch import report_problem
 from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
-from histo.status import read_status, write_status
+from histo.status import update_status
 from histo.tiling import SlideResult, TilingConfig, make_pool, tile_slide
 
 STATUS_FIELDS = [f.name for f in dataclasses.fields(SlideResult)]
@@ -77,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
         names[s.stem] = s
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    status = read_status(out / "status.csv")
     pool = make_pool(config.workers, config.pool)
     failed = 0
     try:
@@ -91,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
                 result = SlideResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
             failed += result.status == "failed"
-            status[result.slide] = dataclasses.asdict(result)
-            write_status(out / "status.csv", status, STATUS_FIELDS)
+            update_status(out / "status.csv", {result.slide: dataclasses.asdict(result)}, STATUS_FIELDS)
             _report(result)
     finally:
         if pool is not None:
@@ -111,3 +110,5 @@ def _report(r: SlideResult) -> None:
     else:
         print(f"ok       {r.slide}: {r.n_tiles} tiles, {r.tissue_area_mm2:.2f} mm² tissue, {r.seconds:.1f} s "
               f"-> {r.grid_path}", file=sys.stderr)
+    if r.reason.startswith("redone"):
+        print(f"         {r.reason}", file=sys.stderr)

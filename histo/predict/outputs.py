@@ -1,7 +1,8 @@
 """Prediction files of one slide (contract C): tiles.parquet, mitoses.parquet, prediction.json.
 
-``prediction.json`` is written last and is the completion mark: a folder without it is unfinished,
-and a rerun with the same model weights (sha256) skips a folder that has it.
+``prediction.json`` is written last and is the completion mark: a folder without it is unfinished.
+Its ``run_settings`` block is the folder's run key (histo.predict.run.predict_run_settings: slide file,
+mpp, tiling, tissue, model): a rerun skips the folder only when the key it builds is the same.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import histo
+from histo.config import to_dict
 from histo.errors import ConfigError, ModelError
 from histo.models import ModelCard
 from histo.predict.dataset import TileBatchDataset
@@ -28,6 +29,7 @@ from histo.predict.outputs import (
     weights_sha256,
     write_prediction,
 )
+from histo.rerun import RUN_SETTINGS_KEY, describe_changes, file_fingerprint, redo_reason, stored_settings
 from histo.slide import open_slide
 from histo.tiling import TilingConfig, plan_grid
 
@@ -68,6 +70,29 @@ def predict_tiling(card: ModelCard, tiling: TilingConfig | None = None, overlap_
     return dataclasses.replace(tiling, grid=grid)
 
 
+# Card fields that name or describe a model without changing what it predicts; every other field
+# (weights, architecture, heads, classes, tile_px, mpp, normalisation, thresholds ...) is in the run key.
+_CARD_NOT_IN_KEY = frozenset({"name", "metrics", "config_digest", "histo_version", "created", "schema_version"})
+
+
+def model_key(card: ModelCard, sha256: str) -> dict[str, Any]:
+    """The model's part of the run key: its weights digest and every card field that changes how it is applied."""
+    key = {k: v for k, v in card.to_dict().items() if k not in _CARD_NOT_IN_KEY}
+    key["weights_sha256"] = sha256
+    return key
+
+
+def predict_run_settings(slide_path: str | Path, slide_mpp: float, config: TilingConfig, card: ModelCard,
+                         sha256: str) -> dict[str, Any]:
+    """What determines a slide's predictions: the slide file, its µm/px, the tiling and tissue settings, the model."""
+    return {
+        "slide": file_fingerprint(slide_path),
+        "mpp": float(slide_mpp),
+        "tiling": {"grid": to_dict(config.grid), "tissue": to_dict(config.tissue)},
+        "model": model_key(card, sha256),
+    }
+
+
 def predict_slide(
     slide_path: str | Path,
     model: nn.Module,
@@ -88,7 +113,8 @@ def predict_slide(
     ``model`` maps normalised tiles to the heads of ``card`` (a MultiTaskNet from load_model); it is moved
     to ``device``. ``mpp`` overrides the slide's level-0 µm/px. ``tiling`` gives the tissue and grid options;
     its tile_px and mpp are always the card's; ``overlap_px`` overrides its overlap (default 0). A folder
-    already finished with the same weights (sha256) is 'skipped' unless ``overwrite``.
+    already finished with the same run key (``predict_run_settings``: slide file, its mpp, tiling, tissue and
+    model) is 'skipped' unless ``overwrite``; one finished with another is redone, the reason naming what changed.
     """
     t0 = time.perf_counter()
     slide_path = Path(slide_path)
@@ -98,22 +124,26 @@ def predict_slide(
     if workers < 0:
         raise ConfigError(f"workers must be >= 0 (0 = read in this process), got {workers}")
     sha = weights_sha256(model, card)
-    if not overwrite:
-        done = read_done(slide_dir)
-        if done is not None and done.get("model", {}).get("weights_sha256") == sha:
-            return PredictResult(str(slide_path), slide_path.stem, "skipped",
-                                 f"already done ({done.get('status', 'ok')}) with these weights",
-                                 int(done.get("n_tiles", 0)), int(done.get("n_mitoses", 0)), 0.0, str(slide_dir))
     config = predict_tiling(card, tiling, overlap_px)
-    dev = resolve_device(device)
-
     t_plan = time.perf_counter()
+    reason = ""
     with open_slide(slide_path, mpp=mpp) as slide:
         slide_mpp = slide.mpp  # MppError when unknown: before anything is written
+        settings = predict_run_settings(slide_path, slide_mpp, config, card, sha)
+        done = None if overwrite else read_done(slide_dir)
+        if done is not None:
+            changes = describe_changes(stored_settings(done), settings)
+            if not changes:
+                return PredictResult(str(slide_path), slide_path.stem, "skipped",
+                                     f"already done ({done.get('status', 'ok')}) with the same slide, mpp, tiling "
+                                     "and model", int(done.get("n_tiles", 0)), int(done.get("n_mitoses", 0)), 0.0,
+                                     str(slide_dir))
+            reason = redo_reason(changes)
         try:
             card.check_slide_mpp(slide_mpp)
         except ModelError as exc:
             raise ModelError(f"{slide_path}: {exc}") from exc
+        dev = resolve_device(device)
         grid, _ = plan_grid(slide, config)
         dims = slide.dimensions
     timings: dict[str, float] = {"plan_s": round(time.perf_counter() - t_plan, 4)}
@@ -136,7 +166,8 @@ def predict_slide(
     tiles = tiles_frame(grid.table, pattern, necrosis, card.classes)
     mitoses = mitoses_frame(points, grid.table, card.tile_px, slide_mpp, card.mitosis_min_distance_um)
     status = "ok" if len(grid) else "no_tissue"
-    reason = "" if len(grid) else "no tissue detected: empty tables written"
+    if not len(grid):
+        reason = "; ".join(r for r in (reason, "no tissue detected: empty tables written") if r)
     resolved = str(slide_path.resolve())
     seconds = round(time.perf_counter() - t0, 3)
     prediction = {
@@ -146,6 +177,7 @@ def predict_slide(
         "slide_mpp": slide_mpp,
         "slide_dimensions": list(dims),
         "status": status,
+        RUN_SETTINGS_KEY: settings,
         "model": card_summary(card, sha),
         "n_tiles": len(tiles),
         "n_mitoses": len(mitoses),

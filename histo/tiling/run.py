@@ -1,7 +1,9 @@
 """Tile one slide end to end: plan the grid, optionally read every tile (QC, extraction), save atomically.
 
 Per-slide output folder `<out>/<slide name>/`:
-  grid.parquet   the tile table with slide metadata and settings (written last: its presence = done)
+  grid.parquet   the tile table with slide metadata and settings (written last: its presence = done);
+                 settings["run_settings"] is its run key (slide file, mpp, grid, tissue, qc, extract):
+                 a rerun skips the slide only when that key is unchanged, else redoes it saying why
   tissue.png     the tissue mask at the mask resolution, to check against the thumbnail
   tiles/         extracted tiles as image files (format png|jpeg, store files), or
   tiles.zip      the same in one store file (store zip)
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 
 from histo.atomic import atomic_path
 from histo.config import to_dict
+from histo.rerun import RUN_SETTINGS_KEY, describe_changes, file_fingerprint, redo_reason, stored_settings
 from histo.slide import Slide, open_slide
 from histo.tiling.grid import TileGrid, TilingConfig, plan_grid
 from histo.tiling.reader import ReadJob, iter_batches, run_job
@@ -63,15 +66,21 @@ def encode_job(job: ReadJob, slide: Slide | None = None, *, fmt: str, quality: i
     return batch.index, blobs, batch.qc
 
 
-def settings_match(grid: TileGrid, config: TilingConfig) -> bool:
-    """True when a saved grid was made with the same settings that matter for its contents."""
-    s = grid.settings
-    return (
-        s.get("grid") == to_dict(config.grid)
-        and s.get("tissue") == to_dict(config.tissue)
-        and s.get("qc") == to_dict(config.qc)
-        and s.get("extract") == to_dict(config.extract)
-    )
+def tile_run_settings(slide_path: str | Path, slide_mpp: float, config: TilingConfig) -> dict[str, Any]:
+    """What determines a slide's grid and tiles: the slide file, its µm/px and the grid/tissue/qc/extract settings."""
+    return {
+        "slide": file_fingerprint(slide_path),
+        "mpp": float(slide_mpp),
+        "grid": to_dict(config.grid),
+        "tissue": to_dict(config.tissue),
+        "qc": to_dict(config.qc),
+        "extract": to_dict(config.extract),
+    }
+
+
+def rerun_changes(grid: TileGrid, settings: dict[str, Any]) -> list[str]:
+    """What differs between a saved grid's run key and ``settings`` ([] when it can be kept)."""
+    return describe_changes(stored_settings(grid.settings), settings)
 
 
 def tile_slide(
@@ -89,29 +98,37 @@ def tile_slide(
     slide_path = Path(slide_path)
     slide_dir = Path(out_dir) / slide_path.stem
     grid_path = slide_dir / "grid.parquet"
-    if grid_path.is_file() and not overwrite:
-        try:
-            old = TileGrid.load(grid_path)
-        except (OSError, ValueError):
-            old = None  # unreadable leftovers are redone below
-        if old is not None and settings_match(old, config):
-            status = "ok" if len(old) else "no_tissue"
-            return SlideResult(str(slide_path), slide_path.stem, "skipped", len(old),
-                               old.settings.get("tissue_area_mm2"), 0.0, f"already done ({status})", str(grid_path))
-
+    reason = ""
     with open_slide(slide_path, mpp=mpp_override) as slide:
+        settings = tile_run_settings(slide_path, slide.mpp, config)  # MppError when unknown: nothing written
+        if grid_path.is_file() and not overwrite:
+            try:
+                old = TileGrid.load(grid_path)
+            except (OSError, ValueError):
+                old = None  # unreadable leftovers are redone below
+            changes = rerun_changes(old, settings) if old is not None else []
+            if old is not None and not changes:
+                status = "ok" if len(old) else "no_tissue"
+                return SlideResult(str(slide_path), slide_path.stem, "skipped", len(old),
+                                   old.settings.get("tissue_area_mm2"), 0.0,
+                                   f"already done ({status}) with the same slide, mpp and settings", str(grid_path))
+            reason = redo_reason(changes) if changes else ""
         grid, mask = plan_grid(slide, config)
     slide_dir.mkdir(parents=True, exist_ok=True)
+    # An old grid must not vouch for the tiles and mask while they are being replaced.
+    grid_path.unlink(missing_ok=True)
     _save_mask_png(mask.mask, slide_dir / "tissue.png")
     grid.settings["qc"] = to_dict(config.qc)
     grid.settings["extract"] = to_dict(config.extract)
+    grid.settings[RUN_SETTINGS_KEY] = settings
 
     need_read = len(grid) > 0 and (config.qc.enabled or config.extract.format != "none")
     if need_read:
         _read_pass(str(slide_path), grid, slide_dir, config, mpp_override, pool, progress)
     grid.save(grid_path)
     status = "ok" if len(grid) else "no_tissue"
-    reason = "" if len(grid) else "no tissue detected: empty grid written"
+    if not len(grid):
+        reason = "; ".join(r for r in (reason, "no tissue detected: empty grid written") if r)
     return SlideResult(str(slide_path), slide_path.stem, status, len(grid), grid.settings["tissue_area_mm2"],
                        round(time.perf_counter() - t0, 3), reason, str(grid_path))
 
