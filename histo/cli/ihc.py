@@ -1,10 +1,12 @@
 """`histo ihc SLIDES... --marker ALK --out DIR`: score IHC slides for one marker (DAB per cell, H-score, call).
 
 Per slide, DIR/<slide_stem>/ holds contract D (ihc.json, ihc_cells.parquet, ihc_tiles.parquet,
-ihc_cells.geojson, ihc_heatmap.png); DIR/status.csv has one row per slide (rewritten atomically after each)
-and DIR/ihc_run.yaml the resolved settings. A slide whose ihc.json exists with the same settings is
-skipped on rerun; a failed slide is reported and the batch goes on. Exit 0 when every slide is done,
-1 when some failed, 2 for bad usage (unknown marker, bad panel).
+ihc_cells.geojson, ihc_heatmap.png); DIR/status.csv has one row per slide (merged in under the table's lock
+after each) and DIR/ihc_run.yaml the resolved settings. A slide whose ihc.json holds the same run key (the
+slide file, its mpp, the marker's panel entry, the analysis options, the tumour map file and the necrosis
+rules) is skipped on rerun, and redone otherwise, the reason naming what changed; a failed slide is
+reported and the batch goes on. Exit 0 when every slide is done, 1 when some failed, 2 for bad usage
+(unknown marker, bad panel).
 
 --tumour-tiles gives the counting region from H&E predictions (contract C tiles.parquet): one path per
 slide (a tiles.parquet or a prediction folder), or one folder holding a prediction folder per H&E slide,
@@ -28,7 +30,8 @@ from tqdm.auto import tqdm
 from histo.atomic import write_text
 from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
-from histo.status import read_status, write_status
+from histo.rerun import describe_changes, file_fingerprint, read_json, redo_reason, stored_settings
+from histo.status import update_status
 
 
 @dataclass
@@ -111,8 +114,12 @@ def match_prediction(folder: Path, stem: str) -> Path:
     raise HistoError(f"no prediction for slide {stem!r} in {folder} (looked for {', '.join(n + '/tiles.parquet' for n in dict.fromkeys(tried))})")
 
 
-def _settings(args: argparse.Namespace, spec: Any, tumour: Path | None) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, spec: Any, tumour: Path | None, slide_path: Path, slide_mpp: float) -> dict[str, Any]:
+    """The run key of one IHC slide: everything that changes its cells, scores and call."""
+    tumour_file = (tumour / "tiles.parquet" if tumour.is_dir() else tumour) if tumour is not None else None
     return {
+        "slide": file_fingerprint(slide_path),
+        "mpp": float(slide_mpp),
         "marker": spec.name,
         "compartment": spec.compartment,
         "thresholds_od": list(spec.thresholds_od),
@@ -121,10 +128,12 @@ def _settings(args: argparse.Namespace, spec: Any, tumour: Path | None) -> dict[
         "analysis_mpp": args.analysis_mpp,
         "panel_analysis_mpp": spec.analysis_mpp,
         "stain": args.stain,
-        "mpp_override": args.mpp,
-        "tumour_tiles": str(tumour.resolve()) if tumour is not None else None,
+        "tumour_tiles": ({"path": str(tumour_file.resolve()), **file_fingerprint(tumour_file)}
+                         if tumour_file is not None and tumour_file.is_file() else
+                         (str(tumour.resolve()) if tumour is not None else None)),
         "non_spindle_class": args.non_spindle_class,
         "necrosis": asdict(_necrosis_rules(args).tiles) if tumour is not None else None,
+        "allow_frame_mismatch": bool(args.allow_frame_mismatch),
     }
 
 
@@ -154,18 +163,21 @@ def score_one(path: Path, spec: Any, args: argparse.Namespace, tumour_src: Path 
     t0 = time.perf_counter()
     slide_dir = out / path.stem
     tumour = match_prediction(tumour_src, path.stem) if tumour_src is not None and tumour_src.is_dir() else tumour_src
-    settings = _settings(args, spec, tumour)
-    done = slide_dir / "ihc.json"
-    if done.is_file() and not args.overwrite:
-        try:
-            prev = json.loads(done.read_text(encoding="utf-8"))
-        except ValueError:
-            prev = {}
-        if prev.get("run_settings") == json.loads(json.dumps(settings)):
-            return IHCStatus(path.stem, str(path), "skipped", "ihc.json exists with the same settings (--overwrite redoes it)",
-                             spec.name, prev.get("region", ""), (prev.get("call") or {}).get("label", ""),
-                             int(prev.get("n_cells") or 0), _fmt(prev.get("pct_positive")), _fmt(prev.get("h_score")), 0.0)
+    reason = ""
     with open_slide(path, mpp=args.mpp) as slide:
+        settings = _settings(args, spec, tumour, path, slide.mpp)  # MppError when unknown: nothing written
+        prev = None if args.overwrite else read_json(slide_dir / "ihc.json")
+        if prev is not None:
+            changes = describe_changes(stored_settings(prev), settings)
+            if not changes:
+                return IHCStatus(path.stem, str(path), "skipped",
+                                 "ihc.json exists with the same slide, mpp and settings (--overwrite redoes it)",
+                                 spec.name, prev.get("region", ""), (prev.get("call") or {}).get("label", ""),
+                                 int(prev.get("n_cells") or 0), _fmt(prev.get("pct_positive")), _fmt(prev.get("h_score")),
+                                 0.0)
+            reason = redo_reason(changes)
+            # The old completion mark must not vouch for the files while they are being replaced.
+            (slide_dir / "ihc.json").unlink(missing_ok=True)
         tmask = None
         if tumour is not None:
             tiles, meta = read_prediction_tiles(tumour)
@@ -184,7 +196,8 @@ def score_one(path: Path, spec: Any, args: argparse.Namespace, tumour_src: Path 
                              allow_frame_mismatch=args.allow_frame_mismatch)
         summary = write_ihc_outputs(result, slide_dir, slide=slide, extra={"run_settings": settings})
     status = "no_tissue" if "no_tissue" in summary["qc"] else "ok"
-    return IHCStatus(path.stem, str(path), status, result.sentence, spec.name, result.region, result.call.call,
+    sentence = f"{reason} — {result.sentence}" if reason else result.sentence
+    return IHCStatus(path.stem, str(path), status, sentence, spec.name, result.region, result.call.call,
                      result.score.n_cells, _fmt(result.score.pct_positive), _fmt(result.score.h_score),
                      round(time.perf_counter() - t0, 2))
 
@@ -217,7 +230,6 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     run_cfg = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
     write_text(out / "ihc_run.yaml", yaml.safe_dump(json.loads(json.dumps(run_cfg, default=str)), sort_keys=False))
-    status = read_status(out / "status.csv")
     failed = 0
     bar = tqdm(slides, desc="slides", unit="slide", disable=args.quiet or len(slides) < 2)
     for path in bar:
@@ -228,8 +240,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
             row = IHCStatus(path.stem, str(path), "failed", f"unexpected {type(exc).__name__}: {exc}", spec.name)
         failed += row.status == "failed"
-        status[row.slide] = asdict(row)
-        write_status(out / "status.csv", status, STATUS_FIELDS)
+        update_status(out / "status.csv", {row.slide: asdict(row)}, STATUS_FIELDS)
         _report(row)
     print(f"histo ihc: {len(slides) - failed} of {len(slides)} slides done, {failed} failed; status in {out / 'status.csv'}",
           file=sys.stderr)

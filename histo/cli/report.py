@@ -2,7 +2,9 @@
 
 A PRED_DIR is a slide folder of `histo predict` (tiles.parquet, mitoses.parquet, prediction.json) or a
 run folder holding such slide folders. Reports go into each slide folder, or into OUT/<slide>/ with
---out (then OUT/status.csv and OUT/grading.yaml are written too). A failed folder is reported and the
+--out (then OUT/status.csv and OUT/grading.yaml are written too; rows of other folders are kept).
+Reports rewritten in place also update their slide's row in the run's status.csv (the folder's parent,
+as `histo predict` wrote it): status, verdict, report and reason follow the new grading. A failed folder is reported and the
 others go on; exit 0 when all succeeded, 1 when some failed, 2 on a bad config or usage.
 """
 
@@ -21,7 +23,7 @@ from histo.aggregate import GradingConfig, assess_slide
 from histo.atomic import write_text
 from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
-from histo.status import write_status
+from histo.status import edit_status, update_status
 
 STATUS_FIELDS = ["folder", "status", "verdict", "reason", "report", "seconds"]
 
@@ -132,6 +134,32 @@ def report_folder(folder: Path, out_dir: Path, cfg: GradingConfig, *, slides: li
     return verdict, paths.json, slide
 
 
+def update_run_status(folder: Path, *, ok: bool, verdict: str, report: Path | None, reason: str) -> bool:
+    """Set the re-graded slide's row in the run's status.csv (``folder``'s parent); True when a row was found.
+
+    The row is the one `histo predict` wrote for the slide whose folder this is (matched by slide name);
+    the table is changed under its lock, so rows other processes add meanwhile are kept."""
+    table = folder.parent / "status.csv"
+    if not table.is_file():
+        return False
+    found = []
+
+    def _edit(rows: dict[str, dict[str, Any]]) -> None:
+        for row in rows.values():
+            if "verdict" not in row or Path(str(row.get("slide", ""))).stem != folder.name:
+                continue
+            found.append(row)
+            if ok:
+                row["status"] = "no_tissue" if row.get("status") == "no_tissue" else "ok"
+                row.update(verdict=verdict, report=str(report.with_name("report.html")) if report else "",
+                           reason=reason)
+            else:
+                row.update(status="failed", verdict="", report="", reason=f"report: {reason} (predictions kept in {folder})")
+
+    edit_status(table, _edit)
+    return bool(found)
+
+
 def run(args: argparse.Namespace) -> int:
     """Report every prediction folder; one status line each; exit 1 if any failed."""
     cfg = resolve_grading(args)
@@ -151,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
                               "so report them into different --out folders")
         out_root.mkdir(parents=True, exist_ok=True)
         write_text(out_root / "grading.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    rows: list[dict[str, Any]] = []
     failed = 0
+    source = f"{args.grading or 'built-in grading'}{' with --set overrides' if args.overrides else ''}"
     for folder in folders:
         t0 = time.perf_counter()
         target = out_root / folder.name if out_root is not None else folder
@@ -174,9 +202,12 @@ def run(args: argparse.Namespace) -> int:
             row.update(status="failed", verdict="", reason=f"unexpected {type(exc).__name__}: {exc}", report="")
             print(f"FAILED   {folder}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         row["seconds"] = round(time.perf_counter() - t0, 2)
-        rows.append(row)
         if out_root is not None:
-            write_status(out_root / "status.csv", rows, STATUS_FIELDS)
+            update_status(out_root / "status.csv", {row["folder"]: row}, STATUS_FIELDS, key="folder")
+        elif folder.is_dir():
+            ok = row["status"] == "ok"
+            update_run_status(folder, ok=ok, verdict=row["verdict"], report=Path(row["report"]) if ok else None,
+                              reason=f"re-graded by histo report ({source})" if ok else row["reason"])
     ok = len(folders) - failed
     print(f"histo report: {ok} of {len(folders)} folders reported, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
