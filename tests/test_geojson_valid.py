@@ -126,3 +126,36 @@ def test_report_geojson_of_the_real_slide_is_valid(real_data: Path, tmp_path: Pa
         m = f["properties"]["measurements"]
         assert m["Area mm2"] == pytest.approx(m["Tiles"] * 64 ** 2 / 1e6, rel=1e-9)
         assert shape(f["geometry"]).area * SLIDE_MPP ** 2 / 1e6 == pytest.approx(m["Area mm2"], rel=1e-4)
+
+
+def test_ihc_cells_geojson_is_valid() -> None:
+    from types import SimpleNamespace
+
+    from histo.ihc import cells_geojson
+
+    rng = np.random.default_rng(3)
+    n = 500
+    cells = pd.DataFrame({"x": rng.uniform(0, 5000, n), "y": rng.uniform(0, 5000, n), "ihc_class": rng.integers(0, 4, n),
+                          "dab_od": rng.uniform(0, 1, n), "area_um2": rng.uniform(20, 80, n), "in_region": rng.random(n) < 0.8})
+    spec = SimpleNamespace(name="ALK", compartment="cytoplasm", cell_params=SimpleNamespace(dab_statistic="mean"))
+    result = SimpleNamespace(cells=cells, spec=spec, region="tumour")
+    for cap in (10_000, 100):  # every cell, and a sample past the cap
+        feats = _written(cells_geojson(result, max_features=cap))
+        assert len(feats) == min(cap, int(cells["in_region"].sum()))
+        assert all(f["geometry"]["type"] == "Point" for f in feats)
+        assert not _invalid(feats)
+
+
+@pytest.mark.parametrize("preset", ["high_grade_alk_positive", "artefacts"])
+def test_phantom_truth_geojson_is_valid(preset: str) -> None:
+    import dataclasses
+
+    from histo.synth.phantom import build_phantom, geojson, load_spec
+    from histo.synth.phantom.spec import replace_size
+
+    spec = replace_size(load_spec(Path(__file__).resolve().parents[1] / "configs" / "synth" / f"{preset}.yaml"), 4096, 4096)
+    ph = build_phantom(dataclasses.replace(spec, seed=42))
+    for modality in ("he", "ihc"):
+        feats = _written(geojson(ph, modality))
+        assert any(f["geometry"]["type"] in ("Polygon", "MultiPolygon") for f in feats)
+        assert not _invalid(feats)
