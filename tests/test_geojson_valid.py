@@ -11,7 +11,12 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
-from histo.report.geojson import NECROSIS_CLASS, pattern_class_name, slide_geojson, union_of_tiles
+from histo.report.geojson import (
+    NECROSIS_CLASS,
+    pattern_class_name,
+    slide_geojson,
+    union_of_tiles,
+)
 
 CLASSES = ("none", "fascicular", "haphazard")
 # a 64 px tile at 1 µm/px read from a 0.499 µm/px slide: edges at col * 128.2565... px, as on CMU-1-Small-Region
