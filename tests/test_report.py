@@ -112,7 +112,7 @@ def test_html_is_self_contained_escaped_and_states_the_verdict(example):
     assert not re.search(r"<script|<link|url\(|@import|https?://", html, flags=re.I)
     assert html.count(DISCLAIMER) == 2
     line = example["report"]["verdict"]["line"]
-    assert line.startswith("High grade: YES — mitotic activity 30 per 10 HPF in the hotspot ≥ 10 (threshold)")
+    assert line.startswith("High grade: YES — mitotic activity 30 mitoses in the 0.01 mm² square hotspot window (10 HPF) = 30 per 10 HPF (HPF 0.001 mm²) ≥ 10 (threshold)")
     assert "tumour necrosis 12.5 % ≥ 1 % (threshold)" in line
     assert line in html
     assert "slide &lt;A&amp;B&gt;" in html and NAME not in html
@@ -244,11 +244,12 @@ def _assess(necrotic=NECROTIC, mitoses=None, tumour=True, **high_grade):
 
 def test_high_grade_sentence_variants():
     yes = _assess(mitoses=mitoses_table())
-    assert high_grade_summary(yes) == ("High grade: yes (mitoses 30 per 10 HPF in the hotspot ≥ 10; "
+    assert high_grade_summary(yes) == ("High grade: yes (mitoses 30 in the 0.01 mm² square hotspot window (10 HPF) = 30 per 10 HPF (HPF 0.001 mm²) ≥ 10; "
                                        "necrosis 12.5 % ≥ 1 %).")
     no = _assess(necrotic=set(), mitoses=None)
-    assert high_grade_summary(no) == "High grade: no (mitoses 0 per 10 HPF in the hotspot < 10; necrosis 0 % < 1 %)."
-    assert verdict_line(no).startswith("High grade: NO — mitotic activity 0 per 10 HPF in the hotspot < 10 (threshold)")
+    assert high_grade_summary(no) == ("High grade: no (mitoses 0 in the 0.01 mm² square hotspot window (10 HPF) = 0 per 10 HPF (HPF 0.001 mm²) < 10; "
+                                      "necrosis 0 % < 1 %).")
+    assert verdict_line(no).startswith("High grade: NO — mitotic activity 0 mitoses in the 0.01 mm² square hotspot window (10 HPF) = 0 per 10 HPF (HPF 0.001 mm²) < 10 (threshold)")
     na = _assess(tumour=False)
     s = high_grade_summary(na)
     assert s.startswith("High grade: not assessable (mitoses not assessable: no viable tumour tiles")
@@ -256,7 +257,7 @@ def test_high_grade_sentence_variants():
     assert verdict_line(na).startswith("High grade: NOT ASSESSABLE — mitotic activity not assessable: ")
     # a raised threshold flips the mitotic criterion while necrosis still carries the verdict
     raised = _assess(mitoses=mitoses_table(), mitoses_min_per_10hpf=500)
-    assert high_grade_summary(raised) == ("High grade: yes (mitoses 30 per 10 HPF in the hotspot < 500; "
+    assert high_grade_summary(raised) == ("High grade: yes (mitoses 30 in the 0.01 mm² square hotspot window (10 HPF) = 30 per 10 HPF (HPF 0.001 mm²) < 500; "
                                           "necrosis 12.5 % ≥ 1 %).")
 
 
@@ -295,7 +296,7 @@ def test_co_expression_only_when_s100_and_cd34_are_both_positive():
 def test_case_sentence_and_case_report(example, tmp_path):
     ihc = [ihc_result("ALK", "positive"), ihc_result("S100", "positive"), ihc_result("CD34", "positive")]
     assert case_sentence(example["a"].to_dict(), ihc) == (
-        "High grade: yes (mitoses 30 per 10 HPF in the hotspot ≥ 10; necrosis 12.5 % ≥ 1 %). "
+        "High grade: yes (mitoses 30 in the 0.01 mm² square hotspot window (10 HPF) = 30 per 10 HPF (HPF 0.001 mm²) ≥ 10; necrosis 12.5 % ≥ 1 %). "
         "ALK positive (H-score 180; 72 % of tumour cells ≥ 1+). "
         "S100 and CD34 co-expressed (S100 H-score 180; 72 % of tumour cells ≥ 1+; CD34 H-score 180; 72 % of tumour cells ≥ 1+).")
     paths = write_case_report(tmp_path / "case", "CASE<1>", example["paths"].json, ihc, [example["paths"].html])

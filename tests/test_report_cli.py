@@ -36,7 +36,7 @@ def test_rerun_with_another_grading_config_changes_the_verdict(tmp_path, test_sl
     assert main(["report", "--thumbnail-px", "256", str(tmp_path / "run"), "--grading", str(strict)]) == 0  # run folder expands
     second = json.loads((pred / "report.json").read_text())
     assert second["verdict"]["high_grade"] == "no"
-    assert second["verdict"]["line"].startswith("High grade: NO — mitotic activity 30 per 10 HPF in the hotspot < 500")
+    assert second["verdict"]["line"].startswith("High grade: NO — mitotic activity 30 mitoses in the 0.01 mm² square hotspot window (10 HPF) = 30 per 10 HPF (HPF 0.001 mm²) < 500")
     assert second["grading_config_sha256"] != first["grading_config_sha256"]
     assert "High grade: NO" in (pred / "report.html").read_text()
     err = capsys.readouterr().err

@@ -1,26 +1,35 @@
 """The mitotic hotspot: the placement of a fixed-area window (square or circle) holding most points.
 
-Search: candidate centres are the counted mitoses themselves plus a grid over tumour (the caller
-passes both); every candidate's count comes from a bucket grid whose bucket is as wide as the
-window, so a window touches at most 2x2 buckets and counting is linear in the points near it.
-The grid's best count is then a lower bound, and an exact sweep finds, per anchor point, the best
-window with that point on its boundary wherever it could beat the bound (squares: x-slab plus
-sorted y; circles: angular sweep of neighbour arcs), O(n m log m) for n points, m per window reach. The count is therefore exact (the true maximum) whenever the best placement's centre
-lies over tumour. Finally the window is re-centred on the centroid of the points it holds while
-(or part of the way) keeps the count and the centre stays over tumour, so among equally dense placements the
-reported one is centred on the mitoses rather than on a grid node or an edge.
+The placements considered are every window whose centre lies over the region (the closed union of
+the region's raster cells: a centre on the edge of a region cell counts as over it). The search is
+exact: it returns the maximum count over all of them, not over a grid.
+
+Why a finite candidate set suffices: for the points an optimal window holds, the centres that hold
+all of them form R, the intersection of the windows centred on those points (a rectangle for squares,
+an intersection of discs for circles). R meets the region K. Then either R lies inside K (R's corners,
+or the point itself when R is a single disc, are in K), or K's part lies inside R (a vertex of K's
+boundary is in R), or R crosses K's boundary (a point where a window boundary meets a raster grid line
+on K's boundary is in R). So the best count among these candidates, kept to those over the region, is
+the true maximum: window vertices (square corners or circle-circle intersections of point pairs, and
+the points themselves), window boundaries on grid lines, and grid vertices on the region's boundary.
+Counting uses a bucket grid as wide as the window, so each count touches at most 2x2 buckets.
+
+Among placements holding the maximum, the window is finally moved towards the centroid of the points
+it holds while that keeps the count and the centre over the region, so the one reported is centred on
+the mitoses rather than on a boundary.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 _PAIRS_PER_CHUNK = 2_000_000
 _RECENTRE_ROUNDS = 10
+# candidates lie exactly on window and cell boundaries; this (in cells) keeps them despite rounding
+_EDGE_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,46 @@ class HotspotResult:
     centre_x_um: float
     centre_y_um: float
     count: int
+
+
+@dataclass(frozen=True)
+class CellRegion:
+    """A closed region made of the True cells of a raster; the grid and cell size in µm."""
+
+    origin_x_um: float
+    origin_y_um: float
+    cell_um: float
+    mask: np.ndarray  # (rows, cols) bool
+
+    def contains(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
+        """Whether each point lies in the closed region (on a region cell or on its edge)."""
+        x = (np.asarray(x_um, dtype=np.float64) - self.origin_x_um) / self.cell_um
+        y = (np.asarray(y_um, dtype=np.float64) - self.origin_y_um) / self.cell_um
+        rows, cols = self.mask.shape
+        out = np.zeros(x.shape, dtype=bool)
+        for dx in (-_EDGE_TOL, _EDGE_TOL):
+            c = np.floor(x + dx).astype(np.int64)
+            for dy in (-_EDGE_TOL, _EDGE_TOL):
+                r = np.floor(y + dy).astype(np.int64)
+                ok = (c >= 0) & (c < cols) & (r >= 0) & (r < rows)
+                out[ok] |= self.mask[r[ok], c[ok]]
+        return out
+
+    def boundary_vertices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Grid vertices (µm) on the region's boundary: where the four cells around differ."""
+        m = np.pad(self.mask, 1)
+        quad = m[:-1, :-1].astype(np.int8) + m[:-1, 1:] + m[1:, :-1] + m[1:, 1:]
+        r, c = np.nonzero((quad > 0) & (quad < 4))
+        return self.origin_x_um + c * self.cell_um, self.origin_y_um + r * self.cell_um
+
+    def bounds_um(self) -> tuple[float, float, float, float] | None:
+        """Bounding box (x0, y0, x1, y1) of the region's cells; None when it is empty."""
+        rows, cols = np.nonzero(self.mask)
+        if len(rows) == 0:
+            return None
+        s = self.cell_um
+        return (self.origin_x_um + cols.min() * s, self.origin_y_um + rows.min() * s,
+                self.origin_x_um + (cols.max() + 1) * s, self.origin_y_um + (rows.max() + 1) * s)
 
 
 class PointCounter:
@@ -86,15 +135,18 @@ class PointCounter:
         out = np.zeros(len(cx), dtype=np.int64)
         if len(self.x) == 0 or len(cx) == 0:
             return out
-        half = self.size / 2.0
-        # lowest bucket the window can touch; with bucket width == window extent it spans <= 2
+        half = self.size / 2.0 * (1.0 + 1e-12) + 1e-9
+        # lowest bucket the window can touch; with bucket width == window extent it spans <= 2 (the
+        # tolerance can reach a third bucket by 1e-9 µm: scan up to 3 so boundary points are never lost)
         b0x = np.floor((cx - half - self.bx0) / self.size).astype(np.int64)
         b0y = np.floor((cy - half - self.by0) / self.size).astype(np.int64)
+        b1x = np.floor((cx + half - self.bx0) / self.size).astype(np.int64)
+        b1y = np.floor((cy + half - self.by0) / self.size).astype(np.int64)
         spans = []
-        for ox in (0, 1):
-            for oy in (0, 1):
+        for ox in (0, 1, 2):
+            for oy in (0, 1, 2):
                 bx, by = b0x + ox, b0y + oy
-                ok = (bx >= 0) & (bx < self.nbx) & (by >= 0) & (by < self.nby)
+                ok = (bx >= 0) & (bx < self.nbx) & (by >= 0) & (by < self.nby) & (bx <= b1x) & (by <= b1y)
                 b = np.where(ok, by * self.nbx + bx, 0)
                 s = np.where(ok, self.starts[b], 0)
                 e = np.where(ok, self.starts[b + 1], 0)
@@ -123,129 +175,118 @@ class PointCounter:
         return np.flatnonzero(self.inside(cx, cy, self.x, self.y))
 
 
-def find_hotspot(
-    x_um: np.ndarray,
-    y_um: np.ndarray,
-    cand_x_um: np.ndarray,
-    cand_y_um: np.ndarray,
-    window: Window,
-    allowed: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    grid_step_um: float,
-) -> HotspotResult | None:
-    """Densest placement of the window over the allowed region; None when there is no candidate."""
-    counter = PointCounter(x_um, y_um, window)
-    cx = np.concatenate([np.asarray(x_um, float), np.asarray(cand_x_um, float)])
-    cy = np.concatenate([np.asarray(y_um, float), np.asarray(cand_y_um, float)])
-    if len(cx) == 0:
+def find_hotspot(x_um: np.ndarray, y_um: np.ndarray, window: Window, region: CellRegion) -> HotspotResult | None:
+    """The placement, centred over the region, whose window holds most points (exact); None without points or region."""
+    x = np.asarray(x_um, dtype=np.float64)
+    y = np.asarray(y_um, dtype=np.float64)
+    if len(x) == 0 or not region.mask.any():
         return None
-    counts = counter.count(cx, cy)
-    i = int(np.argmax(counts))
-    bx, by, best = float(cx[i]), float(cy[i]), int(counts[i])
-    # placements with points on the window boundary contain every optimum; only those that could
-    # beat the grid's best are generated, and they must still be over tumour
-    ex, ey, ec = _boundary_candidates(counter, best)
-    if len(ex):
-        ok = allowed(ex, ey)
-        if ok.any():
-            j = int(np.flatnonzero(ok)[np.argmax(ec[ok])])
-            # recount with the same closed-window test used everywhere else
-            c = int(counter.count(ex[j : j + 1], ey[j : j + 1])[0])
-            if c > best:
-                bx, by, best = float(ex[j]), float(ey[j]), c
-    for _ in range(_RECENTRE_ROUNDS):
-        moved = False
-        # fine local grid: recovers most of what the coarse grid step can miss
-        offs = np.linspace(-grid_step_um, grid_step_um, 9)
-        gx, gy = np.meshgrid(bx + offs, by + offs)
-        gx, gy = gx.ravel(), gy.ravel()
-        ok = allowed(gx, gy)
-        if ok.any():
-            c = counter.count(gx[ok], gy[ok])
-            j = int(np.argmax(c))
-            if c[j] > best:
-                bx, by, best, moved = float(gx[ok][j]), float(gy[ok][j]), int(c[j]), True
-        if best > 0:
-            m = counter.members(bx, by)
-            mx, my = float(counter.x[m].mean()), float(counter.y[m].mean())
-            # go as far towards the centroid as keeps the count: all the way, or half, quarter, ...
-            for t in (1.0, 0.5, 0.25, 0.125):
-                qx, qy = bx + t * (mx - bx), by + t * (my - by)
-                shift = math.hypot(qx - bx, qy - by)
-                if shift < 0.5 or not allowed(np.array([qx]), np.array([qy]))[0]:
-                    continue
-                c = int(counter.count(np.array([qx]), np.array([qy]))[0])
-                if c >= best:
-                    bx, by, best, moved = qx, qy, c, True
-                    break
-        if not moved:
-            break
+    counter = PointCounter(x, y, window)
+    best_x, best_y, best = np.nan, np.nan, -1
+    for cx, cy in _candidates(counter, region):
+        ok = region.contains(cx, cy)
+        if not ok.any():
+            continue
+        cx, cy = cx[ok], cy[ok]
+        c = counter.count(cx, cy)
+        j = int(np.argmax(c))
+        if c[j] > best:
+            best_x, best_y, best = float(cx[j]), float(cy[j]), int(c[j])
+    if best < 0:  # no candidate over the region: impossible for a non-empty region (its vertices)
+        return None
+    bx, by = _recentre(counter, region, best_x, best_y, best)
     return HotspotResult(bx, by, best)
 
 
-def _boundary_candidates(counter: PointCounter, lower: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best boundary-touching placement per anchor point that may beat lower: centres x, y and counts."""
+def _candidates(counter: PointCounter, region: CellRegion):
+    """Batches (x, y) of candidate centres that together contain an optimal one (see the module doc)."""
+    x, y = counter.x, counter.y
+    yield x, y
+    yield region.boundary_vertices()
+    ii, jj = _pairs(x, y, counter.size)
     if counter.window.shape == "square":
-        found = _square_sweep(counter.x, counter.y, counter.size, lower)
+        h = counter.size / 2.0
+        for sx in (-h, h):
+            for sy in (-h, h):
+                yield x[ii] + sx, y[jj] + sy
     else:
-        found = _circle_sweep(counter.x, counter.y, counter.size / 2.0, lower)
-    if not found:
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-    arr = np.array(found, dtype=np.float64)
-    return arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int64)
+        yield from _circle_intersections(x, y, ii, jj, counter.size / 2.0)
+    yield from _boundary_on_grid(counter, region)
 
 
-def _square_sweep(x: np.ndarray, y: np.ndarray, side: float, lower: int) -> list[tuple[float, float, int]]:
-    """Per x-slab [x_i, x_i + side], the square whose top edge touches a point holding most points.
-
-    Every optimal square can be shifted right and down until its left and top edges touch points
-    without losing any, so the best of these is the true maximum. O(n m log m), m points per slab.
-    """
+def _pairs(x: np.ndarray, y: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j), i == j included, with |x_i - x_j| <= reach and |y_i - y_j| <= reach."""
     order = np.argsort(x, kind="stable")
-    xs, ys_all = x[order], y[order]
-    lo = np.unique(np.searchsorted(xs, xs, side="left"))
-    hi = np.searchsorted(xs, xs[lo] + side, side="right")
-    found = []
-    for start, stop in zip(lo[hi - lo > lower], hi[hi - lo > lower]):
-        ys = np.sort(ys_all[start:stop])
-        c = np.searchsorted(ys, ys + side, side="right") - np.arange(len(ys))
-        k = int(np.argmax(c))
-        if c[k] > lower:
-            found.append((xs[start] + side / 2.0, ys[k] + side / 2.0, int(c[k])))
-    return found
+    xs = x[order]
+    lo = np.searchsorted(xs, xs - reach * (1 + 1e-12) - 1e-9, side="left")
+    hi = np.searchsorted(xs, xs + reach * (1 + 1e-12) + 1e-9, side="right")
+    cnt = hi - lo
+    i = np.repeat(np.arange(len(xs)), cnt)
+    j = np.repeat(lo, cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    i, j = order[i], order[j]
+    keep = np.abs(y[i] - y[j]) <= reach * (1 + 1e-12) + 1e-9
+    return i[keep], j[keep]
 
 
-def _circle_sweep(x: np.ndarray, y: np.ndarray, r: float, lower: int) -> list[tuple[float, float, int]]:
-    """Per point, the circle with that point on its boundary holding most points (angular sweep).
+def _circle_intersections(x: np.ndarray, y: np.ndarray, ii: np.ndarray, jj: np.ndarray, r: float):
+    """Both intersection points of the radius-r circles around each pair of points closer than 2r."""
+    sel = ii < jj
+    i, j = ii[sel], jj[sel]
+    dx, dy = x[j] - x[i], y[j] - y[i]
+    d = np.hypot(dx, dy)
+    ok = (d > 0) & (d <= 2.0 * r * (1 + 1e-12))
+    i, j, dx, dy, d = i[ok], j[ok], dx[ok], dy[ok], d[ok]
+    mx, my = (x[i] + x[j]) / 2.0, (y[i] + y[j]) / 2.0
+    k = np.sqrt(np.clip(r * r - (d / 2.0) ** 2, 0.0, None)) / d
+    yield mx - k * dy, my + k * dx
+    yield mx + k * dy, my - k * dx
 
-    Every optimal circle can be moved until a point lies on its boundary without losing any; a
-    neighbour j within 2r is inside for centre angles phi_j +- arccos(d / 2r). O(n m log m).
-    """
-    order = np.argsort(x, kind="stable")
-    xs, ys = x[order], y[order]
-    lo = np.searchsorted(xs, xs - 2.0 * r, side="left")
-    hi = np.searchsorted(xs, xs + 2.0 * r, side="right")
-    found = []
-    for i in np.flatnonzero(hi - lo > lower):
-        dx, dy = xs[lo[i] : hi[i]] - xs[i], ys[lo[i] : hi[i]] - ys[i]
-        d = np.hypot(dx, dy)
-        same = d == 0  # i itself and exact duplicates: inside at every angle
-        near = (d <= 2.0 * r) & ~same
-        base = int(same.sum())
-        if base + int(near.sum()) <= lower:
+
+def _boundary_on_grid(counter: PointCounter, region: CellRegion):
+    """Where each point's window boundary meets the region's vertical and horizontal grid lines."""
+    bounds = region.bounds_um()
+    if bounds is None:
+        return
+    x0, y0, x1, y1 = bounds
+    s = region.cell_um
+    h = counter.size / 2.0
+    for horizontal in (False, True):
+        # grid lines x = const (horizontal False) or y = const (True); p is the coordinate across them
+        p, q = (counter.y, counter.x) if horizontal else (counter.x, counter.y)
+        g0, g1, origin = (y0, y1, region.origin_y_um) if horizontal else (x0, x1, region.origin_x_um)
+        first = np.ceil((np.maximum(p - h, g0) - origin) / s - _EDGE_TOL).astype(np.int64)
+        last = np.floor((np.minimum(p + h, g1) - origin) / s + _EDGE_TOL).astype(np.int64)
+        cnt = np.clip(last - first + 1, 0, None)
+        if cnt.sum() == 0:
             continue
-        if not near.any():
-            found.append((xs[i] + r, ys[i], base))
-            continue
-        phi = np.arctan2(dy[near], dx[near])
-        alpha = np.arccos(np.clip(d[near] / (2.0 * r), 0.0, 1.0))
-        a, b = phi - alpha, phi + alpha
-        # duplicate the arcs one turn on so arcs crossing the +-pi seam overlap correctly
-        ang = np.concatenate([a, b, a + 2 * np.pi, b + 2 * np.pi])
-        kind = np.concatenate([np.zeros(len(a)), np.ones(len(a)), np.zeros(len(a)), np.ones(len(a))])
-        delta = np.where(kind == 0, 1, -1)
-        ev = np.lexsort((kind, ang))  # starts before ends at equal angle: closed arcs
-        running = np.cumsum(delta[ev])
-        k = int(np.argmax(running))
-        theta = float(ang[ev][k])
-        found.append((xs[i] + r * np.cos(theta), ys[i] + r * np.sin(theta), base + int(running[k])))
-    return found
+        idx = np.repeat(np.arange(len(p)), cnt)
+        line = origin + s * (np.repeat(first, cnt) + np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        if counter.window.shape == "square":
+            offs = (np.full(len(idx), h), np.full(len(idx), -h))  # the two edges parallel to the line
+        else:
+            half_chord = np.sqrt(np.clip(h * h - (line - p[idx]) ** 2, 0.0, None))
+            offs = (half_chord, -half_chord)
+        for off in offs:
+            along = q[idx] + off
+            yield (along, line) if horizontal else (line, along)
+
+
+def _recentre(counter: PointCounter, region: CellRegion, bx: float, by: float, best: int) -> tuple[float, float]:
+    """Move the centre towards the centroid of the points it holds while the count and region allow."""
+    if best <= 0:
+        return bx, by
+    for _ in range(_RECENTRE_ROUNDS):
+        m = counter.members(bx, by)
+        mx, my = float(counter.x[m].mean()), float(counter.y[m].mean())
+        moved = False
+        # go as far towards the centroid as keeps the count: all the way, or half, quarter, ...
+        for t in (1.0, 0.5, 0.25, 0.125):
+            qx, qy = bx + t * (mx - bx), by + t * (my - by)
+            if math.hypot(qx - bx, qy - by) < 0.5 or not region.contains(np.array([qx]), np.array([qy]))[0]:
+                continue
+            if int(counter.count(np.array([qx]), np.array([qy]))[0]) >= best:
+                bx, by, moved = qx, qy, True
+                break
+        if not moved:
+            break
+    return bx, by

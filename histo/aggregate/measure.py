@@ -11,13 +11,11 @@ import pandas as pd
 
 from histo.aggregate.config import GradingConfig
 from histo.aggregate.coverage import CoverageRaster, build_coverage
-from histo.aggregate.hotspot import Window, find_hotspot
+from histo.aggregate.hotspot import CellRegion, Window, find_hotspot
 from histo.aggregate.necrosis import necrotic_tiles
-from histo.aggregate.tables import pattern_column, validate_mitosis_table, validate_mpp, validate_tile_table
+from histo.aggregate.tables import TableError, pattern_column, validate_mitosis_table, validate_mpp, validate_tile_table
 
 _UM2_PER_MM2 = 1e6
-# the hotspot candidate grid is coarsened past this many nodes so a huge slide stays fast
-_MAX_GRID_CANDIDATES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -40,20 +38,24 @@ class PatternMeasurements:
 
 @dataclass(frozen=True)
 class HotspotMeasurement:
-    """The densest mitotic window of n_hpf high-power fields over viable tumour."""
+    """The mitotic hotspot: the densest window of n_hpf high-power fields over viable tumour, or the
+    whole viable tumour when that is denser (always so when the tumour is smaller than the window)."""
 
     shape: str
     n_hpf: float
-    area_mm2: float
-    count: int
-    per_10hpf: float  # count scaled to 10 HPF (equals count when n_hpf is 10); when the whole viable
-    # tumour is smaller than the window, the count per 10 HPF of that tumour area (small specimens)
-    centre_x_um: float | None  # None when no mitosis was counted
+    area_mm2: float  # of the window
+    count: int  # the raw count per_10hpf is computed from: in the window, or in the whole viable tumour
+    per_10hpf: float  # count / counted_area_mm2 * 10 * hpf_area_mm2; never below the whole-tumour rate
+    centre_x_um: float | None  # of the densest window; None when no mitosis was counted
     centre_y_um: float | None
-    box_um: tuple[float, float, float, float] | None  # x0, y0, x1, y1
+    box_um: tuple[float, float, float, float] | None  # x0, y0, x1, y1 of that window, clipped to the slide
     tumour_area_mm2: float | None  # viable tumour tissue inside the window
     tumour_fraction: float | None  # of the window area
     window_exceeds_tumour: bool  # the whole viable tumour is smaller than the window
+    counted_in: str = "window"  # 'window' | 'whole_viable_tumour'
+    counted_area_mm2: float = 0.0  # the area count was counted in: the window, or the viable tumour
+    hpf_area_mm2: float = 0.0
+    window_count: int = 0  # mitoses in the densest window (equals count when counted_in is 'window')
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,11 @@ class MitosisMeasurements:
     n_above_threshold: int
     count: int  # above threshold and inside viable tumour tiles
     per_mm2: float | None
-    per_10hpf: float | None  # over all viable tumour
+    per_10hpf: float | None  # count / counted_area_mm2 * 10 * hpf_area_mm2, over all viable tumour
     hpf_preset: str
     hpf_area_mm2: float
     hotspot: HotspotMeasurement | None  # None when there is no viable tumour
+    counted_area_mm2: float = 0.0  # the viable tumour area the count was counted in
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,14 @@ def _necrotic(t: pd.DataFrame, tissue_mm2: np.ndarray, cfg: GradingConfig) -> np
 
 
 def measure_slide(
-    tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None
+    tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None,
+    slide_size_px: tuple[int, int] | None = None,
 ) -> SlideMeasurements:
-    """Measure tissue, tumour, necrosis, pattern and mitoses of one slide from its prediction tables."""
+    """Measure tissue, tumour, necrosis, pattern and mitoses of one slide from its prediction tables.
+
+    ``slide_size_px`` (level-0 width, height) clips the hotspot box to the slide; without it the box
+    is clipped to the slide origin and the tiles' extent (tiles may hang over the right/bottom edge).
+    """
     cfg = config or GradingConfig()
     mpp = validate_mpp(mpp)
     t = validate_tile_table(tiles, cfg.tiles.pattern_classes)
@@ -157,8 +165,21 @@ def measure_slide(
         necrosis_area_mm2=necrosis_area,
         necrosis_pct_of_tumour=necrosis_pct,
         pattern=_patterns(classes, cfg.tiles.non_spindle_class, top[viable], tissue_mm2[viable]),
-        mitoses=_mitoses(m, mpp, cfg, raster, viable, tissue_mm2, t["tissue_fraction"].to_numpy(), viable_area),
+        mitoses=_mitoses(m, mpp, cfg, raster, viable, tissue_mm2, t["tissue_fraction"].to_numpy(), viable_area,
+                         _slide_extent_um(t, mpp, slide_size_px)),
     )
+
+
+def _slide_extent_um(t: pd.DataFrame, mpp: float, slide_size_px: tuple[int, int] | None) -> tuple[float, float, float, float]:
+    """The slide's extent in µm: its size when known, else from the origin to the tiles' far edge."""
+    if slide_size_px is not None:
+        w, h = (float(v) for v in slide_size_px)
+        if not (w > 0 and h > 0):
+            raise TableError(f"slide size must be two positive level-0 pixel counts, got {slide_size_px!r}")
+        return (0.0, 0.0, w * mpp, h * mpp)
+    if len(t) == 0:
+        return (0.0, 0.0, math.inf, math.inf)
+    return (0.0, 0.0, float((t["x"] + t["w"]).max()) * mpp, float((t["y"] + t["h"]).max()) * mpp)
 
 
 def _patterns(classes: list[str], non_spindle: str, top: np.ndarray, area: np.ndarray) -> PatternMeasurements:
@@ -185,6 +206,7 @@ def _mitoses(
     tissue_mm2: np.ndarray,
     tissue_fraction: np.ndarray,
     viable_area: float,
+    clip_um: tuple[float, float, float, float],
 ) -> MitosisMeasurements:
     hpf = cfg.hpf_area_mm2
     above = m["score"].to_numpy() >= cfg.mitoses.min_score
@@ -202,11 +224,18 @@ def _mitoses(
         n_above_threshold=int(above.sum()),
         count=count,
         per_mm2=per_mm2,
-        per_10hpf=per_mm2 * 10.0 * hpf if per_mm2 is not None else None,
+        per_10hpf=per_10hpf(count, viable_area, hpf) if has_tumour else None,
         hpf_preset=cfg.hpf.preset,
         hpf_area_mm2=hpf,
-        hotspot=_hotspot(x_um, y_um, mpp, cfg, raster, viable, tissue_fraction, viable_area) if has_tumour else None,
+        hotspot=(_hotspot(x_um, y_um, mpp, cfg, raster, viable, tissue_fraction, viable_area, clip_um)
+                 if has_tumour else None),
+        counted_area_mm2=viable_area,
     )
+
+
+def per_10hpf(count: int, area_mm2: float, hpf_area_mm2: float) -> float:
+    """Mitoses per 10 HPF: count / area it was counted in × 10 × HPF area."""
+    return count / area_mm2 * 10.0 * hpf_area_mm2
 
 
 def _hotspot(
@@ -218,57 +247,60 @@ def _hotspot(
     viable: np.ndarray,
     tissue_fraction: np.ndarray,
     viable_area: float,
+    clip_um: tuple[float, float, float, float],
 ) -> HotspotMeasurement:
+    hpf = cfg.hpf_area_mm2
     area_mm2 = cfg.hotspot_area_mm2
     window = Window(cfg.hotspot.shape, area_mm2 * _UM2_PER_MM2)
-    per_10 = 10.0 / cfg.hotspot.n_hpf
     exceeds = viable_area < area_mm2
-    if len(x_um) == 0:
-        return HotspotMeasurement(cfg.hotspot.shape, cfg.hotspot.n_hpf, area_mm2, 0, 0.0, None, None, None, None, None, exceeds)
-
-    def allowed(qx: np.ndarray, qy: np.ndarray) -> np.ndarray:
-        o = raster.owner_at(qx / mpp, qy / mpp)
-        ok = np.zeros(len(o), dtype=bool)
-        ok[o >= 0] = viable[o[o >= 0]]
-        return ok
-
-    step = cfg.hotspot.grid_step_um or window.extent_um / 8.0
-    gx, gy = _tumour_grid(raster, viable, mpp, step)
-    ok = allowed(gx, gy)
-    gx, gy = gx[ok], gy[ok]
-    best = find_hotspot(x_um, y_um, gx, gy, window, allowed, step)
-    cx, cy = best.centre_x_um, best.centre_y_um
-    inside_mm2 = _viable_tissue_in_window(raster, viable, tissue_fraction, mpp, window, cx, cy)
+    region = viable_region(raster, viable, mpp)
+    best = find_hotspot(x_um, y_um, window, region)
+    window_count = best.count if best is not None else 0
+    whole_count = int(len(x_um))
+    window_rate = per_10hpf(window_count, area_mm2, hpf)
+    whole_rate = per_10hpf(whole_count, viable_area, hpf)
+    # The rule: a hotspot is never less dense than the tumour it is in. When the viable tumour is
+    # smaller than the window no window can hold 10 HPF of it, so the hotspot is the whole tumour;
+    # otherwise too the whole tumour is used when no window is denser (a thin or scattered tumour).
+    whole = exceeds or whole_rate > window_rate
+    count, counted_mm2 = (whole_count, viable_area) if whole else (window_count, area_mm2)
+    if best is None:
+        cx = cy = box = inside_mm2 = fraction = None
+    else:
+        cx, cy = best.centre_x_um, best.centre_y_um
+        box = _clip_box(window.box_um(cx, cy), clip_um)
+        inside_mm2 = _viable_tissue_in_window(raster, viable, tissue_fraction, mpp, window, cx, cy)
+        fraction = inside_mm2 / area_mm2
     return HotspotMeasurement(
         shape=cfg.hotspot.shape,
         n_hpf=cfg.hotspot.n_hpf,
         area_mm2=area_mm2,
-        count=best.count,
-        # Fewer than n_hpf fields of viable tumour exist: the window holds the whole tumour, so its raw
-        # count would understate the activity; scale to 10 HPF of the tumour there is (= whole-tumour rate).
-        per_10hpf=best.count * per_10 * (area_mm2 / viable_area if exceeds else 1.0),
+        count=count,
+        per_10hpf=per_10hpf(count, counted_mm2, hpf),
         centre_x_um=cx,
         centre_y_um=cy,
-        box_um=window.box_um(cx, cy),
+        box_um=box,
         tumour_area_mm2=inside_mm2,
-        tumour_fraction=inside_mm2 / area_mm2,
+        tumour_fraction=fraction,
         window_exceeds_tumour=exceeds,
+        counted_in="whole_viable_tumour" if whole else "window",
+        counted_area_mm2=counted_mm2,
+        hpf_area_mm2=hpf,
+        window_count=window_count,
     )
 
 
-def _tumour_grid(raster: CoverageRaster, viable: np.ndarray, mpp: float, step_um: float) -> tuple[np.ndarray, np.ndarray]:
-    """Regular grid of candidate centres (µm) spanning the viable tumour's bounding box."""
-    rows, cols = np.nonzero(np.isin(raster.owner, np.flatnonzero(viable)))
-    if len(rows) == 0:
-        return np.zeros(0), np.zeros(0)
-    xs, ys = raster.cell_centres()
-    x0, x1 = xs[cols.min()] * mpp, xs[cols.max()] * mpp
-    y0, y1 = ys[rows.min()] * mpp, ys[rows.max()] * mpp
-    n_nodes = ((x1 - x0) / step_um + 1) * ((y1 - y0) / step_um + 1)
-    if n_nodes > _MAX_GRID_CANDIDATES:
-        step_um *= math.sqrt(n_nodes / _MAX_GRID_CANDIDATES)
-    gx, gy = np.meshgrid(np.arange(x0, x1 + step_um / 2, step_um), np.arange(y0, y1 + step_um / 2, step_um))
-    return gx.ravel(), gy.ravel()
+def viable_region(raster: CoverageRaster, viable: np.ndarray, mpp: float) -> CellRegion:
+    """The viable tumour as a closed cell region in µm: the raster cells owned by viable tiles."""
+    own = raster.owner
+    mask = np.zeros(own.shape, dtype=bool)
+    mask[own >= 0] = viable[own[own >= 0]]
+    return CellRegion(raster.origin_x * mpp, raster.origin_y * mpp, raster.cell_px * mpp, mask)
+
+
+def _clip_box(box: tuple[float, float, float, float], clip: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The box cut to the slide's extent (the window may reach past the slide edge)."""
+    return (max(box[0], clip[0]), max(box[1], clip[1]), min(box[2], clip[2]), min(box[3], clip[3]))
 
 
 def _viable_tissue_in_window(

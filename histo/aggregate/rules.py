@@ -34,7 +34,9 @@ class Evidence:
     thresholds: dict[str, float]
     basis: str
     hpf_area_mm2: float | None = None
-    hotspot: dict[str, Any] | None = None  # shape, area_mm2, count, centre_x_um, centre_y_um, box_um
+    hotspot: dict[str, Any] | None = None  # shape, area_mm2, count, centre_x_um, centre_y_um, box_um, counted_in
+    count: int | None = None  # the raw count a per-10-HPF value is computed from
+    counted_area_mm2: float | None = None  # the area it was counted in (value = count / area × 10 × HPF area)
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,12 @@ class SlideAssessment:
 
 
 def assess_slide(
-    tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None
+    tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None,
+    slide_size_px: tuple[int, int] | None = None,
 ) -> SlideAssessment:
-    """Measure a slide from its prediction tables and apply the grading rules."""
+    """Measure a slide from its prediction tables and apply the grading rules (slide_size_px: see measure_slide)."""
     cfg = config or GradingConfig()
-    meas = measure_slide(tiles, mitoses, mpp, cfg)
+    meas = measure_slide(tiles, mitoses, mpp, cfg, slide_size_px)
     return SlideAssessment(meas, grade(meas, cfg), cfg)
 
 
@@ -199,19 +202,27 @@ def _mitotic_value(meas: SlideMeasurements, cfg: GradingConfig) -> tuple[float |
     if hs is not None:
         hotspot = {
             "shape": hs.shape, "n_hpf": hs.n_hpf, "area_mm2": hs.area_mm2, "count": hs.count,
+            "window_count": hs.window_count, "counted_in": hs.counted_in, "counted_area_mm2": hs.counted_area_mm2,
             "centre_x_um": hs.centre_x_um, "centre_y_um": hs.centre_y_um,
             "box_um": None if hs.box_um is None else list(hs.box_um),
             "tumour_fraction": hs.tumour_fraction, "window_exceeds_tumour": hs.window_exceeds_tumour,
         }
     if basis == "hotspot":
         value = None if hs is None else hs.per_10hpf
-        basis_text = f"hotspot of {cfg.hotspot.n_hpf:g} HPF"
+        count = None if hs is None else hs.count
+        area = None if hs is None else hs.counted_area_mm2
+        if hs is not None and hs.counted_in == "whole_viable_tumour":
+            basis_text = f"hotspot = whole viable tumour (no {cfg.hotspot.n_hpf:g}-HPF window is denser)"
+            if hs.window_exceeds_tumour:
+                basis_text = f"hotspot = whole viable tumour (smaller than the {cfg.hotspot.n_hpf:g}-HPF window)"
+        else:
+            basis_text = f"hotspot of {cfg.hotspot.n_hpf:g} HPF"
     else:
-        value = mit.per_10hpf
+        value, count, area = mit.per_10hpf, mit.count, mit.counted_area_mm2
         basis_text = "whole viable tumour"
     reason = None if value is not None else "no viable tumour tiles (mitoses are counted in non-necrotic tumour)"
     ev = Evidence(rule="", value=value, unit="mitoses per 10 HPF", thresholds={}, basis=basis_text,
-                  hpf_area_mm2=mit.hpf_area_mm2, hotspot=hotspot)
+                  hpf_area_mm2=mit.hpf_area_mm2, hotspot=hotspot, count=count, counted_area_mm2=area)
     return value, ev, reason
 
 

@@ -19,9 +19,11 @@ from histo.report.sentences import (
     CO_EXPRESSION_PAIR,
     case_sentence,
     co_expression,
+    hotspot_phrase,
     ihc_label,
     ihc_sentence,
     qc_names,
+    whole_tumour_phrase,
 )
 from histo.report.slide import IhcInput, json_safe, load_ihc
 
@@ -47,7 +49,15 @@ def _he_digest(he: Mapping[str, Any]) -> dict[str, Any]:
             "tumour_area_mm2": m.get("tumour_area_mm2"),
             "necrosis_pct_of_tumour": m.get("necrosis_pct_of_tumour"),
             "hotspot_per_10hpf": hs.get("per_10hpf"),
+            # every per-10-HPF figure with the raw count and the area it was counted in
+            "hotspot_count": hs.get("count"),
+            "hotspot_counted_area_mm2": hs.get("counted_area_mm2"),
+            "hotspot_counted_in": hs.get("counted_in"),
+            "hotspot_text": hotspot_phrase(hs) if hs else None,
             "per_10hpf_whole_tumour": m["mitoses"].get("per_10hpf"),
+            "count_whole_tumour": m["mitoses"].get("count"),
+            "viable_tumour_area_mm2": m.get("viable_tumour_area_mm2"),
+            "whole_tumour_text": whole_tumour_phrase(m["mitoses"]),
             "dominant_pattern": m["pattern"].get("dominant"),
             "hpf_area_mm2": m["mitoses"].get("hpf_area_mm2"),
         },

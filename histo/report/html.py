@@ -11,7 +11,17 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from histo.report.sentences import fmt_num, ihc_label, ihc_sentence, qc_names
+from histo.report.sentences import (
+    fmt_area,
+    fmt_num,
+    hotspot_note,
+    hotspot_phrase,
+    ihc_label,
+    ihc_sentence,
+    mitotic_evidence_phrase,
+    qc_names,
+    whole_tumour_phrase,
+)
 
 DISCLAIMER = ("Research use only — not a diagnostic device; results must be checked by a pathologist "
               "against the glass.")
@@ -98,22 +108,22 @@ def measurement_rows(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("Mitoses detected / ≥ min score / counted in viable tumour",
          f"{mit['n_detections']} / {mit['n_above_threshold']} / {mit['count']} (min score {fmt_num(mit['min_score'])})"),
         ("Mitoses per mm² (viable tumour)", fmt_num(mit.get("per_mm2"))),
-        ("Mitoses per 10 HPF (whole viable tumour)", fmt_num(mit.get("per_10hpf"))),
+        ("Mitoses per 10 HPF (whole viable tumour)", whole_tumour_phrase(mit)),
     ]
     if hs:
-        rows.append(("Mitoses in the hotspot", f"{hs['count']} in {fmt_num(hs['n_hpf'])} HPF = "
-                                               f"{fmt_num(hs['per_10hpf'])} per 10 HPF"))
-        rows.append(("Hotspot window", f"{hs['shape']}, {fmt_num(hs['area_mm2'], 3)} mm²"
+        rows.append(("Mitoses per 10 HPF (hotspot)", hotspot_phrase(hs)))
+        note = hotspot_note(hs)
+        if note:
+            rows.append(("Note", note))
+        rows.append(("Densest window", f"{hs['shape']}, {fmt_area(hs['area_mm2'])} mm² ({fmt_num(hs['n_hpf'])} HPF), "
+                                       f"{hs.get('window_count', hs['count'])} mitoses"
                                        + ("" if hs.get("tumour_fraction") is None
                                           else f", {fmt_num(hs['tumour_fraction'] * 100, 1)} % viable tumour")))
         if hs.get("box_um"):
             x0, y0, x1, y1 = hs["box_um"]
-            rows.append(("Hotspot location (µm from slide origin)",
+            rows.append(("Densest window location (µm from slide origin)",
                          f"centre ({fmt_num(hs['centre_x_um'], 0)}, {fmt_num(hs['centre_y_um'], 0)}); "
-                         f"box x {fmt_num(x0, 0)}–{fmt_num(x1, 0)}, y {fmt_num(y0, 0)}–{fmt_num(y1, 0)}"))
-        if hs.get("window_exceeds_tumour"):
-            rows.append(("Note", "the whole viable tumour is smaller than the hotspot window: the count is "
-                                 "scaled to 10 HPF of the tumour area there is"))
+                         f"box x {fmt_num(x0, 0)}–{fmt_num(x1, 0)}, y {fmt_num(y0, 0)}–{fmt_num(y1, 0)} (clipped to the slide)"))
     rows.append(("HPF area", f"{fmt_num(mit['hpf_area_mm2'], 4)} mm² ({mit['hpf_preset']})"))
     g = report["grading"]
     rows.append(("FNCLCC mitotic score", fmt_num(g["mitotic_score"]["score"]) if g["mitotic_score"]["assessable"]
@@ -131,6 +141,8 @@ def _evidence_table(report: Mapping[str, Any]) -> str:
         th = ", ".join(f"{k} = {fmt_num(v)}" for k, v in ev["thresholds"].items())
         met = "not assessable" if c["passed"] is None else ("yes" if c["passed"] else "no")
         value = "n/a" if ev["value"] is None else f"{fmt_num(ev['value'])} {ev['unit']}"
+        if ev["value"] is not None and c["name"] == "mitotic_activity":
+            value = mitotic_evidence_phrase(ev)
         out.append(f"<tr><td>{esc(c['name'].replace('_', ' '))}</td><td>{esc(value)}</td><td>{esc(th)}</td>"
                    f"<td>{esc(ev['rule'])}</td><td>{esc(met)}</td></tr>")
     out.append("</table>")
@@ -177,10 +189,12 @@ def slide_page(report: Mapping[str, Any], images: Sequence[tuple[bytes, str, str
     hs = report.get("hotspot")
     if hs:
         x0, y0, x1, y1 = hs["box_um"]
-        parts.append(f"<p>Hotspot ({esc(hs['shape'])}, {esc(fmt_num(hs['area_mm2'], 3))} mm² = "
+        note = hotspot_note(hs)
+        parts.append(f"<p>Hotspot: {esc(hotspot_phrase(hs))}{esc('; ' + note if note else '')}. "
+                     f"{'Densest' if note else 'The'} {esc(hs['shape'])} window ({esc(fmt_area(hs['area_mm2']))} mm² = "
                      f"{esc(fmt_num(hs['n_hpf']))} HPF of {esc(fmt_num(report['measurements']['mitoses']['hpf_area_mm2'], 4))} mm²): "
                      f"x {esc(fmt_num(x0, 0))}–{esc(fmt_num(x1, 0))} µm, y {esc(fmt_num(y0, 0))}–{esc(fmt_num(y1, 0))} µm "
-                     f"from the slide origin (level-0 px x {esc(fmt_num(hs['box_px'][0], 0))}–{esc(fmt_num(hs['box_px'][2], 0))}, "
+                     f"from the slide origin, clipped to the slide (level-0 px x {esc(fmt_num(hs['box_px'][0], 0))}–{esc(fmt_num(hs['box_px'][2], 0))}, "
                      f"y {esc(fmt_num(hs['box_px'][1], 0))}–{esc(fmt_num(hs['box_px'][3], 0))}); outlined in cyan on the images.</p>")
     else:
         parts.append("<p>No hotspot: no mitosis was counted in viable tumour.</p>")
@@ -221,7 +235,10 @@ def case_page(case: Mapping[str, Any], slide_links: Sequence[tuple[str, str]]) -
             ("Slide", he["slide"]),
             ("Tumour area", _mm2(he["measurements"].get("tumour_area_mm2"))),
             ("Necrosis, % of tumour", _pct(he["measurements"].get("necrosis_pct_of_tumour"))),
-            ("Mitoses per 10 HPF (hotspot)", fmt_num(he["measurements"].get("hotspot_per_10hpf"))),
+            ("Mitoses per 10 HPF (hotspot)", he["measurements"].get("hotspot_text")
+             or fmt_num(he["measurements"].get("hotspot_per_10hpf"))),
+            ("Mitoses per 10 HPF (whole viable tumour)", he["measurements"].get("whole_tumour_text")
+             or fmt_num(he["measurements"].get("per_10hpf_whole_tumour"))),
             ("Dominant pattern", he["measurements"].get("dominant_pattern") or "n/a"),
         ]))
     if case.get("ihc"):

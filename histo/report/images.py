@@ -59,11 +59,26 @@ class Canvas:
 
 @dataclass(frozen=True)
 class HotspotBox:
-    """The hotspot window to outline: level-0 px box, shape and label."""
+    """The hotspot window to outline: level-0 px box (clipped to the slide), shape and label.
+
+    A circle is drawn from ``circle_px`` (centre x, y and radius, level-0 px) when given, since a
+    circle's box clipped at the slide edge no longer gives its centre and radius.
+    """
 
     box_px: tuple[float, float, float, float]
     shape: str = "square"
     label: str = "hotspot"
+    circle_px: tuple[float, float, float] | None = None
+
+    @classmethod
+    def from_report(cls, hotspot: dict, mpp: float, label: str) -> HotspotBox:
+        """The outline of a report.json hotspot dict (box_px, shape, centre_um, area_mm2)."""
+        circle = None
+        if hotspot["shape"] == "circle" and hotspot.get("centre_um"):
+            r_um = float(np.sqrt(float(hotspot["area_mm2"]) * 1e6 / np.pi))
+            cx, cy = (float(v) / mpp for v in hotspot["centre_um"])
+            circle = (cx, cy, r_um / mpp)
+        return cls(tuple(float(v) for v in hotspot["box_px"]), hotspot["shape"], label, circle)
 
 
 @dataclass(frozen=True)
@@ -173,8 +188,12 @@ def _draw_hotspot(rgb: np.ndarray, canvas: Canvas, hotspot: HotspotBox) -> tuple
     t = max(2, round(min(h, w) / 250))
     yy, xx = np.mgrid[0:h, 0:w]
     if hotspot.shape == "circle":
-        cx, cy = (c0 + c1) / 2, (r0 + r1) / 2
-        rx, ry = max((c1 - c0) / 2, 1), max((r1 - r0) / 2, 1)
+        if hotspot.circle_px is not None:
+            ccx, ccy, rad = hotspot.circle_px
+            cx, cy, rx, ry = ccx * canvas.sx, ccy * canvas.sy, max(rad * canvas.sx, 1), max(rad * canvas.sy, 1)
+        else:
+            cx, cy = (c0 + c1) / 2, (r0 + r1) / 2
+            rx, ry = max((c1 - c0) / 2, 1), max((r1 - r0) / 2, 1)
         d = np.sqrt(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)
         ring = (d <= 1.0) & (d >= 1.0 - t / min(rx, ry))
     else:

@@ -15,8 +15,11 @@ One H&E slide. Keys (all present; ``null`` where marked):
 - ``grading_config_sha256``: sha256 of the grading config as canonical JSON (sorted keys), to tell runs apart.
 - ``verdict``: ``{high_grade: "yes"|"no"|"not_assessable", status: grading status, line: str (the one-line
   verdict), reasons: [str] (one sentence per criterion, then the conclusion)}``.
-- ``hotspot``: null when no mitosis was counted in viable tumour, else ``{shape, n_hpf, area_mm2, count,
-  per_10hpf, centre_um: [x, y], box_um: [x0, y0, x1, y1], box_px: [x0, y0, x1, y1] (level 0)}``.
+- ``hotspot``: null when no mitosis was counted in viable tumour, else ``{shape, n_hpf, area_mm2 (window),
+  count, counted_in: "window"|"whole_viable_tumour", counted_area_mm2, hpf_area_mm2, per_10hpf (= count /
+  counted_area_mm2 × 10 × hpf_area_mm2), window_count (mitoses in the densest window), window_exceeds_tumour,
+  text ("12 mitoses in … = 14.4 per 10 HPF (HPF 0.237 mm²)"), centre_um: [x, y] (of the densest window),
+  box_um: [x0, y0, x1, y1], box_px: [x0, y0, x1, y1] (level 0; the window's box clipped to the slide)}``.
 - ``ihc``: list of contract-D ``ihc.json`` dicts (empty when none), each with ``sentence`` added.
 - ``files``: paths relative to the report folder: ``{json, html, geojson, images: {key: png path}}``; image
   keys: ``thumbnail``, ``necrosis``, ``pattern``, ``mitoses`` (a key is absent when its image was not made).
@@ -65,7 +68,10 @@ _MODEL_KEYS = {"name": _STR_OR_NONE, "backbone": _STR_OR_NONE, "classes": (list,
                "mpp": (int, float, type(None)), "weights_sha256": _STR_OR_NONE, "metrics": (dict,)}
 _VERDICT_KEYS = {"high_grade": (str,), "status": (str,), "line": (str,), "reasons": (list,)}
 _HOTSPOT_KEYS = {"shape": (str,), "n_hpf": _NUM, "area_mm2": _NUM, "count": (int,), "per_10hpf": _NUM,
+                 "counted_in": (str,), "counted_area_mm2": _NUM, "hpf_area_mm2": _NUM, "window_count": (int,),
+                 "window_exceeds_tumour": (bool,), "text": (str,),
                  "centre_um": (list,), "box_um": (list,), "box_px": (list,)}
+_COUNTED_IN = ("window", "whole_viable_tumour")
 _FILES_KEYS = {"json": (str,), "html": (str,), "geojson": (str,), "images": (dict,)}
 _MEASUREMENT_KEYS = ("tissue_area_mm2", "tumour_area_mm2", "necrosis_area_mm2", "necrosis_pct_of_tumour",
                      "pattern", "mitoses")
@@ -114,6 +120,28 @@ def _box(value: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}: x0 <= x1 and y0 <= y1 needed, got {value!r}")
 
 
+def _hotspot_consistency(hs: Mapping[str, Any], slide: Any, problems: list[str]) -> None:
+    """The hotspot figure is its count over its counted area, and its box lies on the slide."""
+    if hs.get("counted_in") not in _COUNTED_IN:
+        problems.append(f"report.hotspot.counted_in: expected one of {', '.join(_COUNTED_IN)}, got {hs.get('counted_in')!r}")
+    try:
+        expected = hs["count"] / hs["counted_area_mm2"] * 10.0 * hs["hpf_area_mm2"]
+        if abs(hs["per_10hpf"] - expected) > 1e-6 * max(1.0, abs(expected)):
+            problems.append(f"report.hotspot.per_10hpf: {hs['per_10hpf']!r} is not count / counted_area_mm2 × 10 × "
+                            f"hpf_area_mm2 = {expected!r}")
+    except (KeyError, TypeError, ZeroDivisionError):
+        pass  # missing or mistyped keys are reported by _check
+    dims = slide.get("dimensions") if isinstance(slide, Mapping) else None
+    box = hs.get("box_px")
+    if isinstance(dims, list) and len(dims) == 2 and isinstance(box, list) and len(box) == 4:
+        tol = 1e-6 * max(dims)
+        try:
+            if box[0] < -tol or box[1] < -tol or box[2] > dims[0] + tol or box[3] > dims[1] + tol:
+                problems.append(f"report.hotspot.box_px: {box!r} reaches past the slide (0, 0, {dims[0]}, {dims[1]})")
+        except TypeError:
+            pass
+
+
 def report_problems(report: Any) -> list[str]:
     """Every way a dict breaks the ``histo.report/1`` schema (empty list when it follows it)."""
     problems: list[str] = []
@@ -159,6 +187,7 @@ def report_problems(report: Any) -> list[str]:
         for k in ("box_um", "box_px"):
             if k in hs:
                 _box(hs[k], f"report.hotspot.{k}", problems)
+        _hotspot_consistency(hs, report.get("slide"), problems)
     if isinstance(report.get("ihc"), list):
         for i, item in enumerate(report["ihc"]):
             if not isinstance(item, Mapping) or "marker" not in item:

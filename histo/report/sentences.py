@@ -71,10 +71,98 @@ def _where(basis: str) -> str:
     return "in the hotspot" if basis.startswith("hotspot") else f"over the {basis}"
 
 
-def criterion_phrase(criterion: Mapping[str, Any], *, short: bool = False) -> str:
-    """One criterion as a phrase: 'mitotic activity 32 per 10 HPF in the hotspot ≥ 10 (threshold)'.
+def fmt_area(area_mm2: float | None) -> str:
+    """An area in mm² to three significant digits: 1.97, 0.237, 0.00237."""
+    if area_mm2 is None or not area_mm2 > 0:
+        return fmt_num(area_mm2)
+    return fmt_num(area_mm2, max(0, 2 - math.floor(math.log10(area_mm2))))
 
-    ``short`` gives the case-summary form ('mitoses 32 per 10 HPF in the hotspot ≥ 10').
+
+def count_phrase(count: int | None, where: str | None, value: float | None, hpf_area_mm2: float | None,
+                 value_text: str | None = None, noun: bool = True) -> str:
+    """'12 mitoses in 1.97 mm² of viable tumour = 14.4 per 10 HPF (HPF 0.237 mm²)': a rate with what it rests on.
+
+    ``where`` says what the count was counted in ('in 1.97 mm² of viable tumour'); without it, or
+    without the count or HPF area (an old report), only the rate is written.
+    """
+    v = value_text if value_text is not None else fmt_num(value)
+    if count is None or not where or not hpf_area_mm2:
+        return f"{v} per 10 HPF"
+    word = (" mitosis" if count == 1 else " mitoses") if noun else ""
+    return f"{count}{word} {where} = {v} per 10 HPF (HPF {fmt_num(hpf_area_mm2, 4)} mm²)"
+
+
+def tumour_where(area_mm2: float | None) -> str | None:
+    """'in 1.97 mm² of viable tumour'."""
+    return None if area_mm2 is None else f"in {fmt_area(area_mm2)} mm² of viable tumour"
+
+
+def _hotspot_where(hs: Mapping[str, Any]) -> str | None:
+    """What the hotspot count was counted in: the window, or the whole viable tumour."""
+    if hs.get("counted_in") == "whole_viable_tumour":
+        area = hs.get("counted_area_mm2")
+        return None if area is None else f"in {fmt_area(area)} mm² of viable tumour (the whole viable tumour is the hotspot)"
+    return f"in the {fmt_area(hs['area_mm2'])} mm² {hs['shape']} hotspot window ({fmt_num(hs['n_hpf'])} HPF)"
+
+
+def hotspot_phrase(hs: Mapping[str, Any], value_text: str | None = None) -> str:
+    """The hotspot figure with its raw count, counted area and HPF area (a measurements or report hotspot dict)."""
+    if hs.get("per_10hpf") is None:
+        return "n/a"
+    return count_phrase(hs.get("count"), _hotspot_where(hs), hs.get("per_10hpf"), hs.get("hpf_area_mm2"), value_text)
+
+
+def whole_tumour_phrase(mitoses: Mapping[str, Any], value_text: str | None = None) -> str:
+    """The whole-tumour figure: 'N mitoses in A mm² of viable tumour = V per 10 HPF (HPF h mm²)'."""
+    if mitoses.get("per_10hpf") is None:
+        return "n/a"
+    return count_phrase(mitoses.get("count"), tumour_where(mitoses.get("counted_area_mm2")), mitoses.get("per_10hpf"),
+                        mitoses.get("hpf_area_mm2"), value_text)
+
+
+def hotspot_note(hs: Mapping[str, Any]) -> str | None:
+    """Why the hotspot is the whole viable tumour, or None when it is a window."""
+    if hs.get("counted_in") != "whole_viable_tumour":
+        return None
+    window = f"{fmt_num(hs['n_hpf'])}-HPF window ({fmt_area(hs['area_mm2'])} mm²)"
+    if hs.get("window_exceeds_tumour"):
+        why = f"the viable tumour is smaller than one {window}"
+    else:
+        why = f"no {window} is denser than the viable tumour as a whole"
+    held = hs.get("window_count")
+    tail = "" if held is None else f"; the densest window holds {held}"
+    return f"the hotspot is the whole viable tumour: {why}{tail}"
+
+
+def hotspot_label(hs: Mapping[str, Any]) -> str:
+    """The short label drawn beside the hotspot outline."""
+    if hs.get("counted_in") == "whole_viable_tumour":
+        return (f"hotspot = whole viable tumour: {hs['count']} in {fmt_area(hs['counted_area_mm2'])} mm²; "
+                f"densest {fmt_num(hs['n_hpf'])}-HPF window (outlined): {hs.get('window_count')}")
+    return f"hotspot: {hs['count']} mitoses in {fmt_num(hs['n_hpf'])} HPF ({fmt_area(hs['area_mm2'])} mm²)"
+
+
+def _mitotic_phrase(ev: Mapping[str, Any], value_text: str, noun: bool = True) -> str:
+    """The mitotic evidence as 'N mitoses in A mm² of … = V per 10 HPF (HPF h mm²)'."""
+    hs = ev.get("hotspot") or {}
+    if ev["basis"].startswith("hotspot") and hs:
+        where = _hotspot_where(hs)
+    else:
+        where = tumour_where(ev.get("counted_area_mm2"))
+    if ev.get("count") is None or not where or not ev.get("hpf_area_mm2"):
+        return f"{value_text} per 10 HPF {_where(ev['basis'])}"  # evidence without counts (older reports)
+    return count_phrase(ev.get("count"), where, ev["value"], ev.get("hpf_area_mm2"), value_text, noun)
+
+
+def mitotic_evidence_phrase(ev: Mapping[str, Any]) -> str:
+    """A mitotic criterion's or score's evidence dict as 'N mitoses in A mm² of … = V per 10 HPF (HPF h mm²)'."""
+    return "n/a" if ev.get("value") is None else _mitotic_phrase(ev, fmt_num(ev["value"]))
+
+
+def criterion_phrase(criterion: Mapping[str, Any], *, short: bool = False) -> str:
+    """One criterion as a phrase: 'mitotic activity 32 mitoses in a square window … = 32 per 10 HPF (HPF …) in the hotspot ≥ 10 (threshold)'.
+
+    ``short`` gives the case-summary form ('mitoses … in the hotspot ≥ 10').
     """
     ev = criterion["evidence"]
     mitotic = criterion["name"] == "mitotic_activity"
@@ -88,19 +176,19 @@ def criterion_phrase(criterion: Mapping[str, Any], *, short: bool = False) -> st
     op = "≥" if criterion["passed"] else "<"
     tail = "" if short else " (threshold)"
     if mitotic:
-        return f"{name} {v} per 10 HPF {_where(ev['basis'])} {op} {t}{tail}"
+        return f"{name} {_mitotic_phrase(ev, v, noun=not short)} {op} {t}{tail}"
     return f"{name} {v} % {op} {t} %{tail}"
 
 
 def verdict_line(assessment: Mapping[str, Any]) -> str:
-    """The one-line verdict: 'High grade: YES — mitotic activity 32 per 10 HPF in the hotspot ≥ 10 (threshold); …'."""
+    """The one-line verdict: 'High grade: YES — mitotic activity … per 10 HPF … in the hotspot ≥ 10 (threshold); …'."""
     verdict = verdict_of(assessment["grading"]["high_grade"]["high_grade"])
     parts = [criterion_phrase(c) for c in _criteria(assessment)]
     return f"High grade: {verdict_word(verdict, upper=True)} — " + "; ".join(parts)
 
 
 def criterion_sentence(criterion: Mapping[str, Any]) -> str:
-    """One criterion as a full sentence with its value, threshold, basis, HPF area and hotspot location."""
+    """One criterion as a full sentence with its count, counted area, HPF area, basis and hotspot location."""
     ev = criterion["evidence"]
     mitotic = criterion["name"] == "mitotic_activity"
     title = "Mitotic activity" if mitotic else "Tumour necrosis"
@@ -111,21 +199,19 @@ def criterion_sentence(criterion: Mapping[str, Any]) -> str:
     op = "≥" if criterion["passed"] else "<"
     if not mitotic:
         return f"{title}: {v} % of the tumour area is necrotic, {op} the threshold of {t} % — {met}."
-    where = _where(ev["basis"])
-    hpf = ev.get("hpf_area_mm2")
-    detail = [f"HPF {fmt_num(hpf, 4)} mm²"] if hpf else []
+    detail = []
     hs = ev.get("hotspot")
     if ev["basis"].startswith("hotspot") and hs:
-        detail.insert(0, f"{hs['shape']} window of {fmt_num(hs['n_hpf'])} HPF = {fmt_num(hs['area_mm2'], 3)} mm² "
-                         f"holding {hs['count']} mitoses")
+        note = hotspot_note(hs)
+        if note:
+            detail.append(note)
         if hs.get("centre_x_um") is not None:
             x0, y0, x1, y1 = hs["box_um"]
-            detail.append(f"centred at x {fmt_num(hs['centre_x_um'], 0)} µm, y {fmt_num(hs['centre_y_um'], 0)} µm; "
+            what = "densest window" if note else "window"
+            detail.append(f"{what} centred at x {fmt_num(hs['centre_x_um'], 0)} µm, y {fmt_num(hs['centre_y_um'], 0)} µm; "
                           f"box x {fmt_num(x0, 0)}–{fmt_num(x1, 0)} µm, y {fmt_num(y0, 0)}–{fmt_num(y1, 0)} µm")
-        if hs.get("window_exceeds_tumour"):
-            detail.append("the whole viable tumour is smaller than the window, so the count is scaled to 10 HPF "
-                          "of the tumour area there is")
-    return (f"{title}: {v} mitoses per 10 HPF {where} ({'; '.join(detail)}), {op} the threshold of {t} — {met}.")
+    tail = f" ({'; '.join(detail)})" if detail else ""
+    return f"{title}: {_mitotic_phrase(ev, v)}{tail}, {op} the threshold of {t} — {met}."
 
 
 def verdict_reasons(assessment: Mapping[str, Any]) -> list[str]:
@@ -143,7 +229,7 @@ def verdict_reasons(assessment: Mapping[str, Any]) -> list[str]:
 
 
 def high_grade_summary(assessment: Mapping[str, Any]) -> str:
-    """The case-summary clause: 'High grade: yes (mitoses 32 per 10 HPF in the hotspot ≥ 10; necrosis 25 % ≥ 1 %).'."""
+    """The case-summary clause: 'High grade: yes (mitoses 32 mitoses in … = 32 per 10 HPF (HPF …) in the hotspot ≥ 10; necrosis 25 % ≥ 1 %).'."""
     verdict = verdict_of(assessment["grading"]["high_grade"]["high_grade"])
     parts = [criterion_phrase(c, short=True) for c in _criteria(assessment)]
     return f"High grade: {verdict_word(verdict)} ({'; '.join(parts)})."

@@ -23,7 +23,15 @@ from histo.report import html as H
 from histo.report import images as I
 from histo.report.geojson import slide_geojson
 from histo.report.schema import REPORT_SCHEMA, validate_report
-from histo.report.sentences import fmt_num, ihc_sentence, verdict_line, verdict_of, verdict_reasons
+from histo.report.sentences import (
+    fmt_num,
+    hotspot_label,
+    hotspot_phrase,
+    ihc_sentence,
+    verdict_line,
+    verdict_of,
+    verdict_reasons,
+)
 from histo.slide import Slide, open_slide
 
 JSON_NAME, HTML_NAME, GEOJSON_NAME, IMAGES_DIR = "report.json", "report.html", "annotations.geojson", "images"
@@ -124,13 +132,17 @@ def _config_sha256(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _hotspot(a: Mapping[str, Any], mpp: float) -> dict[str, Any] | None:
+def _hotspot(a: Mapping[str, Any], mpp: float, dims: tuple[int, int] | None = None) -> dict[str, Any] | None:
     hs = a["measurements"]["mitoses"].get("hotspot")
     if not hs or hs.get("box_um") is None:
         return None
     box = [float(v) for v in hs["box_um"]]
-    return {"shape": hs["shape"], "n_hpf": hs["n_hpf"], "area_mm2": hs["area_mm2"], "count": hs["count"],
-            "per_10hpf": hs["per_10hpf"], "centre_um": [hs["centre_x_um"], hs["centre_y_um"]], "box_um": box,
+    if dims:  # the slide's own edge: tiles, and so the aggregate's clip, may hang over it
+        box = [max(box[0], 0.0), max(box[1], 0.0), min(box[2], dims[0] * mpp), min(box[3], dims[1] * mpp)]
+    keys = ("shape", "n_hpf", "area_mm2", "count", "per_10hpf", "counted_in", "counted_area_mm2", "hpf_area_mm2",
+            "window_count", "window_exceeds_tumour")
+    out = {k: hs[k] for k in keys}
+    return {**out, "text": hotspot_phrase(hs), "centre_um": [hs["centre_x_um"], hs["centre_y_um"]], "box_um": box,
             "box_px": [v / mpp for v in box]}
 
 
@@ -183,11 +195,8 @@ def write_slide_report(
         if opened is not None:
             opened.close()
 
-    hotspot = _hotspot(a, mpp)
-    hs_box = None
-    if hotspot is not None:
-        hs_box = I.HotspotBox(tuple(hotspot["box_px"]), hotspot["shape"],
-                              f"hotspot: {hotspot['count']} mitoses in {fmt_num(hotspot['n_hpf'])} HPF")
+    hotspot = _hotspot(a, mpp, dims)
+    hs_box = None if hotspot is None else I.HotspotBox.from_report(hotspot, mpp, hotspot_label(hotspot))
     canvas = I.make_canvas(thumb, dims, tiles, max_px=thumbnail_px)
     rendered: dict[str, tuple[I.RenderedImage, str]] = {}
     if thumb is not None:
