@@ -28,6 +28,7 @@ class Annotations:
     regions: dict[str, shapely.Geometry] = field(default_factory=dict)
     points: dict[str, np.ndarray] = field(default_factory=dict)  # class -> (N, 2) float64 x, y
     source: str = "<memory>"
+    features: list[tuple[int, str, shapely.Geometry]] = field(default_factory=list)  # (feature index, class, geometry) as read
 
     @property
     def classes(self) -> list[str]:
@@ -76,6 +77,7 @@ def parse_geojson(data: Any, source: str = "<geojson>") -> Annotations:
         raise AnnotationError(f"{source}: not QuPath GeoJSON (expected a FeatureCollection or a list of features)")
     region_parts: dict[str, list[shapely.Geometry]] = {}
     point_parts: dict[str, list[np.ndarray]] = {}
+    read: list[tuple[int, str, shapely.Geometry]] = []
     for i, feat in enumerate(features):
         where = f"{source}: feature {i}"
         if not isinstance(feat, dict) or not isinstance(feat.get("geometry"), dict):
@@ -98,6 +100,7 @@ def parse_geojson(data: Any, source: str = "<geojson>") -> Annotations:
             if not np.isfinite(xy).all():
                 raise AnnotationError(f"{where} ({name!r}): point coordinates are not finite")
             point_parts.setdefault(name, []).append(xy.astype(np.float64))
+            read.append((i, name, geom))
             continue
         if not geom.is_valid:
             # QuPath brushes can leave self-touching rings; make_valid keeps the painted area.
@@ -105,9 +108,10 @@ def parse_geojson(data: Any, source: str = "<geojson>") -> Annotations:
             geom = shapely.union_all([g for g in shapely.get_parts(geom) if g.geom_type in _REGION_TYPES])
         if not geom.is_empty:
             region_parts.setdefault(name, []).append(geom)
+            read.append((i, name, geom))
     regions = {k: (v[0] if len(v) == 1 else shapely.union_all(v)) for k, v in region_parts.items()}
     points = {k: np.concatenate(v, 0) for k, v in point_parts.items()}
-    return Annotations(regions=regions, points=points, source=source)
+    return Annotations(regions=regions, points=points, source=source, features=read)
 
 
 def read_geojson(path: str | Path) -> Annotations:

@@ -36,6 +36,9 @@ class LabelMap:
     necrosis: tuple[str, ...] = ("Necrosis",)
     mitosis: tuple[str, ...] = ("Mitosis",)
     ignore: tuple[str, ...] = ("Pen", "Blur", "Fold")
+    # Classes that may appear in the annotations and carry no label (rulers, notes, artefacts kept as tissue):
+    # any other class not named above is a label problem histo train refuses (data.allow_label_problems).
+    no_label: tuple[str, ...] = ()
     pattern_min_fraction: float = 0.5
     necrosis_positive_min: float = 0.5
     necrosis_negative_max: float = 0.05
@@ -55,6 +58,10 @@ class LabelMap:
             raise ValueError("necrosis_negative_max must be below necrosis_positive_min")
         if self.background is not None and self.background not in self.pattern.values():
             raise ValueError(f"background {self.background!r} is none of the pattern classes {sorted(set(self.pattern.values()))}")
+
+    def known_classes(self) -> set[str]:
+        """Every annotation class this map names (pattern, necrosis, mitosis, ignore, no_label)."""
+        return {*self.pattern, *self.necrosis, *self.mitosis, *self.ignore, *self.no_label}
 
     def pattern_classes(self) -> list[str]:
         """Pattern class names in a stable order: the background first, then by first appearance."""

@@ -54,6 +54,99 @@ class PhantomSource:
 
 
 @dataclass(frozen=True)
+class FrameSource:
+    """Frames (JPEG/PNG at a known µm/px) with mitoses marked as points or boxes; unmarked cells are negatives.
+
+    The group (slide, case, patient) of each frame is the first capture group of `group_regex` searched in
+    its file name; frames of one group always share a split.
+    """
+
+    name: str
+    images: Path  # folder of the frame images
+    annotations: Path  # voc: folder of one XML per frame; csv: a file (image, x, y[, class]); coco: a JSON file
+    format: Literal["voc", "csv", "coco"]
+    mpp: float  # µm/px of the frames as scanned (resampled to the model's mpp)
+    group_regex: str
+    mitosis_classes: list[str] = field(default_factory=lambda: ["mitosis", "mitotic figure"])
+    negative_classes: list[str] = field(default_factory=lambda: ["non-mitotic figure", "hard negative"])
+    mitoses_labelled: bool = True  # every mitosis of a frame is marked, so its unmarked area is a labelled negative
+    split: Split = "auto"  # split of every group not named in val_groups / test_groups
+    val_groups: list[str] = field(default_factory=list)  # when val or test groups are given, the others train
+    test_groups: list[str] = field(default_factory=list)
+    stride_px: int | None = None  # training tile step in model px; None = data.stride_px (validation never overlaps)
+    min_tissue_fraction: float = 0.0  # tiles with less tissue are dropped
+    limit: int | None = None  # first N frames only (smoke runs)
+
+    def __post_init__(self) -> None:
+        _check_source(self)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Class-labelled images (tiles or crops): the class is the folder name or a file-name prefix, and
+    `label_map` says what each class means for each head, e.g. {Non-Viable-Tumor: {necrosis: 1}}.
+
+    Label keys: necrosis (0 or 1), pattern (a model pattern class), mitosis (0: mitoses labelled, none present).
+    Images larger than the model input are cut into model tiles.
+    """
+
+    name: str
+    root: Path
+    mpp: float  # µm/px of the images (resampled to the model's mpp)
+    group_regex: str  # first capture group searched in the file name = slide / case / patient
+    label_map: dict[str, dict[str, Any]]
+    glob: str = "**/*"  # image files under root (image suffixes only)
+    class_from: Literal["prefix", "folder"] = "prefix"
+    prefix_regex: str = r"^([^_]+?)_"  # the class of 'prefix': first capture group searched in the file name
+    ignore: list[str] = field(default_factory=list)  # classes skipped without complaint
+    split: Split = "auto"
+    val_groups: list[str] = field(default_factory=list)
+    test_groups: list[str] = field(default_factory=list)
+    stride_px: int | None = None
+    min_tissue_fraction: float = 0.0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_source(self)
+        for cls, labels in self.label_map.items():
+            if not isinstance(labels, dict):
+                raise ValueError(f"label_map.{cls} must be a mapping of head to label, e.g. {{necrosis: 1}}, got {labels!r}")
+            bad = sorted(set(labels) - {"necrosis", "pattern", "mitosis"})
+            if bad:
+                raise ValueError(f"label_map.{cls}: unknown head {bad[0]!r} (allowed: mitosis, necrosis, pattern)")
+            if "necrosis" in labels and labels["necrosis"] not in (0, 1):
+                raise ValueError(f"label_map.{cls}.necrosis must be 0 or 1, got {labels['necrosis']!r}")
+            if "mitosis" in labels and labels["mitosis"] != 0:
+                raise ValueError(f"label_map.{cls}.mitosis must be 0 (mitoses labelled, none present): an image "
+                                 "class cannot say where a mitosis is; use a frames source with points")
+            if "pattern" in labels and not isinstance(labels["pattern"], str):
+                raise ValueError(f"label_map.{cls}.pattern must be a pattern class name, got {labels['pattern']!r}")
+
+
+def _check_source(s: Any) -> None:
+    import re
+
+    if not s.name:
+        raise ValueError("a source needs a non-empty name")
+    if not 0.05 <= s.mpp <= 100:
+        raise ValueError(f"mpp must be a plausible µm/px in [0.05, 100], got {s.mpp}")
+    for key in ("group_regex", *(("prefix_regex",) if hasattr(s, "prefix_regex") else ())):
+        try:
+            re.compile(getattr(s, key))
+        except re.error as exc:
+            raise ValueError(f"{key} {getattr(s, key)!r} is not a regular expression ({exc})") from None
+    both = sorted(set(s.val_groups) & set(s.test_groups))
+    if both:
+        raise ValueError(f"group {both[0]!r} is in both val_groups and test_groups")
+    if s.stride_px is not None and s.stride_px < 1:
+        raise ValueError(f"stride_px must be >= 1, got {s.stride_px}")
+    if not 0.0 <= s.min_tissue_fraction <= 1.0:
+        raise ValueError(f"min_tissue_fraction must be in [0, 1], got {s.min_tissue_fraction}")
+    if s.limit is not None and s.limit < 1:
+        raise ValueError(f"limit must be >= 1, got {s.limit}")
+
+
+@dataclass(frozen=True)
 class SplitConfig:
     """How slides marked `auto` are split: fractions of groups (case / patient, else slide) and a seed."""
 
@@ -87,6 +180,8 @@ class DataConfig:
     tiles_csv: Path | None = None
     tiles_resize: bool = False  # resize CSV tiles whose size is not tile_px (else an error)
     phantoms: PhantomSource | None = None
+    frames: list[FrameSource] = field(default_factory=list)
+    images: list[ImageSource] = field(default_factory=list)
     root: Path | None = None
     labels: LabelMap = field(default_factory=LabelMap)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -100,11 +195,20 @@ class DataConfig:
     samples_per_epoch: int | None = None  # training draws per epoch when a sampler is used; None = train size
     batch_size: int = 32
     num_workers: int = 2
+    image_cache_mb: int = 4096  # frames/images kept resampled in memory, per worker process and split
     seed: int = 0
+    # Annotations of unknown class, outside their image or only on glass are errors before training; true
+    # lists them as warnings and leaves them out.
+    allow_label_problems: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.slides, list) and not self.slides and self.tiles_csv is None and self.phantoms is None:
-            raise ValueError("no data source: give 'slides', 'tiles_csv' or 'phantoms'")
+        if (isinstance(self.slides, list) and not self.slides and self.tiles_csv is None and self.phantoms is None
+                and not self.frames and not self.images):
+            raise ValueError("no data source: give 'slides', 'tiles_csv', 'phantoms', 'frames' or 'images'")
+        names = [s.name for s in (*self.frames, *self.images)]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source name {dup[0]!r} is used twice in frames/images: names must be unique")
         if self.stride_px is not None and self.stride_px < 1:
             raise ValueError(f"stride_px must be >= 1, got {self.stride_px}")
         if not 0.0 <= self.min_tissue_fraction <= 1.0:
@@ -113,6 +217,8 @@ class DataConfig:
             raise ValueError(f"mitosis_oversample must be >= 1, got {self.mitosis_oversample}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.image_cache_mb < 0:
+            raise ValueError(f"image_cache_mb must be >= 0, got {self.image_cache_mb}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:

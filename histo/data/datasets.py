@@ -103,6 +103,13 @@ class SlideTileDataset(_PerProcess, Dataset):
         """Mitosis points of tile i in tile px, (K, 2)."""
         return self.points_px[self.offsets[i]:self.offsets[i + 1]]
 
+    def figure_positions(self) -> np.ndarray:
+        """(M, 3) slide index, x, y (level-0 px) of every figure in a tile, for counting distinct figures."""
+        idx = np.repeat(self.slide_index, self.n_mitoses)
+        scale = np.repeat(self.boxes[:, 2] / self.maker.spec.tile_px, self.n_mitoses)[:, None]
+        xy = self.points_px * scale + np.repeat(self.boxes[:, :2], self.n_mitoses, 0)
+        return np.column_stack([idx, np.round(xy, 1)]) if len(idx) else np.zeros((0, 3))
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         rgb = self.read(i)
         return self.maker(rgb, self.points(i), int(self.pattern[i]), float(self.necrosis[i]),

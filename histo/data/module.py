@@ -13,8 +13,11 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
 from histo.annotations import label_tiles, read_geojson
+from histo.data.checks import label_counts, slide_label_problems
 from histo.data.config import DataConfig
 from histo.data.datasets import ImageTileDataset, SlideRef, SlideTileDataset
+from histo.data.frames import FrameRecord, LabelProblem, read_frame_source, read_image_source
+from histo.data.image_tiles import FrameTileDataset, plan_tiles
 from histo.data.sample import InputSpec, SampleMaker
 from histo.data.sources import SPLITS, assign_splits, check_slide_files, phantom_records, slide_records, tile_table
 from histo.data.stain import make_normaliser
@@ -49,6 +52,8 @@ class TileDataModule(pl.LightningDataModule):
         self.config, self.input_spec = config, input_spec
         self.datasets: dict[str, Dataset] = {}
         self.split_table: pd.DataFrame | None = None  # one row per slide / tile group: split, n_tiles
+        self.parts: list[tuple[str, str, Dataset]] = []  # (split, source name, dataset) of every part of every split
+        self.label_problems: list[LabelProblem] = []  # annotations left out: unknown class, outside, on glass
 
     # -- preparation -------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -79,33 +84,81 @@ class TileDataModule(pl.LightningDataModule):
         cfg, spec = self.config, self.input_spec
         records = self._check_files()
         tiles = tile_table(cfg, spec.pattern_classes)
-        groups = [r.group for r in records] + list(tiles["group"])
-        explicit = [r.split for r in records] + list(tiles["split"])
+        frames = self._real_records()
+        groups = [r.group for r in records] + list(tiles["group"]) + [f.group for f in frames]
+        explicit = [r.split for r in records] + list(tiles["split"]) + [f.split for f in frames]
         splits = assign_splits(groups, explicit, cfg.split)
-        slide_splits, tile_splits = splits[:len(records)], np.array(splits[len(records):], dtype=object)
+        n_sl, n_ti = len(records), len(tiles)
+        slide_splits, tile_splits = splits[:n_sl], np.array(splits[n_sl:n_sl + n_ti], dtype=object)
+        frame_splits = splits[n_sl + n_ti:]
         normaliser = self._normaliser()
         augment = build_pipeline(cfg.augment)
         rows = []
         for split in SPLITS:
             maker = SampleMaker(spec, augment if split == "train" else None, normaliser)
             parts: list[Dataset] = []
-            recs = [r for r, s in zip(records, slide_splits) if s == split]
-            if recs:
+            for kind in ("slides", "phantoms"):
+                recs = [r for r, s in zip(records, slide_splits) if s == split and r.key.startswith(f"data.{kind}")]
+                if not recs:
+                    continue
                 ds = self._slide_dataset(recs, maker, train=split == "train")
-                parts.append(ds)
+                if len(ds):
+                    parts.append(ds)
+                    self.parts.append((split, kind, ds))
                 for k, ref in enumerate(ds.slides):
                     rows.append({"split": split, "source": "slide", "name": ref.name, "n_tiles": int((ds.slide_index == k).sum())})
             sel = tiles[tile_splits == split] if len(tiles) else tiles
             if len(sel):
                 parts.append(ImageTileDataset(sel["path"], sel["pattern"].to_numpy(), sel["necrosis"].to_numpy(),
                                               list(sel["slide"]), maker, resize=cfg.tiles_resize))
+                self.parts.append((split, "tiles_csv", parts[-1]))
                 for g, n in sel.groupby("group").size().items():
                     rows.append({"split": split, "source": "tiles_csv", "name": g, "n_tiles": int(n)})
+            for fds in self._frame_datasets([f for f, s in zip(frames, frame_splits) if s == split], maker, split == "train"):
+                parts.append(fds)
+                self.parts.append((split, fds.source, fds))
+                for g in sorted(set(fds.group_names())):
+                    rows.append({"split": split, "source": fds.source, "name": g,
+                                 "n_tiles": int(sum(1 for x in fds.group_names() if x == g))})
             if parts:
                 self.datasets[split] = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         self.split_table = pd.DataFrame(rows, columns=["split", "source", "name", "n_tiles"])
         if stage in (None, "fit") and ("train" not in self.datasets or len(self.datasets["train"]) == 0):
             raise ConfigError("data: no labelled training tiles (check the sources, labels and split fractions)")
+
+    def _real_records(self) -> list[FrameRecord]:
+        """Frames and class-labelled images of data.frames / data.images (their problems kept in label_problems)."""
+        out: list[FrameRecord] = []
+        for i in range(len(self.config.frames)):
+            recs, probs = read_frame_source(self.config, i)
+            out += recs
+            self.label_problems += probs
+        for i in range(len(self.config.images)):
+            recs, probs = read_image_source(self.config, i)
+            out += recs
+            self.label_problems += probs
+        return out
+
+    def _frame_datasets(self, frames: list[FrameRecord], maker: SampleMaker, train: bool) -> list[FrameTileDataset]:
+        """One FrameTileDataset per source of `frames`, tiled at the input spec (training stride only in train)."""
+        cfg, t = self.config, self.input_spec.tile_px
+        sources = {s.name: s for s in (*cfg.frames, *cfg.images)}
+        out = []
+        for name in dict.fromkeys(f.source for f in frames):
+            src = sources[name]
+            stride = min(src.stride_px or cfg.stride_px or t, t) if train else t
+            planned = plan_tiles([f for f in frames if f.source == name], self.input_spec, stride, src.min_tissue_fraction)
+            self.label_problems += planned.problems
+            if len(planned.index):
+                out.append(FrameTileDataset(planned, maker, name, cfg.image_cache_mb))
+            else:
+                log.warning("%s: no usable tiles", name)
+        return out
+
+    @property
+    def label_counts(self) -> pd.DataFrame:
+        """Tiles per split, source, head and label (see histo.data.checks.label_counts); after setup()."""
+        return label_counts(self.parts, self.input_spec.pattern_classes)
 
     def _slide_dataset(self, recs: list, maker: SampleMaker, train: bool) -> SlideTileDataset:
         cfg, spec = self.config, self.input_spec
@@ -116,10 +169,13 @@ class TileDataModule(pl.LightningDataModule):
         refs, idx, boxes, pattern, necrosis, labelled, points = [], [], [], [], [], [], []
         for r in recs:
             with open_slide(r.path, mpp=r.mpp) as slide:
-                grid, _ = plan_grid(slide, grid_cfg)
+                grid, mask = plan_grid(slide, grid_cfg)
             table = grid.table
             if r.annotations is not None:
-                lab = label_tiles(grid, read_geojson(r.annotations), cfg.labels, spec.pattern_classes)
+                ann = read_geojson(r.annotations)
+                self.label_problems += slide_label_problems(ann, cfg.labels, mask, r.key,
+                                                            check_classes=not r.key.startswith("data.phantoms"))
+                lab = label_tiles(grid, ann, cfg.labels, spec.pattern_classes)
                 table, pts = lab.table, lab.points
                 mit = np.full(len(table), r.mitoses_labelled)
             else:
