@@ -135,6 +135,9 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
+        args = get_args(tp)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return {k: from_dict(args[1], v, source, prefix=f"{key}.{k}.") for k, v in value.items()}  # type: ignore[arg-type]
         return dict(value)
     if tp is Any:
         return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 
 import pytest
@@ -271,17 +272,23 @@ def _write_card(tmp_path, mutate):
     return p
 
 
+def _main(d):
+    return d["scales"]["main"]
+
+
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.pop("mpp"), r"missing field\(s\) \['mpp'\]"),
+    (lambda d: _main(d).pop("mpp"), r"'scales.main' lacks field\(s\) \['mpp'\]"),
+    (lambda d: d.pop("provenance"), r"missing field\(s\) \['provenance'\]"),
     (lambda d: d.update(colour="blue"), r"unknown field\(s\) \['colour'\]"),
-    (lambda d: d.update(schema_version=2), r"'schema_version' is 2"),
-    (lambda d: d.update(mpp="0.5"), r"field 'mpp' must be a finite number"),
-    (lambda d: d.update(mean=[0.5, 0.5]), r"field 'mean' must be 3 numbers"),
-    (lambda d: d.update(std=[0.2, 0.0, 0.2]), r"field 'std' must be positive"),
-    (lambda d: d.update(tile_px=0), r"field 'tile_px' must be a positive integer"),
-    (lambda d: d.update(heads={"necrosis": {}, "nuclei": {}}), r"unknown head 'nuclei'"),
+    (lambda d: d.update(schema_version=3), r"'schema_version' is 3"),
+    (lambda d: _main(d).update(mpp="0.5"), r"field 'scales.main.mpp' must be a finite number"),
+    (lambda d: _main(d).update(mean=[0.5, 0.5]), r"field 'scales.main.mean' must be 3 numbers"),
+    (lambda d: _main(d).update(std=[0.2, 0.0, 0.2]), r"field 'scales.main.std' must be positive"),
+    (lambda d: _main(d).update(tile_px=0), r"field 'scales.main.tile_px' must be a positive integer"),
+    (lambda d: _main(d).update(heads={"necrosis": {}, "nuclei": {}}), r"unknown head 'nuclei'"),
     (lambda d: d.update(config_digest="abc"), r"field 'config_digest' must be a 64-character"),
     (lambda d: d.update(mitosis_threshold=1.5), r"field 'mitosis_threshold' must be a probability"),
+    (lambda d: d["scales"].update(fine=dict(_main(d))), r"repeats head 'necrosis'"),
 ])
 def test_card_validation_names_file_and_field(tmp_path, mutate, message):
     path = _write_card(tmp_path, mutate)
@@ -350,6 +357,14 @@ def test_save_refuses_card_that_does_not_describe_model(tmp_path):
         save_model(net, _card(net, backbone="resnet18"), tmp_path)
 
 
+def _save_bound(tensors, card_dict, wpath):
+    """Weights whose binding metadata matches ``card_dict``: reaches the key and shape checks past the binding."""
+    from histo.models.io import BINDING_KEY
+
+    bound = ModelCard.from_dict(card_dict).binding()
+    save_file(tensors, str(wpath), metadata={"format": "pt", BINDING_KEY: json.dumps(bound, sort_keys=True)})
+
+
 def test_load_refuses_tampering_wrong_keys_and_pickles(tmp_path):
     net = MultiTaskNet("tiny", ["pattern", "necrosis"])
     wpath, cpath = save_model(net, _card(net), tmp_path)
@@ -358,24 +373,28 @@ def test_load_refuses_tampering_wrong_keys_and_pickles(tmp_path):
     save_file(other, str(wpath))
     with pytest.raises(ModelError, match=r"does not match its card.*weights_sha256"):
         load_model(wpath)
-    # Card edited to claim a head the weights lack (digest removed so the key check is what fires).
     d = json.loads(cpath.read_text())
-    d["heads"]["mitosis"] = {}
     d["weights_sha256"] = None
     cpath.write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=r"carry no card binding"):
+        load_model(wpath)  # schema-2 weights without the binding metadata are not trusted
+    # Card (and its binding) claim a head the weights lack: the key check fires.
+    d["scales"]["main"]["heads"]["mitosis"] = {}
+    cpath.write_text(json.dumps(d))
+    _save_bound(other, d, wpath)
     with pytest.raises(ModelError, match=r"missing keys \[mitosis\.") as err:
         load_model(cpath)
     assert str(cpath) in str(err.value) and "unexpected keys none" in str(err.value)
     # Extra tensor in the file.
-    d["heads"].pop("mitosis")
+    d["scales"]["main"]["heads"].pop("mitosis")
     cpath.write_text(json.dumps(d))
-    save_file({**other, "surprise": torch.zeros(2)}, str(wpath))
+    _save_bound({**other, "surprise": torch.zeros(2)}, d, wpath)
     with pytest.raises(ModelError, match=r"unexpected keys \[surprise\]"):
         load_model(wpath)
     # Card says 4 classes, the weights have 3: shape mismatch.
-    d["heads"]["pattern"]["classes"] = ["a", "b", "c", "d"]
+    d["scales"]["main"]["heads"]["pattern"]["classes"] = ["a", "b", "c", "d"]
     cpath.write_text(json.dumps(d))
-    save_file(other, str(wpath))
+    _save_bound(other, d, wpath)
     with pytest.raises(ModelError, match=r"pattern.fc.weight has shape \(3, 64\) in the file, \(4, 64\)"):
         load_model(wpath)
     # Pickle files are refused by name, without looking for a card.
@@ -401,3 +420,97 @@ def test_mitosis_points_in_card_units_example():
         d = torch.cdist(pts[:, :2], pts[:, :2]) + torch.eye(len(pts)) * 1e9
         assert d.min() >= 8 - 1e-4
     assert not math.isnan(float(pts[:, 2].sum()))
+
+
+# -- schema 2: scales, legacy cards, binding to the weights, format detection ---------------------------
+def _two_scale_card(**kw):
+    scales = {"cells": {"backbone": "tiny", "tile_px": 64, "mpp": 0.25, "heads": {"mitosis": {"stride_px": 4}},
+                        "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+              "tissue": {"backbone": "tiny", "tile_px": 32, "mpp": 1.0, "heads": {"pattern": None, "necrosis": None},
+                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    return ModelCard(name="two-scale", scales=scales, **kw)
+
+
+def test_card_records_each_heads_input_spec():
+    card = _two_scale_card()
+    assert card.scale_of("mitosis") == "cells" and card.scale_of("necrosis") == "tissue"
+    assert card.table_scale == "tissue" and card.mpp == 1.0 and card.tile_px == 32
+    assert card.finest_mpp == 0.25 and card.multiscale
+    assert list(card.heads) == ["pattern", "necrosis", "mitosis"]
+    assert ModelCard.from_json(card.to_json()) == card
+    with pytest.raises(ModelError, match=r"coarser than model 'two-scale' allows \(0.25 µm/px for its mitosis"):
+        card.check_slide_mpp(0.5)
+    card.check_slide_mpp(0.25)
+
+
+def test_legacy_schema_1_card_loads_as_one_scale(tmp_path):
+    v1 = {"name": "old", "backbone": "tiny", "heads": {"necrosis": {}}, "tile_px": 64, "mpp": 1.0,
+          "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "mitosis_threshold": 0.5,
+          "mitosis_min_distance_um": 4.0, "metrics": {}, "config_digest": None, "weights_sha256": None,
+          "histo_version": "0.1.0", "created": "2026-11-21T09:33:40+00:00", "schema_version": 1}
+    card = ModelCard.from_dict(v1, "old.card.json")
+    assert card.schema_version == 2 and list(card.scales) == ["main"] and card.mpp == 1.0
+    assert card.synthetic_only  # a card that does not say what it learned from claims no real data
+
+
+def test_two_scale_model_round_trip(tmp_path):
+    from histo.models import MultiScaleNet, build_model
+
+    torch.manual_seed(0)
+    card = _two_scale_card()
+    net = build_model(card).eval()
+    assert isinstance(net, MultiScaleNet) and net.scale_names == ["cells", "tissue"]
+    save_model(net, card, tmp_path)
+    model, again = load_model(tmp_path)
+    x_fine, x_coarse = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x_fine, "cells")["mitosis"], net(x_fine, "cells")["mitosis"])
+        assert torch.equal(model(x_coarse, "tissue")["necrosis"], net(x_coarse, "tissue")["necrosis"])
+    assert again.scales == card.scales
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["scales"]["main"].update(mpp=0.25), "scales.main.mpp"),
+    (lambda d: d["scales"]["main"].update(tile_px=32), "scales.main.tile_px"),
+    (lambda d: d["scales"]["main"]["heads"]["pattern"].update(classes=["x", "y"]), "scales.main.heads.pattern.classes"),
+    (lambda d: d["scales"]["main"].update(mean=[0.5, 0.5, 0.5]), "scales.main.mean"),
+    (lambda d: d.update(mitosis_threshold=0.2), "mitosis_threshold"),
+    (lambda d: d.update(preprocessing={"stain_normalisation": {"method": "macenko"}}), "preprocessing"),
+])
+def test_card_edited_after_export_is_refused_naming_the_field(tmp_path, edit, field):
+    net = MultiTaskNet("tiny", {"pattern": {"classes": ["a", "b"]}, "mitosis": None})
+    _, cpath = save_model(net, _card(net), tmp_path)
+    load_model(tmp_path)  # untouched: loads
+    d = json.loads(cpath.read_text())
+    edit(d)
+    cpath.write_text(json.dumps(d))
+    with pytest.raises(ModelError, match=rf"field '{re.escape(field)}.*edited after export"):
+        load_model(tmp_path)
+
+
+def test_card_fields_outside_the_binding_may_change(tmp_path):
+    net = MultiTaskNet("tiny", ["necrosis"])
+    _, cpath = save_model(net, _card(net), tmp_path)
+    d = json.loads(cpath.read_text())
+    d["metrics"]["note_added_later"] = 1.0
+    cpath.write_text(json.dumps(d))
+    load_model(tmp_path)  # metrics and provenance do not change how the model is applied
+
+
+def test_valid_safetensors_with_0x80_first_byte_is_not_called_a_pickle(tmp_path):
+    from histo.models.registry import read_safetensors, refuse_pickle
+
+    # A header of 0x80 + 256*k bytes starts with byte 0x80, like a ResNet-50 export: pad metadata to hit it.
+    for pad in range(0, 400):
+        p = tmp_path / "w.safetensors"
+        save_file({"w": torch.zeros(3)}, str(p), metadata={"pad": "x" * pad})
+        if p.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("could not make a safetensors file whose first byte is 0x80")
+    refuse_pickle(p)  # no error
+    assert torch.equal(read_safetensors(p)["w"], torch.zeros(3))
+    pickled = tmp_path / "w2.safetensors"
+    pickled.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a raw pickle renamed to .safetensors
+    with pytest.raises(ModelError, match="pickle-based"):
+        refuse_pickle(pickled)

@@ -16,6 +16,7 @@ from conftest import TEST_SLIDE_H, TEST_SLIDE_W, TISSUE_BOX
 from histo.aggregate.tables import validate_mitosis_table, validate_tile_table
 from histo.errors import ConfigError, ModelError, MppError
 from histo.models import ModelCard, MultiTaskNet, load_model, save_model
+from histo.predict.engine import candidate_threshold
 from histo.predict import (
     SCHEMA,
     TileBatchDataset,
@@ -97,7 +98,10 @@ def test_tables_match_contract_c(test_slide_path, tiny_model, tmp_path):
     # the consumer's own contract checks accept the tables unchanged
     validate_tile_table(tiles, CLASSES)
     validate_mitosis_table(mitoses)
-    assert list(mitoses.columns) == ["x_um", "y_um", "score", "x", "y"] and len(mitoses) == r.n_mitoses
+    # mitoses.parquet keeps every candidate down to the candidate floor; n_mitoses counts those at the card's threshold
+    assert list(mitoses.columns) == ["x_um", "y_um", "score", "x", "y"]
+    assert int((mitoses["score"] >= card.mitosis_threshold).sum()) == r.n_mitoses
+    assert (mitoses["score"] >= candidate_threshold(card)).all()
     np.testing.assert_allclose(mitoses["x_um"], mitoses["x"] * SLIDE_MPP)
 
     meta = tiles_metadata(folder / "tiles.parquet")

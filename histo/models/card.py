@@ -1,25 +1,39 @@
-"""The model card: a JSON file beside the weights saying how to build the net and feed it tiles."""
+"""The model card: a JSON file beside the weights saying how to build the net and feed it tiles.
+
+A model has one or more input *scales*. Each scale is one backbone reading tiles of ``tile_px`` at
+``mpp`` µm/px (normalised with ``mean``/``std``) and feeding some of the heads: for example a mitosis
+head at 0.25 µm/px and the pattern and necrosis heads on more context at 1 µm/px. Every head belongs to
+exactly one scale. The card is the one record of that input spec (timm's pretrained config plays the
+same role): data and prediction code read it from here.
+
+Schema version 2 holds ``scales``; version 1 cards (one backbone, flat ``tile_px``/``mpp``) still load,
+as a single scale named ``main``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from histo import __version__ as _HISTO_VERSION
 from histo.errors import ModelError
-from histo.models.multitask import resolve_heads
+from histo.models.multitask import HEAD_NAMES, resolve_heads
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MPP_RANGE = (0.05, 100.0)  # a plausible µm/px of a model input
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Card fields that change how a model is applied; they are bound to the weights at export (see binding()).
+BOUND_FIELDS = ("scales", "mitosis_threshold", "mitosis_min_distance_um", "preprocessing")
 
 
 def config_digest(text: str) -> str:
@@ -32,31 +46,132 @@ def _now() -> str:
 
 
 @dataclass
-class ModelCard:
-    """What a saved model is and how to feed it: architecture, heads, input resolution and normalisation.
+class ScaleSpec:
+    """One input of a model: a backbone reading ``tile_px`` tiles at ``mpp`` µm/px for the heads it feeds."""
 
-    Inputs are RGB tiles of ``tile_px`` read at ``mpp`` µm/px, scaled to [0, 1] then normalised with
-    ``mean``/``std``. Mitosis points come from the heatmap at ``threshold`` and ``min_distance_um``.
-    """
-
-    name: str
     backbone: str
-    heads: dict[str, dict[str, Any]]
     tile_px: int
     mpp: float
+    heads: dict[str, dict[str, Any]]
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    mitosis_threshold: float = 0.5
-    mitosis_min_distance_um: float = 4.0
-    metrics: dict[str, float] = field(default_factory=dict)
-    config_digest: str | None = None
-    weights_sha256: str | None = None
-    histo_version: str = _HISTO_VERSION
-    created: str = field(default_factory=_now)
-    schema_version: int = SCHEMA_VERSION
 
-    def __post_init__(self) -> None:
-        _validate(self, "ModelCard")
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return {"backbone": self.backbone, "tile_px": self.tile_px, "mpp": self.mpp,
+                "heads": copy.deepcopy(self.heads), "mean": list(self.mean), "std": list(self.std)}
+
+    @property
+    def tile_um(self) -> float:
+        """Tile edge in µm."""
+        return self.tile_px * self.mpp
+
+
+class ModelCard:
+    """What a saved model is and how to feed it: its scales (backbone, heads, input resolution, normalisation),
+    the mitosis operating point, training provenance per head and validation metrics.
+
+    Build it from ``scales`` (name → ScaleSpec or dict), or, for a one-scale model, from the flat
+    ``backbone``, ``heads``, ``tile_px``, ``mpp``, ``mean``, ``std`` (one scale named ``main``).
+    """
+
+    FIELDS = ("name", "scales", "mitosis_threshold", "mitosis_min_distance_um", "threshold_selection",
+              "preprocessing", "metrics", "provenance", "domain", "config_digest", "weights_sha256",
+              "histo_version", "created", "schema_version")
+
+    def __init__(self, name: str, scales: dict[str, Any] | None = None, *, backbone: str | None = None,
+                 heads: Any = None, tile_px: int | None = None, mpp: float | None = None,
+                 mean: Any = IMAGENET_MEAN, std: Any = IMAGENET_STD, mitosis_threshold: float = 0.5,
+                 mitosis_min_distance_um: float = 4.0, threshold_selection: dict[str, Any] | None = None,
+                 preprocessing: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+                 provenance: dict[str, Any] | None = None, domain: dict[str, Any] | None = None,
+                 config_digest: str | None = None, weights_sha256: str | None = None,
+                 histo_version: str = _HISTO_VERSION, created: str | None = None,
+                 schema_version: int = SCHEMA_VERSION, source: str = "ModelCard"):
+        flat = (backbone, heads, tile_px, mpp)
+        if scales is None:
+            if any(v is None for v in flat):
+                raise ModelError(f"model card {source}: give 'scales', or backbone, heads, tile_px and mpp")
+            scales = {"main": {"backbone": backbone, "heads": heads, "tile_px": tile_px, "mpp": mpp,
+                               "mean": mean, "std": std}}
+        elif any(v is not None for v in flat):
+            raise ModelError(f"model card {source}: give either 'scales' or the flat backbone/heads/tile_px/mpp")
+        self.name = name
+        self.scales = scales  # validated into ScaleSpec below
+        self.mitosis_threshold = mitosis_threshold
+        self.mitosis_min_distance_um = mitosis_min_distance_um
+        self.threshold_selection = threshold_selection if threshold_selection is not None else {"method": "config"}
+        self.preprocessing = preprocessing if preprocessing is not None else {"stain_normalisation": {"method": "none"}}
+        self.metrics = dict(metrics or {})
+        self.provenance = dict(provenance or {})
+        self.domain = domain
+        self.config_digest = config_digest
+        self.weights_sha256 = weights_sha256
+        self.histo_version = histo_version
+        self.created = created or _now()
+        self.schema_version = schema_version
+        _validate(self, source)
+
+    # -- the input spec -----------------------------------------------------------------------------------
+    @property
+    def heads(self) -> dict[str, dict[str, Any]]:
+        """Every head's options, in canonical order, whichever scale feeds it."""
+        merged = {h: o for s in self.scales.values() for h, o in s.heads.items()}
+        return {h: merged[h] for h in HEAD_NAMES if h in merged}
+
+    def scale_of(self, head: str) -> str:
+        """Name of the scale that feeds ``head`` (ModelError when the model has no such head)."""
+        for name, s in self.scales.items():
+            if head in s.heads:
+                return name
+        raise ModelError(f"model {self.name!r} has no {head!r} head (heads: {', '.join(self.heads)})")
+
+    @property
+    def table_scale(self) -> str:
+        """The scale whose tiles make the tile table: that of the area heads (pattern, necrosis), else the first."""
+        for head in ("pattern", "necrosis"):
+            if head in self.heads:
+                return self.scale_of(head)
+        return next(iter(self.scales))
+
+    @property
+    def multiscale(self) -> bool:
+        """True when heads read at more than one scale."""
+        return len(self.scales) > 1
+
+    def _table(self) -> ScaleSpec:
+        return self.scales[self.table_scale]
+
+    # The tile table's scale, for code that reads one grid (tiling, reports). Per-head specs: self.scales.
+    @property
+    def backbone(self) -> str:
+        """Backbone of the table scale."""
+        return self._table().backbone
+
+    @property
+    def tile_px(self) -> int:
+        """Tile edge (px) of the table scale."""
+        return self._table().tile_px
+
+    @property
+    def mpp(self) -> float:
+        """µm/px of the table scale."""
+        return self._table().mpp
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """RGB mean of the table scale."""
+        return self._table().mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """RGB std of the table scale."""
+        return self._table().std
+
+    @property
+    def finest_mpp(self) -> float:
+        """The finest µm/px any scale reads (a slide must be at least this fine)."""
+        return min(s.mpp for s in self.scales.values())
 
     @property
     def classes(self) -> list[str]:
@@ -68,11 +183,58 @@ class ModelCard:
         """Stride of the mitosis heatmap in input pixels, or None without a mitosis head."""
         return self.heads["mitosis"]["stride_px"] if "mitosis" in self.heads else None
 
+    @property
+    def synthetic_only(self) -> bool:
+        """True when no head of this model learned from real tissue (or the card does not say it did)."""
+        return not any(p.get("real") for p in self.provenance.values() if isinstance(p, dict))
+
+    # -- binding to the weights ---------------------------------------------------------------------------
+    def binding(self) -> dict[str, Any]:
+        """The fields that change how the model is applied (BOUND_FIELDS), as plain JSON values."""
+        d = self.to_dict()
+        return {k: d[k] for k in BOUND_FIELDS}
+
+    def check_binding(self, bound: dict[str, Any], weights: str) -> None:
+        """ModelError naming the first field where this card differs from the one the weights were exported with."""
+        diff = _first_difference(self.binding(), bound)
+        if diff is not None:
+            key, mine, theirs = diff
+            raise ModelError(f"model card field {key!r} is {json.dumps(mine)} but the weights {weights} were "
+                             f"exported with {json.dumps(theirs)}: the card was edited after export. Restore it, "
+                             "or retrain/re-export; a changed card would silently change every result")
+
+    # -- (de)serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
+        return {
+            "name": self.name,
+            "scales": {k: s.to_dict() for k, s in self.scales.items()},
+            "mitosis_threshold": self.mitosis_threshold,
+            "mitosis_min_distance_um": self.mitosis_min_distance_um,
+            "threshold_selection": copy.deepcopy(self.threshold_selection),
+            "preprocessing": copy.deepcopy(self.preprocessing),
+            "metrics": dict(self.metrics),
+            "provenance": copy.deepcopy(self.provenance),
+            "domain": copy.deepcopy(self.domain),
+            "config_digest": self.config_digest,
+            "weights_sha256": self.weights_sha256,
+            "histo_version": self.histo_version,
+            "created": self.created,
+            "schema_version": self.schema_version,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelCard) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        scales = ", ".join(f"{k}: {s.backbone} {s.tile_px}px@{s.mpp:g} {list(s.heads)}" for k, s in self.scales.items())
+        return f"ModelCard({self.name!r}, {scales})"
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """A copy with some fields changed (validated again)."""
+        d = self.to_dict()
+        d.update(changes)
+        return ModelCard.from_dict(d)
 
     def to_json(self) -> str:
         """The card as indented JSON text."""
@@ -83,24 +245,37 @@ class ModelCard:
         """Build and validate a card; missing/unknown field or wrong schema → ModelError naming ``source``."""
         if not isinstance(data, dict):
             raise ModelError(f"model card {source}: expected a JSON object, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ModelError(f"model card {source}: unknown field(s) {unknown}")
         if "schema_version" not in data:
             raise ModelError(f"model card {source}: missing field 'schema_version'")
-        if data["schema_version"] != SCHEMA_VERSION:
-            raise ModelError(f"model card {source}: field 'schema_version' is {data['schema_version']!r}, "
-                             f"this histo ({_HISTO_VERSION}) reads schema version {SCHEMA_VERSION}")
+        version = data["schema_version"]
+        if version == 1:
+            return cls._from_v1(data, source)
+        if version != SCHEMA_VERSION:
+            raise ModelError(f"model card {source}: field 'schema_version' is {version!r}, this histo "
+                             f"({_HISTO_VERSION}) reads schema versions 1 and {SCHEMA_VERSION}")
+        unknown = sorted(set(data) - set(cls.FIELDS))
+        if unknown:
+            raise ModelError(f"model card {source}: unknown field(s) {unknown}")
         # Every field is required in a file: a card written by histo has them all, so a gap means damage.
-        missing = [n for n in names if n not in data]
+        missing = [n for n in cls.FIELDS if n not in data]
         if missing:
             raise ModelError(f"model card {source}: missing field(s) {missing}")
-        card = cls.__new__(cls)
-        for n in names:
-            setattr(card, n, data[n])
-        _validate(card, source)
-        return card
+        return cls(**data, source=source)
+
+    @classmethod
+    def _from_v1(cls, data: dict[str, Any], source: str) -> ModelCard:
+        """A schema-1 card (one backbone, flat input spec) as a one-scale card."""
+        v1 = ("name", "backbone", "heads", "tile_px", "mpp", "mean", "std", "mitosis_threshold",
+               "mitosis_min_distance_um", "metrics", "config_digest", "weights_sha256", "histo_version",
+               "created", "schema_version")
+        unknown = sorted(set(data) - set(v1))
+        if unknown:
+            raise ModelError(f"model card {source}: unknown field(s) {unknown}")
+        missing = [n for n in v1 if n not in data]
+        if missing:
+            raise ModelError(f"model card {source}: missing field(s) {missing}")
+        d = {k: v for k, v in data.items() if k != "schema_version"}
+        return cls(**d, schema_version=SCHEMA_VERSION, source=source)
 
     @classmethod
     def from_json(cls, text: str, source: str = "<string>") -> ModelCard:
@@ -122,23 +297,47 @@ class ModelCard:
         return cls.from_json(text, str(path))
 
     def check_slide_mpp(self, mpp: float, tolerance: float = 0.1, *, allow_finer: bool = True) -> None:
-        """Raise ModelError unless a slide at ``mpp`` µm/px can feed this model.
+        """Raise ModelError unless a slide at ``mpp`` µm/px can feed every scale of this model.
 
-        Reading resamples to the card's mpp, so a finer slide is fine (it is downsampled) unless
-        ``allow_finer`` is False; a slide coarser than ``mpp * (1 + tolerance)`` would need upsampling,
-        which invents detail the model never saw.
+        Reading resamples to each scale's mpp, so a finer slide is fine (it is downsampled) unless
+        ``allow_finer`` is False; a slide coarser than the finest scale by more than ``tolerance`` would need
+        upsampling, which invents detail the model never saw.
         """
         if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not math.isfinite(mpp) or mpp <= 0:
             raise ModelError(f"slide mpp must be a positive number, got {mpp!r}")
-        rel = mpp / self.mpp - 1.0
-        if rel > tolerance:
-            raise ModelError(
-                f"slide resolution {mpp:g} µm/px is coarser than model {self.name!r} allows "
-                f"({self.mpp:g} µm/px, tolerance {tolerance:.0%}); the model needs a finer scan")
-        if not allow_finer and rel < -tolerance:
-            raise ModelError(
-                f"slide resolution {mpp:g} µm/px differs from model {self.name!r} "
-                f"({self.mpp:g} µm/px) by more than {tolerance:.0%}")
+        for name, s in self.scales.items():
+            rel = mpp / s.mpp - 1.0
+            where = f"{s.mpp:g} µm/px" + (f" for its {'/'.join(s.heads)} head(s)" if self.multiscale else "")
+            if rel > tolerance:
+                raise ModelError(
+                    f"slide resolution {mpp:g} µm/px is coarser than model {self.name!r} allows "
+                    f"({where}, tolerance {tolerance:.0%}); the model needs a finer scan")
+            if not allow_finer and rel < -tolerance:
+                raise ModelError(
+                    f"slide resolution {mpp:g} µm/px differs from model {self.name!r} "
+                    f"({where}) by more than {tolerance:.0%}")
+
+
+def _first_difference(a: Any, b: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, a value, b value) of the first place two JSON values differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in a or k not in b:
+                return sub, a.get(k), b.get(k)
+            d = _first_difference(a[k], b[k], sub)
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{key}[{i}]")
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return None if float(a) == float(b) else (key, a, b)
+    return None if a == b else (key, a, b)
 
 
 def _validate(card: ModelCard, source: str) -> None:
@@ -154,32 +353,30 @@ def _validate(card: ModelCard, source: str) -> None:
 
     if card.schema_version != SCHEMA_VERSION:
         fail("schema_version", f"is {card.schema_version!r}, expected {SCHEMA_VERSION}")
-    for name in ("name", "backbone", "histo_version", "created"):
+    for name in ("name", "histo_version", "created"):
         v = getattr(card, name)
         if not isinstance(v, str) or not v:
             fail(name, f"must be a non-empty string, got {v!r}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", card.name):
+    if not _NAME.fullmatch(card.name):
         fail("name", f"must be a file-name-safe word (letters, digits, . _ -), got {card.name!r}")
     try:
         datetime.fromisoformat(card.created)
     except ValueError:
         fail("created", f"must be an ISO 8601 timestamp, got {card.created!r}")
-    if not isinstance(card.heads, dict):
-        fail("heads", f"must be an object of head name → options, got {card.heads!r}")
-    card.heads = resolve_heads(card.heads, source=f"model card {source}: field 'heads'")
-    if isinstance(card.tile_px, bool) or not isinstance(card.tile_px, int) or card.tile_px <= 0:
-        fail("tile_px", f"must be a positive integer, got {card.tile_px!r}")
-    card.mpp = number("mpp", card.mpp)
-    if not 0.05 <= card.mpp <= 100:
-        fail("mpp", f"must be a plausible µm/px in [0.05, 100], got {card.mpp!r}")
-    for name in ("mean", "std"):
-        v = getattr(card, name)
-        if not isinstance(v, (list, tuple)) or len(v) != 3:
-            fail(name, f"must be 3 numbers (R, G, B), got {v!r}")
-        vals = tuple(number(name, x) for x in v)
-        if name == "std" and min(vals) <= 0:
-            fail(name, f"must be positive, got {v!r}")
-        setattr(card, name, vals)
+    if not isinstance(card.scales, dict) or not card.scales:
+        fail("scales", f"must be a non-empty object of scale name → input spec, got {card.scales!r}")
+    scales: dict[str, ScaleSpec] = {}
+    seen: dict[str, str] = {}
+    for sname, raw in card.scales.items():
+        p = f"scales.{sname}"
+        if not isinstance(sname, str) or not _NAME.fullmatch(sname):
+            fail("scales", f"has a scale name {sname!r} that is not a word (letters, digits, . _ -)")
+        scales[sname] = _scale(raw, p, source, fail, number)
+        for h in scales[sname].heads:
+            if h in seen:
+                fail(f"{p}.heads", f"repeats head {h!r} (already fed by scale {seen[h]!r}): one scale per head")
+            seen[h] = sname
+    card.scales = scales
     card.mitosis_threshold = number("mitosis_threshold", card.mitosis_threshold)
     if not 0 < card.mitosis_threshold < 1:
         fail("mitosis_threshold", f"must be a probability in (0, 1), got {card.mitosis_threshold!r}")
@@ -189,7 +386,62 @@ def _validate(card: ModelCard, source: str) -> None:
     if not isinstance(card.metrics, dict) or not all(isinstance(k, str) for k in card.metrics):
         fail("metrics", f"must be an object of name → number, got {card.metrics!r}")
     card.metrics = {k: number(f"metrics.{k}", v) for k, v in card.metrics.items()}
+    for name in ("threshold_selection", "preprocessing", "provenance"):
+        v = getattr(card, name)
+        if not isinstance(v, dict):
+            fail(name, f"must be an object, got {v!r}")
+    for head in card.provenance:
+        if head not in seen:
+            fail("provenance", f"describes head {head!r}, which the model does not have")
+    method = card.preprocessing.get("stain_normalisation", {}).get("method", "none")
+    if method not in ("none", "macenko", "reinhard"):
+        fail("preprocessing.stain_normalisation.method", f"must be none, macenko or reinhard, got {method!r}")
+    if card.domain is not None and not isinstance(card.domain, dict):
+        fail("domain", f"must be an object or null, got {card.domain!r}")
     for name in ("config_digest", "weights_sha256"):
         v = getattr(card, name)
         if v is not None and (not isinstance(v, str) or not _HEX64.match(v)):
             fail(name, f"must be a 64-character lowercase sha256 hex digest or null, got {v!r}")
+
+
+def _scale(raw: Any, p: str, source: str, fail: Any, number: Any) -> ScaleSpec:
+    """One validated ScaleSpec from a dict (or a ScaleSpec)."""
+    if isinstance(raw, ScaleSpec):
+        raw = raw.to_dict()
+    if not isinstance(raw, dict):
+        fail(p, f"must be an object with backbone, tile_px, mpp, heads, mean, std; got {raw!r}")
+    keys = ("backbone", "tile_px", "mpp", "heads", "mean", "std")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        fail(p, f"has unknown field(s) {unknown}")
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        fail(p, f"lacks field(s) {missing}")
+    backbone = raw["backbone"]
+    if not isinstance(backbone, str) or not backbone:
+        fail(f"{p}.backbone", f"must be a non-empty string, got {backbone!r}")
+    if not isinstance(raw["heads"], (dict, list, tuple)):
+        fail(f"{p}.heads", f"must be an object of head name → options, got {raw['heads']!r}")
+    heads = resolve_heads(raw["heads"], source=f"model card {source}: field '{p}.heads'")
+    tile_px = raw["tile_px"]
+    if isinstance(tile_px, bool) or not isinstance(tile_px, int) or tile_px <= 0:
+        fail(f"{p}.tile_px", f"must be a positive integer, got {tile_px!r}")
+    mpp = number(f"{p}.mpp", raw["mpp"])
+    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
+        fail(f"{p}.mpp", f"must be a plausible µm/px in [{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {mpp!r}")
+    norm = []
+    for name in ("mean", "std"):
+        v = raw[name]
+        if not isinstance(v, (list, tuple)) or len(v) != 3:
+            fail(f"{p}.{name}", f"must be 3 numbers (R, G, B), got {v!r}")
+        vals = tuple(number(f"{p}.{name}", x) for x in v)
+        if name == "std" and min(vals) <= 0:
+            fail(f"{p}.{name}", f"must be positive, got {v!r}")
+        norm.append(vals)
+    if "mitosis" in heads and tile_px % heads["mitosis"]["stride_px"]:
+        fail(f"{p}.tile_px", f"({tile_px}) must be a multiple of the mitosis stride_px {heads['mitosis']['stride_px']}")
+    return ScaleSpec(backbone=backbone, tile_px=tile_px, mpp=mpp, heads=heads, mean=norm[0], std=norm[1])
+
+
+__all__ = ["BOUND_FIELDS", "IMAGENET_MEAN", "IMAGENET_STD", "MPP_RANGE", "ModelCard", "SCHEMA_VERSION",
+           "ScaleSpec", "config_digest"]

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from histo.atomic import atomic_path
 from histo.errors import ModelError
 from histo.models.card import ModelCard
-from histo.models.multitask import MultiTaskNet
-from histo.models.registry import PICKLE_SUFFIXES, format_keys, read_safetensors, refuse_pickle
+from histo.models.multitask import MultiScaleNet, MultiTaskNet, scale_nets
+from histo.models.registry import (
+    PICKLE_SUFFIXES,
+    format_keys,
+    read_safetensors,
+    refuse_pickle,
+    safetensors_metadata,
+)
 
 WEIGHTS_SUFFIX = ".safetensors"
 CARD_SUFFIX = ".card.json"
+BINDING_KEY = "histo_card_binding"  # safetensors metadata: JSON of the card's bound fields at export
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -40,21 +48,43 @@ def model_paths(dir_or_prefix: str | Path, name: str | None = None) -> tuple[Pat
     return Path(s + WEIGHTS_SUFFIX), Path(s + CARD_SUFFIX)
 
 
-def save_model(model: MultiTaskNet, card: ModelCard, dir_or_prefix: str | Path) -> tuple[Path, Path]:
-    """Write weights and card (card last, as the completion mark); returns (weights_path, card_path)."""
+def build_model(card: ModelCard, pretrained: bool = False) -> nn.Module:
+    """The untrained net a card describes: a MultiTaskNet for one scale, a MultiScaleNet for several."""
+    if not card.multiscale:
+        s = next(iter(card.scales.values()))
+        return MultiTaskNet(s.backbone, s.heads, pretrained=pretrained)
+    return MultiScaleNet({k: (s.backbone, s.heads) for k, s in card.scales.items()}, pretrained=pretrained)
+
+
+def _check_fits(model: nn.Module, card: ModelCard) -> None:
+    """ModelError unless ``model``'s backbones and heads are the ones ``card`` describes."""
+    if not isinstance(model, (MultiTaskNet, MultiScaleNet)):
+        raise ModelError(f"save_model expects a MultiTaskNet or MultiScaleNet, got {type(model).__name__}")
+    nets = scale_nets(model, card.scales)
+    for name, spec in card.scales.items():
+        net = nets[name]
+        if spec.backbone != net.backbone_name:  # type: ignore[union-attr]
+            raise ModelError(f"card backbone {spec.backbone!r} (scale {name!r}) does not match the model's "
+                             f"{net.backbone_name!r}")
+        if spec.heads != net.heads_config:  # type: ignore[union-attr]
+            raise ModelError(f"card heads {spec.heads} (scale {name!r}) do not match the model's {net.heads_config}")
+
+
+def save_model(model: nn.Module, card: ModelCard, dir_or_prefix: str | Path) -> tuple[Path, Path]:
+    """Write weights and card (card last, as the completion mark); returns (weights_path, card_path).
+
+    The card fields that change how the model is applied (ModelCard.binding) are stored in the
+    safetensors metadata too, so load_model refuses a card edited after export.
+    """
     from safetensors.torch import save
 
-    if not isinstance(model, MultiTaskNet):
-        raise ModelError(f"save_model expects a MultiTaskNet, got {type(model).__name__}")
-    if card.backbone != model.backbone_name:
-        raise ModelError(f"card backbone {card.backbone!r} does not match the model's {model.backbone_name!r}")
-    if card.heads != model.heads_config:
-        raise ModelError(f"card heads {card.heads} do not match the model's {model.heads_config}")
+    _check_fits(model, card)
     weights_path, card_path = model_paths(dir_or_prefix, card.name)
     # contiguous(): channels_last tensors are strided views that safetensors would otherwise reject.
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    blob = save(tensors, metadata={"format": "pt", "histo_model": card.name})
-    card = dataclasses.replace(card, weights_sha256=hashlib.sha256(blob).hexdigest())
+    meta = {"format": "pt", "histo_model": card.name, BINDING_KEY: json.dumps(card.binding(), sort_keys=True)}
+    blob = save(tensors, metadata=meta)
+    card = card.replace(weights_sha256=hashlib.sha256(blob).hexdigest())
     _atomic_write(weights_path, blob)
     _atomic_write(card_path, card.to_json().encode("utf-8"))
     return weights_path, card_path
@@ -73,13 +103,17 @@ def find_card(path: str | Path) -> Path:
     return cards[0]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskNet, ModelCard]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the net from its card and load the safetensors weights strictly; returns (model in eval mode, card).
+
+    The model is a MultiTaskNet for a one-scale card and a MultiScaleNet for several scales; a card
+    whose bound fields (input spec, heads, thresholds, preprocessing) differ from the ones stored in the
+    weights at export is refused, naming the field.
 
     ``path`` is a model folder holding one card, a card, a weights file or their common prefix.
     """
     p = find_card(path)
-    if p.suffix.lower() in PICKLE_SUFFIXES or (p.is_file() and not str(p).endswith(CARD_SUFFIX)):
+    if p.suffix.lower() in PICKLE_SUFFIXES or (p.is_file() and not str(p).endswith((CARD_SUFFIX, WEIGHTS_SUFFIX))):
         refuse_pickle(p)
     weights_path, card_path = model_paths(p)
     if not card_path.is_file():
@@ -92,8 +126,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
         if digest != card.weights_sha256:
             raise ModelError(f"weights file {weights_path} does not match its card {card_path}: "
                              f"sha256 {digest[:12]}… vs card weights_sha256 {card.weights_sha256[:12]}…")
+    metadata = safetensors_metadata(weights_path)
+    if BINDING_KEY in metadata:
+        try:
+            bound = json.loads(metadata[BINDING_KEY])
+        except ValueError as exc:
+            raise ModelError(f"weights {weights_path}: damaged {BINDING_KEY} metadata ({exc})") from exc
+        card.check_binding(bound, str(weights_path))
+    elif card_schema_version(card_path) >= 2:
+        raise ModelError(f"weights {weights_path} carry no card binding ({BINDING_KEY} metadata); a schema-2 card "
+                         "is only valid with the weights it was exported with: re-export the model with histo")
     state = read_safetensors(weights_path)
-    model = MultiTaskNet(card.backbone, card.heads, pretrained=False)
+    model = build_model(card)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
@@ -106,3 +150,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mu
                          f"{tuple(own[bad[0]].shape)} in the net ({len(bad)} tensors differ)")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), card
+
+
+def card_schema_version(card_path: Path) -> int:
+    """The schema_version a card file was written with (1 for legacy cards; ModelCard.load upgrades them)."""
+    try:
+        return int(json.loads(card_path.read_text(encoding="utf-8")).get("schema_version", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0

@@ -108,3 +108,47 @@ class MultiTaskNet(nn.Module):
         if "mitosis" in self.heads_config:
             out["mitosis"] = self.mitosis(pyramid)
         return out
+
+
+class MultiScaleNet(nn.Module):
+    """Several MultiTaskNets, one per input scale (each its own backbone, tile size and µm/px).
+
+    ``forward(x, scale)`` runs the net of one scale; ``nets[scale]`` is that MultiTaskNet. The heads of
+    all scales together are disjoint: each head reads at exactly one scale (see histo.models.ModelCard).
+    """
+
+    def __init__(self, scales: Mapping[str, tuple[str, Mapping[str, Mapping[str, Any] | None]]],
+                 pretrained: bool | str | Path = False):
+        super().__init__()
+        if not scales:
+            raise ModelError("MultiScaleNet needs at least one scale")
+        self.nets = nn.ModuleDict({name: MultiTaskNet(backbone, heads, pretrained=pretrained)
+                                   for name, (backbone, heads) in scales.items()})
+        seen: dict[str, str] = {}
+        for name, net in self.nets.items():
+            for h in net.heads_config:
+                if h in seen:
+                    raise ModelError(f"head {h!r} is fed by scales {seen[h]!r} and {name!r}: one scale per head")
+                seen[h] = name
+
+    @property
+    def scale_names(self) -> list[str]:
+        """Scale names in card order."""
+        return list(self.nets.keys())
+
+    def forward(self, x: torch.Tensor, scale: str) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Logits of the heads of ``scale`` for tiles read at that scale."""
+        return self.nets[scale](x)
+
+
+def scale_nets(model: nn.Module, scales: Iterable[str]) -> dict[str, nn.Module]:
+    """The per-scale nets of a model: a MultiScaleNet's ``nets``, or a one-scale model under its only scale name."""
+    names = list(scales)
+    if isinstance(model, MultiScaleNet):
+        missing = [n for n in names if n not in model.nets]
+        if missing:
+            raise ModelError(f"model has no net for scale(s) {missing} (it has {model.scale_names})")
+        return {n: model.nets[n] for n in names}
+    if len(names) != 1:
+        raise ModelError(f"a one-scale model cannot serve scales {names}; build a MultiScaleNet")
+    return {names[0]: model}

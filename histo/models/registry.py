@@ -7,8 +7,11 @@ Every backbone is a :class:`Backbone`: ``forward(x)`` gives pooled features ``(N
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,10 +87,56 @@ def create_backbone(name: str, pretrained: bool | str | Path = False) -> tuple[B
     return model, model.num_features
 
 
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors caps its JSON header at 100 MB
+
+
+def safetensors_header(path: Path) -> dict[str, Any] | None:
+    """The parsed JSON header of a safetensors file, or None when ``path`` is not one.
+
+    The format is an 8-byte little-endian header length, then that many bytes of JSON (an object whose
+    values are tensor entries, plus an optional ``__metadata__``). Deciding by parsing that header, not by
+    sniffing the first bytes, keeps a valid file whose length byte happens to be 0x80 from looking like a pickle.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            n = int.from_bytes(head, "little")
+            size = os.fstat(fh.fileno()).st_size
+            if not 2 <= n <= min(_MAX_HEADER, size - 8):
+                return None
+            raw = fh.read(n)
+    except OSError as exc:
+        raise ModelError(f"cannot read weights file {path}: {exc}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not all(isinstance(v, dict) and "dtype" in v and "shape" in v and "data_offsets" in v for v in entries.values()):
+        return None
+    return header
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file ({} when it has none); ModelError when not safetensors."""
+    header = safetensors_header(path)
+    if header is None:
+        refuse_pickle(path)
+        raise ModelError(f"{path} is not a safetensors file (no valid safetensors header)")
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
 def refuse_pickle(path: Path) -> None:
     """Raise ModelError when ``path`` is (by name or by content) a pickle-based PyTorch file."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(f"refusing to load {path}: {PICKLE_REFUSAL}")
+    if safetensors_header(path) is not None:
+        return  # a valid safetensors header: whatever its first byte, it is not a pickle
     try:
         with open(path, "rb") as fh:
             head = fh.read(2)

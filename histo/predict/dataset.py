@@ -55,14 +55,17 @@ def plan_batches(grid: TileGrid, batch_size: int, max_run: int = MAX_RUN_TILES) 
 class TileBatchDataset(Dataset):
     """Item ``i`` = batch ``i`` of the grid: ``(index int64 (N,), tiles uint8 (N, tile_px, tile_px, 3))``."""
 
-    def __init__(self, slide_path: str, mpp_override: float | None, grid: TileGrid, batch_size: int):
+    def __init__(self, slide_path: str, mpp_override: float | None, grid: TileGrid, batch_size: int,
+                 slide: Slide | None = None):
+        """``slide``: an already open handle to read from in this process (required for in-memory slides)."""
         self.slide_path = str(slide_path)
         self.mpp_override = mpp_override
         self.tile_px = grid.tile_px
         self.mpp = grid.mpp
         self.stride_px = int(grid.settings["stride_px"])
         self.batches = plan_batches(grid, batch_size)
-        self._slide: Slide | None = None
+        self._slide: Slide | None = slide
+        self._owns_slide = slide is None
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -90,7 +93,8 @@ class TileBatchDataset(Dataset):
     def close(self) -> None:
         """Release this process's handle (workers' handles go with the worker processes)."""
         if self._slide is not None:
-            self._slide.close()
+            if self._owns_slide:
+                self._slide.close()
             self._slide = None
 
 

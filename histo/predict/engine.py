@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from histo.errors import ConfigError, ModelError
-from histo.models import ModelCard, heatmaps_to_points
+from histo.models import ModelCard, ScaleSpec, heatmaps_to_points
 from histo.predict.dataset import TileBatchDataset, make_loader
 
 
@@ -58,10 +58,21 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def normaliser(card: ModelCard, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+# Heatmap peaks down to this probability are kept as mitosis candidates (mitoses.parquet keeps their
+# scores); grading counts those at or above mitoses.min_score, which defaults to the card's threshold.
+# So lowering min_score below the card's threshold finds the weaker candidates instead of changing nothing.
+CANDIDATE_FLOOR = 0.1
+
+
+def candidate_threshold(card: ModelCard) -> float:
+    """The heatmap probability down to which mitosis candidates are kept: the card's threshold or the floor."""
+    return min(card.mitosis_threshold, CANDIDATE_FLOOR)
+
+
+def normaliser(spec: ModelCard | ScaleSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(offset, scale) such that (uint8 - offset) / scale == (x / 255 - mean) / std."""
-    mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return mean * 255.0, std * 255.0
 
 
@@ -80,31 +91,38 @@ class InferenceOutput:
     n_tiles: int
     pattern: np.ndarray | None  # (N, C) float32 softmax probabilities
     necrosis: np.ndarray | None  # (N,) float32 sigmoid probabilities
-    points: np.ndarray  # (K, 4) float64: tile index, x, y (input-tile px at card.mpp), score
+    points: np.ndarray  # (K, 4) float64: tile index, x, y (input-tile px at the scale's mpp), score
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, device: torch.device, *,
-                  workers: int = 0, progress: bool = True, desc: str = "") -> InferenceOutput:
-    """Run ``model`` (already prepared for ``device``) over every tile of ``dataset``."""
+                  workers: int = 0, progress: bool = True, desc: str = "", scale: str | None = None) -> InferenceOutput:
+    """Run ``model`` (already prepared for ``device``; the net of ``scale``) over every tile of ``dataset``.
+
+    ``scale`` names the card's input scale the tiles were read at (default: the card's only or table scale).
+    Mitosis peaks are kept down to :func:`candidate_threshold`.
+    """
+    spec = card.scales[scale or card.table_scale]
     n = sum(r[3] for b in dataset.batches for r in b)
-    heads = card.heads
-    pattern = np.full((n, len(card.classes)), np.nan, np.float32) if "pattern" in heads else None
+    heads = spec.heads
+    classes = list(heads.get("pattern", {}).get("classes", []))
+    pattern = np.full((n, len(classes)), np.nan, np.float32) if "pattern" in heads else None
     necrosis = np.full(n, np.nan, np.float32) if "necrosis" in heads else None
     points: list[np.ndarray] = []
     on_device: list[tuple[str, np.ndarray, torch.Tensor]] = []
-    offset, scale = normaliser(card, device)
+    offset, div = normaliser(spec, device)
     cuda = device.type == "cuda"
     dtype = amp_dtype(device)
     autocast = torch.autocast("cuda", dtype=dtype) if cuda and dtype is not None else contextlib.nullcontext()
-    min_distance_px = card.mitosis_min_distance_um / card.mpp
-    threshold_logit = math.log(card.mitosis_threshold / (1.0 - card.mitosis_threshold))
+    min_distance_px = card.mitosis_min_distance_um / spec.mpp
+    floor = candidate_threshold(card)
+    threshold_logit = math.log(floor / (1.0 - floor))
     events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
     loader = make_loader(dataset, workers, pin_memory=cuda)
     t0 = time.perf_counter()
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="tile", leave=False, disable=not progress) as bar:
         for index, tiles in loader:
-            x = to_input(tiles, offset, scale, device)
+            x = to_input(tiles, offset, div, device)
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -116,7 +134,7 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
             missing = [h for h in heads if h not in out]
             if missing:
                 raise ModelError(f"model {card.name!r} returned no {missing} output although its card declares "
-                                 f"head(s) {list(heads)}")
+                                 f"head(s) {list(heads)} at this scale")
             idx = index.numpy()
             # Tile probabilities stay on the device until the end: no host sync per batch for them.
             if pattern is not None:
@@ -128,8 +146,8 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
                 # host sync per batch instead of one per tile); the margin keeps it a superset under rounding.
                 hm = out["mitosis"].float()
                 hot = (hm.flatten(1).amax(1) >= threshold_logit - 1e-3).cpu().numpy()
-                per_tile = heatmaps_to_points(hm[torch.from_numpy(hot).to(hm.device)], card.mitosis_threshold,
-                                              min_distance_px, card.mitosis_stride_px,
+                per_tile = heatmaps_to_points(hm[torch.from_numpy(hot).to(hm.device)], floor,
+                                              min_distance_px, heads["mitosis"]["stride_px"],
                                               from_logits=True) if hot.any() else []
                 for i, pts in zip(idx[hot], per_tile):
                     if len(pts):

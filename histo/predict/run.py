@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,21 +16,12 @@ import histo
 from histo.config import to_dict
 from histo.errors import ConfigError, ModelError
 from histo.models import ModelCard
-from histo.predict.dataset import TileBatchDataset
-from histo.predict.engine import amp_dtype, prepare_model, resolve_device, run_inference
-from histo.predict.outputs import (
-    SCHEMA,
-    base_tiles_meta,
-    card_summary,
-    mitoses_frame,
-    read_done,
-    tiles_frame,
-    weights_sha256,
-    write_prediction,
-)
+from histo.predict.engine import amp_dtype, candidate_threshold, resolve_device
+from histo.predict.outputs import SCHEMA, base_tiles_meta, card_summary, read_done, weights_sha256, write_prediction
+from histo.predict.scales import predict_scales
 from histo.rerun import RUN_SETTINGS_KEY, describe_changes, file_fingerprint, redo_reason, stored_settings
 from histo.slide import open_slide
-from histo.tiling import TilingConfig, plan_grid
+from histo.tiling import TilingConfig
 
 STATUS_FIELDS = ("slide", "status", "reason", "n_tiles", "seconds", "verdict", "report")
 
@@ -70,14 +60,14 @@ def predict_tiling(card: ModelCard, tiling: TilingConfig | None = None, overlap_
     return dataclasses.replace(tiling, grid=grid)
 
 
-# Card fields that name or describe a model without changing what it predicts; every other field
-# (weights, architecture, heads, classes, tile_px, mpp, normalisation, thresholds ...) is in the run key.
-_CARD_NOT_IN_KEY = frozenset({"name", "metrics", "config_digest", "histo_version", "created", "schema_version"})
+# The card fields in the run key are those bound to the weights (ModelCard.binding: scales with their
+# backbones, heads, classes, tile_px, mpp and normalisation, thresholds, preprocessing); names, metrics and
+# provenance describe a model without changing what it predicts.
 
 
 def model_key(card: ModelCard, sha256: str) -> dict[str, Any]:
     """The model's part of the run key: its weights digest and every card field that changes how it is applied."""
-    key = {k: v for k, v in card.to_dict().items() if k not in _CARD_NOT_IN_KEY}
+    key = card.binding()
     key["weights_sha256"] = sha256
     return key
 
@@ -125,7 +115,6 @@ def predict_slide(
         raise ConfigError(f"workers must be >= 0 (0 = read in this process), got {workers}")
     sha = weights_sha256(model, card)
     config = predict_tiling(card, tiling, overlap_px)
-    t_plan = time.perf_counter()
     reason = ""
     with open_slide(slide_path, mpp=mpp) as slide:
         slide_mpp = slide.mpp  # MppError when unknown: before anything is written
@@ -144,27 +133,14 @@ def predict_slide(
         except ModelError as exc:
             raise ModelError(f"{slide_path}: {exc}") from exc
         dev = resolve_device(device)
-        grid, _ = plan_grid(slide, config)
         dims = slide.dimensions
-    timings: dict[str, float] = {"plan_s": round(time.perf_counter() - t_plan, 4)}
-
-    dataset = TileBatchDataset(str(slide_path), mpp, grid, batch_size)
-    if len(grid):
-        net = prepare_model(model, dev)
-        try:
-            inf = run_inference(dataset, net, card, dev, workers=workers, progress=progress, desc=slide_path.stem)
-        finally:
-            dataset.close()
-        timings.update(inf.timings)
-        pattern, necrosis, points = inf.pattern, inf.necrosis, inf.points
-    else:
-        pattern = np.zeros((0, len(card.classes)), np.float32) if "pattern" in card.heads else None
-        necrosis = np.zeros(0, np.float32) if "necrosis" in card.heads else None
-        points = np.zeros((0, 4))
-
+        res = predict_scales(slide, slide_path, mpp, model, card, dev, tiling=tiling, overlap_px=overlap_px,
+                             batch_size=batch_size, workers=workers, progress=progress, desc=slide_path.stem)
+    timings: dict[str, float] = dict(res.timings)
+    grid = res.grids[card.table_scale]
     t_write = time.perf_counter()
-    tiles = tiles_frame(grid.table, pattern, necrosis, card.classes)
-    mitoses = mitoses_frame(points, grid.table, card.tile_px, slide_mpp, card.mitosis_min_distance_um)
+    tiles, mitoses = res.tiles, res.mitoses
+    n_counted = int((mitoses["score"].to_numpy() >= card.mitosis_threshold).sum())
     status = "ok" if len(grid) else "no_tissue"
     if not len(grid):
         reason = "; ".join(r for r in (reason, "no tissue detected: empty tables written") if r)
@@ -180,7 +156,10 @@ def predict_slide(
         RUN_SETTINGS_KEY: settings,
         "model": card_summary(card, sha),
         "n_tiles": len(tiles),
-        "n_mitoses": len(mitoses),
+        "n_tiles_per_scale": res.n_tiles,
+        "n_mitoses": n_counted,  # at or above the card's threshold
+        "n_mitosis_candidates": len(mitoses),  # every peak kept, down to candidate_threshold
+        "mitosis_candidate_threshold": candidate_threshold(card),
         "tiling": {k: grid.settings[k] for k in ("grid", "tissue", "stride_px", "tile_level0_px", "tissue_area_mm2")},
         "device": str(dev),
         "amp_dtype": str(amp_dtype(dev)).replace("torch.", "") if amp_dtype(dev) else "float32",
@@ -192,5 +171,5 @@ def predict_slide(
     }
     write_prediction(slide_dir, tiles, mitoses, base_tiles_meta(resolved, slide_mpp, card, sha, dims), prediction)
     timings["write_s"] = round(time.perf_counter() - t_write, 4)
-    return PredictResult(str(slide_path), slide_path.stem, status, reason, len(tiles), len(mitoses),
+    return PredictResult(str(slide_path), slide_path.stem, status, reason, len(tiles), n_counted,
                          round(time.perf_counter() - t0, 3), str(slide_dir), timings)

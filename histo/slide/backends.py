@@ -260,6 +260,26 @@ class ImageBackend:
         self._arr = None
 
 
+class ArrayBackend(ImageBackend):
+    """An RGB array already in memory (histo.predict.predict_image): one level, like a plain image."""
+
+    def __init__(self, rgb: np.ndarray, name: str = "array") -> None:  # noqa: D107 - no file behind it
+        arr = np.asarray(rgb)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+            raise SlideOpenError(f"{name}: expected an H×W×3 uint8 RGB array, got shape {arr.shape} {arr.dtype}")
+        self.path = Path(f"<{name}>")
+        self.vendor = "array"
+        self.format = "array"
+        self._dpi = None
+        self._resolution_unit = None
+        self._arr = np.ascontiguousarray(rgba_to_rgb(arr) if arr.shape[2] == 4 else arr)
+        h, w = self._arr.shape[:2]
+        self.level_dimensions = [(w, h)]
+        self.level_downsamples = [1.0]
+        self.properties = {"histo.image-format": "array"}
+        self._mpp = (None, None)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

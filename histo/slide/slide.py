@@ -47,8 +47,23 @@ class Slide:
         self._backend: Backend = _open_backend(self.path)
         self.vendor: str = self._backend.vendor
 
+    @classmethod
+    def from_array(cls, rgb: np.ndarray, mpp: float, name: str = "array") -> "Slide":
+        """An in-memory H×W×3 uint8 RGB image at ``mpp`` µm/px as a one-level Slide (it cannot go to worker processes)."""
+        from histo.slide.backends import ArrayBackend
+
+        _check_plausible(Path(f"<{name}>"), float(mpp), "mpp")
+        obj = cls.__new__(cls)
+        obj._backend = ArrayBackend(rgb, name)
+        obj.path = obj._backend.path
+        obj._mpp_override = float(mpp)
+        obj.vendor = obj._backend.vendor
+        return obj
+
     # -- pickling: a worker process reopens the file and gets its own handle -----------------------------
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        if self.vendor == "array":
+            raise TypeError(f"{self.path}: an in-memory slide cannot be sent to another process; read it with workers=0")
         return (open_slide, (str(self.path), self._mpp_override))
 
     def __enter__(self) -> "Slide":

@@ -45,9 +45,49 @@ def _data_section(raw: Any, source: str) -> Any:
     return data_config_from_dict(raw, source, prefix="data.")
 
 
+def _check_input(tile_px: int, mpp: float, std: tuple[float, float, float], pretrained: bool | str) -> None:
+    if pretrained is True:
+        raise ValueError("pretrained: true is ambiguous; use false, imagenet, or a path to .safetensors")
+    if tile_px < 32 or tile_px % 32:
+        raise ValueError(f"tile_px must be a multiple of 32 (the backbone stride), got {tile_px}")
+    if not 0.05 <= mpp <= 100:
+        raise ValueError(f"mpp must be a plausible µm/px in [0.05, 100], got {mpp}")
+    if min(std) <= 0:
+        raise ValueError(f"std must be positive, got {list(std)}")
+
+
+@dataclass(frozen=True)
+class ScaleSection:
+    """One input scale of a multi-scale model: its backbone, the heads it feeds, its input, and its data.
+
+    ``data`` is a full data section for this scale (default: the top-level ``data``), so each scale
+    trains on the sources that label its heads; ``max_epochs`` overrides trainer.max_epochs for it.
+    """
+
+    heads: dict[str, Any] | list[str]
+    backbone: str = "small"
+    pretrained: bool | str = False
+    tile_px: int = 128
+    mpp: float = 0.5
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    data: Any = None
+    max_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_input(self.tile_px, self.mpp, self.std, self.pretrained)
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+
+
 @dataclass(frozen=True)
 class ModelSection:
-    """The net: backbone, initial weights, heads, and the input it is fed (tile size, µm/px, normalisation)."""
+    """The net: backbone, initial weights, heads, and the input it is fed (tile size, µm/px, normalisation).
+
+    A one-scale model sets backbone/heads/tile_px/mpp here. A model whose heads read at several
+    resolutions lists them under ``scales`` instead (name → ScaleSection), e.g. the mitosis head at
+    0.25 µm/px and the pattern and necrosis heads at 1 µm/px; then the flat input keys stay unset.
+    """
 
     backbone: str = "resnet18"
     pretrained: bool | str = False  # false | imagenet | path to a local .safetensors file
@@ -57,22 +97,27 @@ class ModelSection:
     mpp: float = 0.5
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    mitosis_threshold: float = 0.5  # heatmap probability a peak needs to count as a mitosis
+    mitosis_threshold: float = 0.5  # heatmap probability a peak needs to count as a mitosis (see threshold)
+    # how the exported operating point is chosen: f1_optimal on the validation split, or this config's value
+    threshold: Literal["f1_optimal", "config"] = "f1_optimal"
     mitosis_min_distance_um: float = 4.0  # closer peaks are one mitosis
+    scales: dict[str, ScaleSection] | None = None
 
     def __post_init__(self) -> None:
-        if self.pretrained is True:
-            raise ValueError("pretrained: true is ambiguous; use false, imagenet, or a path to .safetensors")
-        if self.tile_px < 32 or self.tile_px % 32:
-            raise ValueError(f"tile_px must be a multiple of 32 (the backbone stride), got {self.tile_px}")
-        if not 0.05 <= self.mpp <= 100:
-            raise ValueError(f"mpp must be a plausible µm/px in [0.05, 100], got {self.mpp}")
-        if min(self.std) <= 0:
-            raise ValueError(f"std must be positive, got {list(self.std)}")
+        _check_input(self.tile_px, self.mpp, self.std, self.pretrained)
         if not 0 < self.mitosis_threshold < 1:
             raise ValueError(f"mitosis_threshold must be in (0, 1), got {self.mitosis_threshold}")
         if self.mitosis_min_distance_um < 0:
             raise ValueError(f"mitosis_min_distance_um must be >= 0, got {self.mitosis_min_distance_um}")
+        if self.scales is not None and not self.scales:
+            raise ValueError("scales must name at least one scale")
+
+    def scale_sections(self) -> dict[str, ScaleSection]:
+        """Every scale of the model: ``scales``, or the flat keys as one scale named ``main``."""
+        if self.scales:
+            return dict(self.scales)
+        return {"main": ScaleSection(heads=self.heads, backbone=self.backbone, pretrained=self.pretrained,
+                                     tile_px=self.tile_px, mpp=self.mpp, mean=self.mean, std=self.std)}
 
 
 @dataclass(frozen=True)
@@ -201,6 +246,22 @@ class OutputSection:
 
 
 @dataclass(frozen=True)
+class SourceInfo:
+    """What a data source is, for the model card's provenance: description, licence, real tissue or not."""
+
+    description: str = ""
+    licence: str = ""
+    real: bool = True
+
+
+@dataclass(frozen=True)
+class ProvenanceSection:
+    """Descriptions of the data sources by name (frames/images source names, 'phantoms', 'slide', 'tiles_csv')."""
+
+    sources: dict[str, SourceInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything `histo train` needs; ``data`` is histo.data's DataConfig (None: pass a datamodule to fit)."""
 
@@ -213,6 +274,7 @@ class TrainConfig:
     early_stop: EarlyStopSection = field(default_factory=EarlyStopSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     output: OutputSection = field(default_factory=OutputSection)
+    provenance: ProvenanceSection = field(default_factory=ProvenanceSection)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -233,6 +295,10 @@ class TrainConfig:
         cfg = from_dict(cls, rest, source)
         section = _data_section(data.get("data"), source)
         cfg = dataclasses.replace(cfg, data=section)
+        if cfg.model.scales:
+            scales = {name: dataclasses.replace(sc, data=_data_section(sc.data, f"{source} (model.scales.{name}.data)"))
+                      for name, sc in cfg.model.scales.items()}
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scales=scales))
         _check(cfg, source)
         return cfg
 
@@ -252,8 +318,11 @@ class TrainConfig:
 
     @property
     def heads(self) -> dict[str, dict[str, Any]]:
-        """The model heads with defaults filled in."""
-        return resolve_heads(self.model.heads)
+        """The model heads (of every scale) with defaults filled in."""
+        merged: dict[str, Any] = {}
+        for sc in self.model.scale_sections().values():
+            merged.update(resolve_heads(sc.heads))
+        return resolve_heads(merged)
 
 
 def _plain(v: Any) -> Any:
@@ -271,39 +340,58 @@ def _plain(v: Any) -> Any:
 def _check(cfg: TrainConfig, source: str) -> None:
     """Cross-field checks that the dataclasses cannot do alone."""
     m = cfg.model
-    if m.backbone not in list_backbones():
-        raise ConfigError(f"{source}: 'model.backbone' is {m.backbone!r}; registered backbones: "
-                          f"{', '.join(list_backbones())}")
-    if isinstance(m.pretrained, str) and m.pretrained != "imagenet":
-        p = Path(m.pretrained)
-        if not p.is_file():
-            raise ConfigError(f"{source}: 'model.pretrained': weights file {p} not found "
-                              "(use false, imagenet, or a path to a local .safetensors file)")
-        if p.suffix.lower() != ".safetensors":
-            raise ConfigError(f"{source}: 'model.pretrained': {p} is not a .safetensors file; histo never "
-                              "unpickles weights (convert once with safetensors.torch.save_file)")
-    try:
-        heads = resolve_heads(m.heads, source="model.heads")
-    except ModelError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
-    if "mitosis" in heads:
-        stride = heads["mitosis"]["stride_px"]
-        if m.tile_px % stride:
-            raise ConfigError(f"{source}: 'model.tile_px' ({m.tile_px}) must be a multiple of "
-                              f"model.heads.mitosis.stride_px ({stride})")
+    if m.scales:
+        changed = [k for k in ("backbone", "pretrained", "heads", "tile_px", "mpp", "mean", "std")
+                   if getattr(m, k) != getattr(ModelSection(), k)]
+        if changed:
+            raise ConfigError(f"{source}: 'model.scales' is set, so 'model.{changed[0]}' must be given per scale "
+                              f"(model.scales.<name>.{changed[0]})")
+    seen: dict[str, str] = {}
+    allowed: set[str] | None = None
+    all_heads: dict[str, Any] = {}
+    for name, sc in m.scale_sections().items():
+        key = f"model.scales.{name}" if m.scales else "model"
+        if sc.backbone not in list_backbones():
+            raise ConfigError(f"{source}: '{key}.backbone' is {sc.backbone!r}; registered backbones: "
+                              f"{', '.join(list_backbones())}")
+        if isinstance(sc.pretrained, str) and sc.pretrained != "imagenet":
+            p = Path(sc.pretrained)
+            if not p.is_file():
+                raise ConfigError(f"{source}: '{key}.pretrained': weights file {p} not found "
+                                  "(use false, imagenet, or a path to a local .safetensors file)")
+            if p.suffix.lower() != ".safetensors":
+                raise ConfigError(f"{source}: '{key}.pretrained': {p} is not a .safetensors file; histo never "
+                                  "unpickles weights (convert once with safetensors.torch.save_file)")
+        try:
+            heads = resolve_heads(sc.heads, source=f"{key}.heads")
+        except ModelError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+        for h in heads:
+            if h in seen:
+                raise ConfigError(f"{source}: head {h!r} is in scales {seen[h]!r} and {name!r}: one scale per head")
+            seen[h] = name
+        all_heads.update(heads)
+        if "mitosis" in heads:
+            stride = heads["mitosis"]["stride_px"]
+            if sc.tile_px % stride:
+                raise ConfigError(f"{source}: '{key}.tile_px' ({sc.tile_px}) must be a multiple of "
+                                  f"{key}.heads.mitosis.stride_px ({stride})")
+        names = set(monitorable(heads))
+        allowed = names if allowed is None else allowed & names
     cw = cfg.loss.pattern_class_weights
     if cw is not None:
-        n = len(heads.get("pattern", {}).get("classes", []))
-        if "pattern" not in heads:
+        n = len(all_heads.get("pattern", {}).get("classes", []))
+        if "pattern" not in all_heads:
             raise ConfigError(f"{source}: 'loss.pattern_class_weights' is set but the model has no pattern head")
         if len(cw) != n or min(cw) <= 0:
             raise ConfigError(f"{source}: 'loss.pattern_class_weights' needs {n} positive numbers (one per "
                               f"pattern class), got {cw}")
-    allowed = monitorable(heads)
+    ordered = [x for x in monitorable(all_heads) if allowed and x in allowed]
     for sec, key in ((cfg.early_stop, "early_stop"), (cfg.checkpoint, "checkpoint")):
-        if sec.monitor not in allowed:
-            raise ConfigError(f"{source}: '{key}.monitor' is {sec.monitor!r}; with heads {list(heads)} it must "
-                              f"be one of {', '.join(allowed)}")
+        if sec.monitor not in ordered:
+            what = "every scale's heads" if m.scales else f"heads {list(all_heads)}"
+            raise ConfigError(f"{source}: '{key}.monitor' is {sec.monitor!r}; with {what} it must "
+                              f"be one of {', '.join(ordered)}")
 
 
 # Metrics each head logs in validation (histo.train.module logs exactly these names).

@@ -24,11 +24,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
 
 from histo.atomic import write_text
 from histo.config import apply_overrides
 from histo.errors import ConfigError
-from histo.models import ModelCard, MultiTaskNet, save_model
+from histo.models import ModelCard, MultiScaleNet, MultiTaskNet, resolve_heads, save_model, scale_nets
 from histo.train.config import TrainConfig, TrainerSection, data_config_class
 from histo.train.module import MultiTaskModule
 
@@ -76,62 +77,76 @@ def resolve_trainer_args(t: TrainerSection) -> dict[str, Any]:
     return {"accelerator": acc, "devices": devices, "strategy": t.strategy, "precision": precision}
 
 
-def input_spec(config: TrainConfig) -> Any:
-    """histo.data.InputSpec of the model section (tile size, µm/px, normalisation, heatmap stride, classes)."""
+def input_spec(config: TrainConfig, scale: str | None = None) -> Any:
+    """histo.data.InputSpec of one scale (default: the only one): tile size, µm/px, normalisation, stride, classes."""
     from histo.data import InputSpec
 
-    heads = config.heads
+    sections = config.model.scale_sections()
+    sc = sections[scale or next(iter(sections))]
+    heads = resolve_heads(sc.heads)
     return InputSpec(
-        tile_px=config.model.tile_px,
-        mpp=config.model.mpp,
-        mean=tuple(config.model.mean),
-        std=tuple(config.model.std),
+        tile_px=sc.tile_px,
+        mpp=sc.mpp,
+        mean=tuple(sc.mean),
+        std=tuple(sc.std),
         mitosis_stride_px=heads["mitosis"]["stride_px"] if "mitosis" in heads else None,
         pattern_classes=list(heads.get("pattern", {}).get("classes", [])),
     )
 
 
-def build_datamodule(config: TrainConfig) -> pl.LightningDataModule:
-    """histo.data.TileDataModule for the config's data section."""
+def scale_data(config: TrainConfig, scale: str) -> Any:
+    """The data section a scale trains on: its own ``data``, else the top-level one."""
+    sc = config.model.scale_sections()[scale]
+    return sc.data if sc.data is not None else config.data
+
+
+def build_datamodule(config: TrainConfig, scale: str | None = None) -> pl.LightningDataModule:
+    """histo.data.TileDataModule for one scale's data section (default: the only scale)."""
     if data_config_class() is None:
         raise ConfigError("the data section needs histo.data (TileDataModule), which is not installed")
-    if config.data is None:
+    name = scale or next(iter(config.model.scale_sections()))
+    data = scale_data(config, name)
+    if data is None:
         raise ConfigError("the config has no 'data' section: say where the training tiles come from "
-                          "(data.slides, data.tiles_csv or data.phantoms; see configs/train/lab_template.yaml)")
+                          "(data.slides, data.tiles_csv, data.phantoms, data.frames or data.images; see "
+                          "configs/train/lab_template.yaml)")
     from histo.data import TileDataModule
 
-    return TileDataModule(config.data, input_spec(config))
+    return TileDataModule(data, input_spec(config, name))
 
 
 def check_data_files(config: TrainConfig) -> None:
     """ConfigError naming the key and file for a listed slide, annotation or phantom spec that is missing."""
-    if config.data is None or data_config_class() is None:
+    if data_config_class() is None:
         return
     from histo.data.sources import check_slide_files, slide_records
 
-    d = config.data
-    check_slide_files(slide_records(d))
-    if d.tiles_csv is not None and not d.resolve(d.tiles_csv).is_file():
-        raise ConfigError(f"data.tiles_csv: file not found: {d.resolve(d.tiles_csv)}")
-    for i, spec in enumerate(d.phantoms.specs if d.phantoms is not None else []):
-        if not d.resolve(spec).is_file():
-            raise ConfigError(f"data.phantoms.specs[{i}]: phantom spec file not found: {d.resolve(spec)}")
-    ref = d.normalise.reference
-    if ref is not None and not d.resolve(ref).is_file():
-        raise ConfigError(f"data.normalise.reference: reference tile not found: {d.resolve(ref)}")
+    sections = [config.data] + [sc.data for sc in config.model.scale_sections().values()]
+    for d in (x for x in sections if x is not None):
+        check_slide_files(slide_records(d))
+        if d.tiles_csv is not None and not d.resolve(d.tiles_csv).is_file():
+            raise ConfigError(f"data.tiles_csv: file not found: {d.resolve(d.tiles_csv)}")
+        for i, spec in enumerate(d.phantoms.specs if d.phantoms is not None else []):
+            if not d.resolve(spec).is_file():
+                raise ConfigError(f"data.phantoms.specs[{i}]: phantom spec file not found: {d.resolve(spec)}")
+        ref = d.normalise.reference
+        if ref is not None and not d.resolve(ref).is_file():
+            raise ConfigError(f"data.normalise.reference: reference tile not found: {d.resolve(ref)}")
 
 
-def build_net(config: TrainConfig) -> MultiTaskNet:
-    """The MultiTaskNet of the model section (pretrained weights loaded when asked)."""
+def build_net(config: TrainConfig, scale: str | None = None) -> MultiTaskNet:
+    """The MultiTaskNet of one scale (default: the only one), pretrained weights loaded when asked."""
+    sections = config.model.scale_sections()
+    sc = sections[scale or next(iter(sections))]
+    return MultiTaskNet(sc.backbone, resolve_heads(sc.heads), pretrained=sc.pretrained)
+
+
+def build_module(config: TrainConfig, net: MultiTaskNet | None = None, scale: str | None = None) -> MultiTaskModule:
+    """The LightningModule wrapping ``net`` (built from the config when not given) for one scale."""
     m = config.model
-    pretrained: bool | str = m.pretrained
-    return MultiTaskNet(m.backbone, config.heads, pretrained=pretrained)
-
-
-def build_module(config: TrainConfig, net: MultiTaskNet | None = None) -> MultiTaskModule:
-    """The LightningModule wrapping ``net`` (built from the config when not given)."""
-    m = config.model
-    return MultiTaskModule(net if net is not None else build_net(config), mpp=m.mpp, optim=config.optim,
+    sections = m.scale_sections()
+    sc = sections[scale or next(iter(sections))]
+    return MultiTaskModule(net if net is not None else build_net(config, scale), mpp=sc.mpp, optim=config.optim,
                            loss=config.loss, mitosis_threshold=m.mitosis_threshold,
                            mitosis_min_distance_um=m.mitosis_min_distance_um)
 
@@ -161,6 +176,11 @@ def fit(config: TrainConfig | str | Path, *, resume_from: str | Path | None = No
             raise ConfigError(f"checkpoint to resume from {resume_from} not found")
     text = config.to_yaml()
     digest = config.digest
+    sections = config.model.scale_sections()
+    multi = len(sections) > 1
+    if multi and (resume_from is not None or datamodule is not None):
+        raise ConfigError("resume_from and a given datamodule work with one-scale models only; a multi-scale model "
+                          "trains each scale on its own data section")
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     trainer_args = resolve_trainer_args(config.trainer)
@@ -171,74 +191,174 @@ def fit(config: TrainConfig | str | Path, *, resume_from: str | Path | None = No
     run_dir = root / f"version_{version}"
     if datamodule is None:
         check_data_files(config)  # fail on a missing file before any folder is made or phantom rendered
-    dm = datamodule if datamodule is not None else build_datamodule(config)
-    module = build_module(config)
+    runs: dict[str, _ScaleRun] = {}
+    is_zero = True
+    try:
+        for name in sections:
+            pl.seed_everything(config.seed, workers=True, verbose=False)
+            run = _fit_scale(config, name, run_dir, version, multi, trainer_args, text, datamodule=datamodule,
+                             resume_from=resume_from, callbacks=callbacks)
+            runs[name] = run
+            is_zero = run.is_global_zero
+    finally:
+        os.environ.pop(_VERSION_ENV, None)
 
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}-step{step:06d}",
+    metrics: dict[str, float] = {}
+    for name, run in runs.items():
+        for k, v in run.metrics.items():
+            metrics[f"{name}_{k}" if multi and k.startswith("loss") else k] = v
+    first = next(iter(runs.values()))
+    result = FitResult(run_dir=run_dir, model_dir=None, weights_path=None, card_path=None,
+                       best_checkpoint=first.best, last_checkpoint=first.last, metrics=metrics,
+                       global_step=sum(r.step for r in runs.values()), epochs=max(r.epochs for r in runs.values()),
+                       accelerator=trainer_args["accelerator"], precision=str(trainer_args["precision"]),
+                       config_digest=digest)
+    if export and is_zero:
+        model_dir = run_dir / "model"
+        nets = {k: r.module.net for k, r in runs.items()}
+        net: nn.Module = nets[next(iter(nets))] if not multi else _combine(nets)
+        extras = _card_extras(config, runs)
+        weights, card = export_model(net, config, metrics, model_dir, **extras)
+        result = dataclasses.replace(result, model_dir=model_dir, weights_path=weights, card_path=card)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+@dataclass
+class _ScaleRun:
+    """One scale's finished Lightning run."""
+
+    module: MultiTaskModule
+    datamodule: Any
+    best: Path | None
+    last: Path | None
+    metrics: dict[str, float]
+    step: int
+    epochs: int
+    is_global_zero: bool
+
+
+def _fit_scale(config: TrainConfig, scale: str, run_dir: Path, version: int, multi: bool,
+               trainer_args: dict[str, Any], text: str, *, datamodule: pl.LightningDataModule | None,
+               resume_from: Path | None, callbacks: Sequence[Callback]) -> _ScaleRun:
+    """Train one scale's net (in ``run_dir``, or ``run_dir/<scale>`` for a multi-scale model)."""
+    sub = run_dir / scale if multi else run_dir
+    dm = datamodule if datamodule is not None else build_datamodule(config, scale)
+    if datamodule is None:  # label counts saved into the run; bad labels, empty heads or no val split stop here
+        from histo.train.checks import check_datamodule
+
+        monitors = [config.checkpoint.monitor] + ([config.early_stop.monitor] if config.early_stop.patience > 0 else [])
+        data = scale_data(config, scale)
+        check_datamodule(dm, list(resolve_heads(config.model.scale_sections()[scale].heads)), sub,
+                         allow_label_problems=bool(getattr(data, "allow_label_problems", False)),
+                         needs_val=any(str(m).startswith("val/") for m in monitors))
+    module = build_module(config, scale=scale)
+    ckpt = ModelCheckpoint(dirpath=sub / "checkpoints", filename="epoch{epoch:03d}-step{step:06d}",
                            auto_insert_metric_name=False, monitor=config.checkpoint.monitor,
                            mode=config.checkpoint.mode, save_top_k=config.checkpoint.save_top_k, save_last=True)
     cbs: list[Callback] = [ckpt, LearningRateMonitor(logging_interval="step"), *callbacks]
     if config.early_stop.patience > 0:
         cbs.append(EarlyStopping(monitor=config.early_stop.monitor, mode=config.early_stop.mode,
                                  patience=config.early_stop.patience))
-    loggers = [CSVLogger(config.output.dir, name=config.output.name, version=version),
-               TensorBoardLogger(config.output.dir, name=config.output.name, version=version,
-                                 sub_dir="tensorboard", default_hp_metric=False)]
+    if multi:
+        loggers = [CSVLogger(str(run_dir), name=scale, version=""),
+                   TensorBoardLogger(str(run_dir), name=scale, version="", sub_dir="tensorboard",
+                                     default_hp_metric=False)]
+    else:
+        loggers = [CSVLogger(config.output.dir, name=config.output.name, version=version),
+                   TensorBoardLogger(config.output.dir, name=config.output.name, version=version,
+                                     sub_dir="tensorboard", default_hp_metric=False)]
     t = config.trainer
+    max_epochs = config.model.scale_sections()[scale].max_epochs or t.max_epochs
     trainer = pl.Trainer(
-        **trainer_args, max_epochs=t.max_epochs, max_steps=t.max_steps, callbacks=cbs, logger=loggers,
+        **trainer_args, max_epochs=max_epochs, max_steps=t.max_steps, callbacks=cbs, logger=loggers,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         val_check_interval=t.val_check_interval, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, gradient_clip_val=t.gradient_clip_val,
-        enable_progress_bar=t.progress_bar, enable_model_summary=False, default_root_dir=str(run_dir),
+        enable_progress_bar=t.progress_bar, enable_model_summary=False, default_root_dir=str(sub),
     )
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        sub.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", text)
     # Children of the DDP launcher start during trainer.fit and inherit this, so all ranks share run_dir.
     os.environ[_VERSION_ENV] = str(version)
-    try:
-        with warnings.catch_warnings():
-            # Lightning's advice about DataLoader worker counts is for the user's data config, not a fault here.
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            # config.yaml is written into the run folder first, on purpose; the CSV logger only replaces its own files.
-            warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-            trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
-            best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
-            last = Path(ckpt.last_model_path) if ckpt.last_model_path else None
-            step, epochs = int(trainer.global_step), int(trainer.current_epoch)
-            metrics: dict[str, float] = {}
-            if best is not None or last is not None:
-                res = trainer.validate(module, datamodule=dm, ckpt_path=str(best or last), verbose=False)
-                metrics = {k.removeprefix("val/"): float(v) for k, v in (res[0] if res else {}).items()}
-    finally:
-        os.environ.pop(_VERSION_ENV, None)
-
-    result = FitResult(run_dir=run_dir, model_dir=None, weights_path=None, card_path=None, best_checkpoint=best,
-                       last_checkpoint=last, metrics=metrics, global_step=step, epochs=epochs,
-                       accelerator=trainer_args["accelerator"], precision=str(trainer_args["precision"]),
-                       config_digest=digest)
-    if export and trainer.is_global_zero:
-        model_dir = run_dir / "model"
-        weights, card = export_model(module.net, config, metrics, model_dir)
-        result = dataclasses.replace(result, model_dir=model_dir, weights_path=weights, card_path=card)
-    result.seconds = round(time.perf_counter() - t0, 3)
-    return result
+    with warnings.catch_warnings():
+        # Lightning's advice about DataLoader worker counts is for the user's data config, not a fault here.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # config.yaml is written into the run folder first, on purpose; the CSV logger only replaces its own files.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+        best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
+        last = Path(ckpt.last_model_path) if ckpt.last_model_path else None
+        step, epochs = int(trainer.global_step), int(trainer.current_epoch)
+        metrics: dict[str, float] = {}
+        if best is not None or last is not None:
+            # Loads the best weights into ``module`` (they are what is exported) and measures them once more.
+            res = trainer.validate(module, datamodule=dm, ckpt_path=str(best or last), verbose=False)
+            metrics = {k.removeprefix("val/"): float(v) for k, v in (res[0] if res else {}).items()}
+    return _ScaleRun(module, dm, best, last, metrics, step, epochs, trainer.is_global_zero)
 
 
-def make_card(net: MultiTaskNet, config: TrainConfig, metrics: dict[str, float]) -> ModelCard:
-    """The model card of a net trained with ``config``: input spec, heads, metrics and config digest."""
+def _combine(nets: dict[str, nn.Module]) -> MultiScaleNet:
+    """One MultiScaleNet holding each scale's trained net."""
+    combined = MultiScaleNet({k: (n.backbone_name, n.heads_config) for k, n in nets.items()})  # type: ignore[misc]
+    for k, n in nets.items():
+        combined.nets[k].load_state_dict(n.state_dict(), strict=True)
+    return combined
+
+
+def _card_extras(config: TrainConfig, runs: dict[str, _ScaleRun]) -> dict[str, Any]:
+    """threshold_selection and provenance for the card, from the runs' final validation and label counts."""
+    from histo.train.provenance import head_provenance
+
     m = config.model
-    return ModelCard(name=config.output.name, backbone=net.backbone_name, heads=net.heads_config,
-                     tile_px=m.tile_px, mpp=m.mpp, mean=tuple(m.mean), std=tuple(m.std),
-                     mitosis_threshold=m.mitosis_threshold, mitosis_min_distance_um=m.mitosis_min_distance_um,
-                     metrics=dict(metrics), config_digest=config.digest)
+    selection: dict[str, Any] = {"method": "config", "threshold": m.mitosis_threshold}
+    threshold = m.mitosis_threshold
+    for name, run in runs.items():
+        if "mitosis" not in run.module.heads:
+            continue
+        choice = run.module.threshold_choice
+        if m.threshold == "f1_optimal" and choice is not None:
+            threshold = choice["threshold"]
+            selection = {"method": "f1_optimal", "split": "val", "scale": name, **choice,
+                         "config_threshold": m.mitosis_threshold}
+        elif m.threshold == "f1_optimal":
+            selection = {"method": "config", "threshold": m.mitosis_threshold,
+                         "reason": "no true mitosis in the validation split: the configured threshold is kept"}
+        elif choice is not None:
+            selection["validation"] = choice
+    provenance: dict[str, Any] = {}
+    for name, run in runs.items():
+        provenance.update(head_provenance(config, run.module.heads, run.datamodule, run.metrics))
+    return {"mitosis_threshold": threshold, "threshold_selection": selection, "provenance": provenance}
 
 
-def export_model(net: MultiTaskNet, config: TrainConfig, metrics: dict[str, float],
-                 model_dir: str | Path) -> tuple[Path, Path]:
+def make_card(net: nn.Module, config: TrainConfig, metrics: dict[str, float], **extra: Any) -> ModelCard:
+    """The model card of a net trained with ``config``: every scale's input spec, heads, metrics, digest.
+
+    ``extra`` sets other card fields (mitosis_threshold, threshold_selection, provenance, domain ...).
+    """
+    m = config.model
+    sections = m.scale_sections()
+    nets = scale_nets(net, sections)
+    scales = {}
+    for name, sc in sections.items():
+        n = nets[name]
+        scales[name] = {"backbone": n.backbone_name, "heads": n.heads_config, "tile_px": sc.tile_px,  # type: ignore[union-attr]
+                        "mpp": sc.mpp, "mean": list(sc.mean), "std": list(sc.std)}
+    data = config.data if config.data is not None else next((sc.data for sc in sections.values() if sc.data), None)
+    norm = getattr(getattr(data, "normalise", None), "method", "none")
+    ref = getattr(getattr(data, "normalise", None), "reference", None)
+    fields: dict[str, Any] = {"mitosis_threshold": m.mitosis_threshold, "mitosis_min_distance_um": m.mitosis_min_distance_um,
+                              "preprocessing": {"stain_normalisation": {"method": norm, "reference": str(ref) if ref else None}}}
+    fields.update(extra)
+    return ModelCard(name=config.output.name, scales=scales, metrics=dict(metrics), config_digest=config.digest, **fields)
+
+
+def export_model(net: nn.Module, config: TrainConfig, metrics: dict[str, float],
+                 model_dir: str | Path, **extra: Any) -> tuple[Path, Path]:
     """Write ``model_dir/<name>.safetensors`` + ``.card.json`` (atomically); returns both paths."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     net = net.to("cpu").eval()
-    return save_model(net, make_card(net, config, metrics), model_dir)
+    return save_model(net, make_card(net, config, metrics, **extra), model_dir)

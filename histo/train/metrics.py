@@ -84,3 +84,60 @@ class MitosisF1(Metric):
         precision = tp / (tp + fp) if (tp + fp) > 0 else one
         recall = tp / (tp + fn) if (tp + fn) > 0 else one
         return {"f1": f1.float(), "precision": precision.float(), "recall": recall.float()}
+
+
+THRESHOLD_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.10, 0.15, ..., 0.90
+
+
+class MitosisF1Sweep(Metric):
+    """TP/FP/FN of the mitosis detections at every score threshold of ``thresholds`` (for choosing one).
+
+    ``update`` takes per-tile predicted points with a score column (x, y, score), found at or below the
+    lowest threshold, and the true points; each threshold keeps the predictions scoring at least it.
+    """
+
+    full_state_update = False
+
+    def __init__(self, radius_px: float, thresholds: Sequence[float] = THRESHOLD_GRID, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.radius_px = float(radius_px)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        k = len(self.thresholds)
+        for name in ("tp", "fp", "fn"):
+            self.add_state(name, default=torch.zeros(k, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, pred_points: Sequence[torch.Tensor], true_points: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Match each tile's predictions (filtered per threshold) to its truth and add the counts."""
+        counts = np.zeros((3, len(self.thresholds)), np.int64)
+        for p, t in zip(pred_points, true_points):
+            p = p.detach().float().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p, np.float64)
+            p = p.reshape(-1, p.shape[-1]) if p.size else np.zeros((0, 3))
+            for j, thr in enumerate(self.thresholds):
+                a, b, c = match_points(p[p[:, 2] >= thr] if len(p) else p, t, self.radius_px)
+                counts[:, j] += (a, b, c)
+        self.tp += torch.as_tensor(counts[0], device=self.tp.device)
+        self.fp += torch.as_tensor(counts[1], device=self.fp.device)
+        self.fn += torch.as_tensor(counts[2], device=self.fn.device)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Per-threshold tp, fp, fn (synced across processes)."""
+        return {"tp": self.tp.clone(), "fp": self.fp.clone(), "fn": self.fn.clone()}
+
+
+def choose_threshold(thresholds: Sequence[float], tp: Sequence[int], fp: Sequence[int],
+                     fn: Sequence[int]) -> dict[str, float] | None:
+    """The F1-optimal threshold (ties: the one whose count is least biased, then the lower) and its figures.
+
+    None when the validation set holds no true mitosis: F1 there measures nothing.
+    """
+    tp_a, fp_a, fn_a = (np.asarray(v, np.float64) for v in (tp, fp, fn))
+    n_true = tp_a[0] + fn_a[0]
+    if n_true <= 0:
+        return None
+    f1 = np.where(2 * tp_a + fp_a + fn_a > 0, 2 * tp_a / np.maximum(2 * tp_a + fp_a + fn_a, 1), 0.0)
+    bias = np.abs((tp_a + fp_a) - n_true)
+    order = sorted(range(len(thresholds)), key=lambda i: (-round(float(f1[i]), 6), bias[i], thresholds[i]))
+    i = order[0]
+    return {"threshold": float(thresholds[i]), "f1": float(f1[i]),
+            "precision": float(tp_a[i] / (tp_a[i] + fp_a[i])) if tp_a[i] + fp_a[i] > 0 else 0.0,
+            "recall": float(tp_a[i] / n_true), "n_true": int(n_true), "n_predicted": int(tp_a[i] + fp_a[i])}

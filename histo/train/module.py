@@ -13,7 +13,7 @@ from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, Multicl
 from histo.models import MultiTaskNet, heatmaps_to_points
 from histo.train.config import LossSection, OptimSection
 from histo.train.losses import mitosis_loss, necrosis_loss, pattern_loss
-from histo.train.metrics import MIDOG_RADIUS_UM, MitosisF1
+from histo.train.metrics import MIDOG_RADIUS_UM, THRESHOLD_GRID, MitosisF1, MitosisF1Sweep, choose_threshold
 
 # Names of the logged validation metrics (what early_stop/checkpoint can monitor besides val/loss).
 METRIC_NAMES = ("val/pattern_bacc", "val/pattern_auroc", "val/necrosis_auroc", "val/mitosis_f1",
@@ -48,6 +48,9 @@ class MultiTaskModule(pl.LightningModule):
         if "mitosis" in self.heads:
             self.mitosis_stride_px = int(self.heads["mitosis"]["stride_px"])
             self.val_mitosis_f1 = MitosisF1(match_radius_um / self.mpp)
+            # Detections down to the lowest grid threshold, scored at every one, to choose the operating point.
+            self.val_mitosis_sweep = MitosisF1Sweep(match_radius_um / self.mpp, THRESHOLD_GRID)
+        self.threshold_choice: dict[str, float] | None = None  # set by each validation epoch (see compute_metrics)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per head (see MultiTaskNet.forward)."""
@@ -102,8 +105,12 @@ class MultiTaskModule(pl.LightningModule):
             self.val_necrosis_auroc.update(out["necrosis"].float().sigmoid(), batch["necrosis"].round().long())
         if "mitosis" in out:
             labelled = batch["mitosis_labelled"].bool()
-            points = self.mitosis_points(out["mitosis"][labelled])
-            self.val_mitosis_f1.update(points, batch["mitosis_points"][labelled])
+            logits = out["mitosis"][labelled]
+            truth = batch["mitosis_points"][labelled]
+            self.val_mitosis_f1.update(self.mitosis_points(logits), truth)
+            low = heatmaps_to_points(logits, min(THRESHOLD_GRID), self.mitosis_min_distance_px,
+                                     self.mitosis_stride_px, from_logits=True)
+            self.val_mitosis_sweep.update(low, truth)
 
     def mitosis_points(self, logits: torch.Tensor) -> list[torch.Tensor]:
         """Predicted mitosis points (x, y, score in tile px) per tile from heatmap logits."""
@@ -134,14 +141,21 @@ class MultiTaskModule(pl.LightningModule):
             if math.isfinite(value):
                 vals[name] = value
         f1 = getattr(self, "val_mitosis_f1", None)
-        if f1 is not None and f1.update_called:
+        # Detection metrics on a validation set with no true mitosis would read 1.0 and mean nothing: left out.
+        if f1 is not None and f1.update_called and int(f1.tp + f1.fn) > 0:
             res = f1.compute()
             vals.update({f"val/mitosis_{k}": float(v) for k, v in res.items()})
+        sweep = getattr(self, "val_mitosis_sweep", None)
+        if sweep is not None and sweep.update_called:
+            c = sweep.compute()
+            self.threshold_choice = choose_threshold(sweep.thresholds, c["tp"].tolist(), c["fp"].tolist(),
+                                                     c["fn"].tolist())
         return vals
 
     def reset_metrics(self) -> None:
         """Clear the metric states."""
-        for attr in ("val_pattern_bacc", "val_pattern_auroc", "val_necrosis_auroc", "val_mitosis_f1"):
+        for attr in ("val_pattern_bacc", "val_pattern_auroc", "val_necrosis_auroc", "val_mitosis_f1",
+                     "val_mitosis_sweep"):
             metric = getattr(self, attr, None)
             if metric is not None:
                 metric.reset()

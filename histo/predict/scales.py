@@ -1,0 +1,169 @@
+"""Prediction at every input scale of a model, joined on level-0 coordinates.
+
+A model card lists its scales (histo.models.ScaleSpec): for example the mitosis head at 0.25 µm/px and
+the pattern and necrosis heads at 1 µm/px. Each scale gets its own tile grid over one shared tissue mask,
+read once from the pyramid level nearest its mpp (histo.tiling.read_run through histo.slide), and its
+own forward pass. The tile table is the grid of the card's table scale (that of the area heads); per-tile
+outputs of heads read at another scale are joined onto it by level-0 tile centre, and mitosis points of
+any scale are mapped to level-0 pixels and µm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from histo.errors import ConfigError
+from histo.models import ModelCard, scale_nets
+from histo.predict.dataset import TileBatchDataset
+from histo.predict.engine import InferenceOutput, prepare_model, run_inference
+from histo.predict.outputs import PATTERN_PREFIX, mitoses_frame, tiles_frame
+from histo.slide import Slide
+from histo.tiling import TileGrid, TilingConfig, plan_grid
+from histo.tissue import TissueMask
+
+
+def scale_tiling(card: ModelCard, scale: str, tiling: TilingConfig | None = None,
+                 overlap_px: int | None = None) -> TilingConfig:
+    """The tiling of one scale: ``tiling``'s tissue and grid options at that scale's tile_px and mpp."""
+    tiling = tiling or TilingConfig()
+    spec = card.scales[scale]
+    g = tiling.grid
+    try:
+        grid = dataclasses.replace(g, tile_px=spec.tile_px, mpp=spec.mpp,
+                                   overlap_px=g.overlap_px if overlap_px is None else overlap_px,
+                                   mask_mpp=max(g.mask_mpp, card.mpp))
+    except ValueError as exc:
+        raise ConfigError(f"tiling for model {card.name!r} scale {scale!r} (tile_px {spec.tile_px}, "
+                          f"mpp {spec.mpp:g}): {exc}") from exc
+    return dataclasses.replace(tiling, grid=grid)
+
+
+def plan_scales(slide: Slide, card: ModelCard, tiling: TilingConfig | None = None,
+                overlap_px: int | None = None) -> tuple[dict[str, TileGrid], TissueMask]:
+    """One tile grid per scale over one tissue mask (detected once, at the table scale's mask resolution)."""
+    order = [card.table_scale] + [s for s in card.scales if s != card.table_scale]
+    grids: dict[str, TileGrid] = {}
+    mask: TissueMask | None = None
+    for name in order:
+        grids[name], mask = plan_grid(slide, scale_tiling(card, name, tiling, overlap_px), mask=mask)
+    assert mask is not None  # at least one scale  # noqa: S101 - internal invariant, not user input
+    return {n: grids[n] for n in card.scales}, mask
+
+
+@dataclass
+class ScalePrediction:
+    """Joined outputs of every scale: the tile table (table scale), mitosis candidates, and per-scale figures."""
+
+    tiles: pd.DataFrame
+    mitoses: pd.DataFrame
+    grids: dict[str, TileGrid]
+    n_tiles: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def infer_scales(slide_path: str | Path, mpp_override: float | None, grids: dict[str, TileGrid],
+                 model: nn.Module, card: ModelCard, device: torch.device, *, batch_size: int, workers: int,
+                 progress: bool, desc: str, slide: Slide | None = None) -> dict[str, InferenceOutput | None]:
+    """Run each scale's net over its grid (None for an empty grid); ``slide`` reads in-process (workers=0)."""
+    nets = scale_nets(model, card.scales)
+    out: dict[str, InferenceOutput | None] = {}
+    for name, grid in grids.items():
+        if not len(grid):
+            out[name] = None
+            continue
+        dataset = TileBatchDataset(str(slide_path), mpp_override, grid, batch_size, slide=slide)
+        net = prepare_model(nets[name], device)
+        label = f"{desc} {name}" if card.multiscale else desc
+        try:
+            out[name] = run_inference(dataset, net, card, device, workers=workers, progress=progress,
+                                      desc=label, scale=name)
+        finally:
+            dataset.close()
+    return out
+
+
+def join_scales(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, InferenceOutput | None],
+                slide_mpp: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tiles, mitoses): the table scale's tiles with every per-tile head, and all mitosis candidates."""
+    table = card.table_scale
+    grid = grids[table]
+    probs: dict[str, np.ndarray | None] = {"pattern": None, "necrosis": None}
+    n = len(grid)
+    for head in ("pattern", "necrosis"):
+        if head not in card.heads:
+            continue
+        src = card.scale_of(head)
+        res = outputs.get(src)
+        values = getattr(res, head) if res is not None else None
+        if src == table:
+            probs[head] = values if values is not None else _empty(head, card, n)
+        else:
+            probs[head] = _join_by_centre(grid.table, grids[src].table, values, _empty(head, card, n))
+    tiles = tiles_frame(grid.table, probs["pattern"], probs["necrosis"], card.classes)
+    if "mitosis" in card.heads:
+        src = card.scale_of("mitosis")
+        res = outputs.get(src)
+        points = res.points if res is not None else np.zeros((0, 4))
+        mitoses = mitoses_frame(points, grids[src].table, card.scales[src].tile_px, slide_mpp,
+                                card.mitosis_min_distance_um)
+    else:
+        mitoses = mitoses_frame(np.zeros((0, 4)), grid.table, card.tile_px, slide_mpp, card.mitosis_min_distance_um)
+    return tiles, mitoses
+
+
+def _empty(head: str, card: ModelCard, n: int) -> np.ndarray:
+    """NaN probabilities for ``n`` tiles (a head whose scale had no tile there)."""
+    return np.full((n, len(card.classes)), np.nan, np.float32) if head == "pattern" else np.full(n, np.nan, np.float32)
+
+
+def _join_by_centre(coarse: pd.DataFrame, fine: pd.DataFrame, values: np.ndarray | None,
+                    empty: np.ndarray) -> np.ndarray:
+    """Mean of the fine tiles' values whose level-0 centre lies in each coarse tile (NaN where none)."""
+    out = empty.copy()
+    if values is None or not len(fine) or not len(coarse):
+        return out
+    fx = fine["x"].to_numpy() + fine["w"].to_numpy() / 2
+    fy = fine["y"].to_numpy() + fine["h"].to_numpy() / 2
+    cx, cy = coarse["x"].to_numpy(), coarse["y"].to_numpy()
+    cw, ch = coarse["w"].to_numpy(), coarse["h"].to_numpy()
+    v = values.reshape(len(fine), -1).astype(np.float64)
+    for i in range(len(coarse)):
+        inside = (fx >= cx[i]) & (fx < cx[i] + cw[i]) & (fy >= cy[i]) & (fy < cy[i] + ch[i])
+        if inside.any():
+            out[i] = v[inside].mean(0).reshape(out[i].shape)
+    return out
+
+
+def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | None, model: nn.Module,
+                   card: ModelCard, device: torch.device, *, tiling: TilingConfig | None = None,
+                   overlap_px: int | None = None, batch_size: int = 64, workers: int = 0,
+                   progress: bool = False, desc: str = "", in_process: bool = False) -> ScalePrediction:
+    """Plan, infer and join every scale of ``card`` on an open ``slide`` (one code path for slides and arrays)."""
+    t0 = time.perf_counter()
+    grids, _ = plan_scales(slide, card, tiling, overlap_px)
+    timings = {"plan_s": round(time.perf_counter() - t0, 4)}
+    outputs = infer_scales(slide_path, mpp_override, grids, model, card, device, batch_size=batch_size,
+                           workers=0 if in_process else workers, progress=progress, desc=desc,
+                           slide=slide if in_process else None)
+    infer = [o.timings.get("infer_s", 0.0) for o in outputs.values() if o is not None]
+    timings["infer_s"] = round(float(sum(infer)), 4)
+    for name, o in outputs.items():
+        if o is not None and card.multiscale:
+            timings[f"infer_{name}_s"] = o.timings.get("infer_s", 0.0)
+        if o is not None and "gpu_busy_fraction" in o.timings:
+            timings[f"gpu_busy_fraction{'_' + name if card.multiscale else ''}"] = o.timings["gpu_busy_fraction"]
+    tiles, mitoses = join_scales(card, grids, outputs, slide.mpp)
+    return ScalePrediction(tiles=tiles, mitoses=mitoses, grids=grids,
+                           n_tiles={k: len(g) for k, g in grids.items()}, timings=timings)
+
+
+__all__ = ["PATTERN_PREFIX", "ScalePrediction", "infer_scales", "join_scales", "plan_scales", "predict_scales",
+           "scale_tiling"]
