@@ -94,8 +94,3 @@ def check_datamodule(dm: Any, heads: Sequence[str], run_dir: Path | None, *, all
         raise ConfigError("training data checks failed, training not started:\n  - " + "\n  - ".join(errors))
     return counts
 
-
-def check_before_fit(config: Any, dm: Any, run_dir: Path) -> pd.DataFrame:
-    """check_datamodule with the heads, flag and monitors of a TrainConfig (see histo.train.fit)."""
-    monitors = [config.checkpoint.monitor] + ([config.early_stop.monitor] if config.early_stop.patience > 0 else [])
-    return check_datamodule(dm, list(config.heads), run_dir, needs_val=any(str(m).startswith("val/") for m in monitors))
