@@ -147,7 +147,7 @@ def _report_changes(folder: Path, grading: Any) -> tuple[list[str] | None, str]:
     if old is None or not isinstance(old.get("grading_config"), dict):
         return None, ""
     verdict = old.get("verdict", {}).get("high_grade", "") if isinstance(old.get("verdict"), dict) else ""
-    return [f"grading {c}" for c in describe_changes(old["grading_config"], grading.to_dict())], str(verdict)
+    return describe_changes(old["grading_config"], grading.to_dict()), str(verdict)
 
 
 def _write_report(result: Any, slide: Path, grading: Any) -> Any:
@@ -162,9 +162,9 @@ def _write_report(result: Any, slide: Path, grading: Any) -> Any:
         changes, verdict = _report_changes(folder, grading)
         if changes == []:  # the same grading: the report stands, and so does its row
             return dataclasses.replace(result, verdict=verdict, report=str(folder / "report.html"))
-        why = "; ".join(changes[:4]) if changes else "no report yet"
+        why = f"grading changed: {'; '.join(changes[:4])}" if changes else "no report yet"
         result = dataclasses.replace(result, status="no_tissue" if result.n_tiles == 0 else "ok",
-                                     reason=f"report redone: {why} (predictions unchanged)")
+                                     reason=f"report redone ({why}); predictions unchanged")
     try:
         verdict, json_path, _ = report_folder(folder, folder, grading, slides=[slide], n_folders=1, ihc=[],
                                               geojson_tiles=True)
