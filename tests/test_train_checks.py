@@ -67,7 +67,7 @@ def test_head_without_positive_in_val_is_an_error_naming_head_and_split(tmp_path
         check_datamodule(dm_of(raw), HEADS, None, echo=lambda s: None)
     msg = str(err.value)
     assert "head 'mitosis' has no positive label in val" in msg
-    assert "head 'necrosis' has no positive label in val" in msg
+    assert "head 'necrosis' has no positive label in val (4 negative tiles)" in msg
     assert " in train" not in msg
 
 

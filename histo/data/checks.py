@@ -107,11 +107,12 @@ def head_problems(counts: pd.DataFrame, heads: Sequence[str], pattern_classes: S
             out.append(f"head 'mitosis' has no positive label in {split}: no mitotic figure in a tile whose mitoses are "
                        f"labelled ({n(split, 'mitosis', 'negative')} labelled tiles without one)")
         if "necrosis" in heads:
-            for label in ("positive", "negative"):
-                if n(split, "necrosis", label) == 0:
-                    out.append(f"head 'necrosis' has no {label} label in {split} "
-                               f"({n(split, 'necrosis', 'positive' if label == 'negative' else 'negative')} "
-                               f"{'negative' if label == 'positive' else 'positive'} tiles)")
+            pos, neg = n(split, "necrosis", "positive"), n(split, "necrosis", "negative")
+            if pos == neg == 0:
+                out.append(f"head 'necrosis' has no label at all in {split}")
+            elif pos == 0 or neg == 0:  # AUROC needs both
+                out.append(f"head 'necrosis' has no {'positive' if pos == 0 else 'negative'} label in {split} "
+                           f"({max(pos, neg)} {'negative' if pos == 0 else 'positive'} tiles)")
         if "pattern" in heads:
             present = [c for c in pattern_classes if n(split, "pattern", c) > 0]
             if split == "train":
