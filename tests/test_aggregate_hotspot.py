@@ -167,12 +167,14 @@ def test_thin_tumour_no_window_denser_than_whole_uses_whole_tumour():
 
 def test_hotspot_box_is_clipped_to_the_slide():
     # tumour in the left column at the slide edge: the window centred there reaches x < 0
-    tiles = make_tiles(10, 10, 400, tumour=lambda r, c: c == 0)  # 200 µm tiles at 0.5 µm/px
+    # tiles only where tissue is (2 columns, 400 µm): they say nothing about where the slide ends
+    tiles = make_tiles(2, 10, 400, tumour=lambda r, c: c == 0)  # 200 µm tiles at 0.5 µm/px
     xy = [(20.0 + i, 1000.0 + 5 * i) for i in range(6)]
     hs = measure_slide(tiles, points(xy), 0.5).mitoses.hotspot
     x0, y0, x1, y1 = hs.box_um
     assert x0 == 0.0 and y0 >= 0.0
     assert x1 == pytest.approx(hs.centre_x_um + 0.5 * 2370 ** 0.5 * 1000 ** 0.5)
-    # with the slide size, the far edges are cut too (tiles may hang over the slide edge)
+    assert x1 > 400.0  # not cut at the tiles' extent
+    # with the slide size, the far edges are cut too
     hs2 = measure_slide(tiles, points(xy), 0.5, slide_size_px=(1500, 3000)).mitoses.hotspot
     assert hs2.box_um[2] <= 750.0 and hs2.box_um[3] <= 1500.0

@@ -121,7 +121,7 @@ def measure_slide(
     """Measure tissue, tumour, necrosis, pattern and mitoses of one slide from its prediction tables.
 
     ``slide_size_px`` (level-0 width, height) clips the hotspot box to the slide; without it the box
-    is clipped to the slide origin and the tiles' extent (tiles may hang over the right/bottom edge).
+    is clipped at the slide origin only (x, y >= 0).
     """
     cfg = config or GradingConfig()
     mpp = validate_mpp(mpp)
@@ -166,20 +166,22 @@ def measure_slide(
         necrosis_pct_of_tumour=necrosis_pct,
         pattern=_patterns(classes, cfg.tiles.non_spindle_class, top[viable], tissue_mm2[viable]),
         mitoses=_mitoses(m, mpp, cfg, raster, viable, tissue_mm2, t["tissue_fraction"].to_numpy(), viable_area,
-                         _slide_extent_um(t, mpp, slide_size_px)),
+                         _slide_extent_um(slide_size_px, mpp)),
     )
 
 
-def _slide_extent_um(t: pd.DataFrame, mpp: float, slide_size_px: tuple[int, int] | None) -> tuple[float, float, float, float]:
-    """The slide's extent in µm: its size when known, else from the origin to the tiles' far edge."""
-    if slide_size_px is not None:
-        w, h = (float(v) for v in slide_size_px)
-        if not (w > 0 and h > 0):
-            raise TableError(f"slide size must be two positive level-0 pixel counts, got {slide_size_px!r}")
-        return (0.0, 0.0, w * mpp, h * mpp)
-    if len(t) == 0:
+def _slide_extent_um(slide_size_px: tuple[int, int] | None, mpp: float) -> tuple[float, float, float, float]:
+    """The slide's extent in µm: from its origin to its size when known (tiles cover only tissue, so
+    they cannot stand in for the far edges)."""
+    if slide_size_px is None:
         return (0.0, 0.0, math.inf, math.inf)
-    return (0.0, 0.0, float((t["x"] + t["w"]).max()) * mpp, float((t["y"] + t["h"]).max()) * mpp)
+    try:
+        w, h = (float(v) for v in slide_size_px)
+    except (TypeError, ValueError) as exc:
+        raise TableError(f"slide size must be (width, height) in level-0 pixels, got {slide_size_px!r}") from exc
+    if not (w > 0 and h > 0 and math.isfinite(w) and math.isfinite(h)):
+        raise TableError(f"slide size must be two positive level-0 pixel counts, got {slide_size_px!r}")
+    return (0.0, 0.0, w * mpp, h * mpp)
 
 
 def _patterns(classes: list[str], non_spindle: str, top: np.ndarray, area: np.ndarray) -> PatternMeasurements:

@@ -212,9 +212,9 @@ def _mitotic_value(meas: SlideMeasurements, cfg: GradingConfig) -> tuple[float |
         count = None if hs is None else hs.count
         area = None if hs is None else hs.counted_area_mm2
         if hs is not None and hs.counted_in == "whole_viable_tumour":
-            basis_text = f"hotspot = whole viable tumour (no {cfg.hotspot.n_hpf:g}-HPF window is denser)"
+            basis_text = f"hotspot = whole viable tumour, as no {cfg.hotspot.n_hpf:g}-HPF window is denser"
             if hs.window_exceeds_tumour:
-                basis_text = f"hotspot = whole viable tumour (smaller than the {cfg.hotspot.n_hpf:g}-HPF window)"
+                basis_text = f"hotspot = whole viable tumour, smaller than the {cfg.hotspot.n_hpf:g}-HPF window"
         else:
             basis_text = f"hotspot of {cfg.hotspot.n_hpf:g} HPF"
     else:

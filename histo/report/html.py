@@ -114,7 +114,7 @@ def measurement_rows(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("Mitoses per 10 HPF (hotspot)", hotspot_phrase(hs)))
         note = hotspot_note(hs)
         if note:
-            rows.append(("Note", note))
+            rows.append(("Note", f"the hotspot is the whole viable tumour: {note}"))
         rows.append(("Densest window", f"{hs['shape']}, {fmt_area(hs['area_mm2'])} mm² ({fmt_num(hs['n_hpf'])} HPF), "
                                        f"{hs.get('window_count', hs['count'])} mitoses"
                                        + ("" if hs.get("tumour_fraction") is None

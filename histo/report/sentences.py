@@ -121,7 +121,7 @@ def whole_tumour_phrase(mitoses: Mapping[str, Any], value_text: str | None = Non
 
 
 def hotspot_note(hs: Mapping[str, Any]) -> str | None:
-    """Why the hotspot is the whole viable tumour, or None when it is a window."""
+    """Why the hotspot is the whole viable tumour ('the viable tumour is smaller than …'), or None for a window."""
     if hs.get("counted_in") != "whole_viable_tumour":
         return None
     window = f"{fmt_num(hs['n_hpf'])}-HPF window ({fmt_area(hs['area_mm2'])} mm²)"
@@ -130,8 +130,7 @@ def hotspot_note(hs: Mapping[str, Any]) -> str | None:
     else:
         why = f"no {window} is denser than the viable tumour as a whole"
     held = hs.get("window_count")
-    tail = "" if held is None else f"; the densest window holds {held}"
-    return f"the hotspot is the whole viable tumour: {why}{tail}"
+    return why if held is None else f"{why}; the densest window holds {held}"
 
 
 def hotspot_label(hs: Mapping[str, Any]) -> str:
