@@ -17,6 +17,7 @@ from typing import Any
 
 RUN_SETTINGS_KEY = "run_settings"
 NO_RECORD = "no run settings recorded (made by an older histo)"
+_MISSING = object()
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, int]:
@@ -55,27 +56,26 @@ def describe_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> l
     if not isinstance(old, Mapping):
         return [NO_RECORD]
     a, b = _flatten(plain(old)), _flatten(plain(new))
-    out: list[str] = []
-    slide_keys = [k for k in sorted(set(a) | set(b)) if k.endswith(("size_bytes", "mtime_ns")) and a.get(k) != b.get(k)]
-    reported_files: set[str] = set()
-    for k in slide_keys:  # a file fingerprint reads as one change of that file
-        owner = k.rsplit(".", 1)[0] if "." in k else "file"
-        if owner not in reported_files:
-            reported_files.add(owner)
-            out.append(f"{owner} file changed")
-    for k in sorted(set(a) | set(b), key=lambda k: (k.count("."), k)):
-        if k in slide_keys or a.get(k, _MISSING) == b.get(k, _MISSING):
+    found: list[tuple[tuple[int, str], str]] = []
+    files: set[str] = set()
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, _MISSING), b.get(k, _MISSING)
+        if va == vb:
             continue
-        if k not in a:
-            out.append(f"{k} added ({_show(b[k])})")
-        elif k not in b:
-            out.append(f"{k} no longer set (was {_show(a[k])})")
+        if k.endswith(("size_bytes", "mtime_ns")):  # a file fingerprint reads as one change of that file
+            owner = k.rsplit(".", 1)[0] if "." in k else "file"
+            if owner not in files:
+                files.add(owner)
+                found.append(((owner.count("."), owner), f"{owner} file changed"))
+            continue
+        if va is _MISSING:
+            text = f"{k} added ({_show(vb)})"
+        elif vb is _MISSING:
+            text = f"{k} no longer set (was {_show(va)})"
         else:
-            out.append(f"{k} {_show(a[k])} → {_show(b[k])}")
-    return out
-
-
-_MISSING = object()
+            text = f"{k} {_show(va)} → {_show(vb)}"
+        found.append(((k.count("."), k), text))
+    return [text for _, text in sorted(found)]
 
 
 def redo_reason(changes: list[str], limit: int = 4) -> str:

@@ -91,3 +91,66 @@ def test_case_file_errors_name_the_key(tmp_path, phantom):
     bad.write_text(yaml.safe_dump({"case_id": "C3", "he": str(phantom.he_path), "ihc": {"ALK": 3}}), encoding="utf-8")
     with pytest.raises(ConfigError, match="ihc.ALK"):
         load_case(bad)
+
+
+
+def _case(out: Path, model_dir: Path, *cases: Path, extra: tuple[str, ...] = ()) -> int:
+    return main(["case", *map(str, cases), "--model", str(model_dir), "--out", str(out), "--workers", "0", "--quiet",
+                 *extra])
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "status.csv").open(newline="") as f:
+        return {r["case"]: r for r in csv.DictReader(f)}
+
+
+def _he_prediction(out: Path, case_id: str = "C1") -> dict:
+    return json.loads(next((out / case_id / "he").glob("*/prediction.json")).read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_case_rerun_skips_unchanged_and_redoes_a_corrected_mpp(phantom, model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    case = _case_file(tmp_path, phantom)
+    slide_mpp = 0.25  # configs/synth/demo_small.yaml
+    assert _case(out, model_dir, case) == 0
+    assert _he_prediction(out)["slide_mpp"] == slide_mpp
+    assert _case(out, model_dir, case) == 0
+    assert _rows(out)["C1"]["status"] == "skipped"
+    capsys.readouterr()
+    fixed = _case_file(tmp_path, phantom, mpp=0.225)  # the case file's mpp corrected
+    assert _case(out, model_dir, fixed) == 0
+    row = _rows(out)["C1"]
+    assert row["status"] == "ok"
+    assert "H&E redone: mpp 0.25 → 0.225" in row["reason"] and "ALK redone: mpp 0.25 → 0.225" in row["reason"]
+    assert "H&E redone: mpp 0.25 → 0.225" in capsys.readouterr().err
+    assert _he_prediction(out)["slide_mpp"] == 0.225
+    assert _case(out, model_dir, fixed) == 0 and _rows(out)["C1"]["status"] == "skipped"
+    # another grading: the predictions stand, the reports (and the IHC count's necrosis rules) follow it
+    assert _case(out, model_dir, fixed, extra=("--set", "grading.high_grade.necrosis_min_pct=99")) == 0
+    row = _rows(out)["C1"]
+    assert row["status"] == "ok" and "reports redone: grading.grading.high_grade.necrosis_min_pct 1 → 99" in row["reason"]
+    assert "H&E redone" not in row["reason"]
+
+
+@pytest.mark.slow
+def test_case_rows_merge_and_a_duplicate_case_id_is_refused(phantom, model_dir, tmp_path):
+    out = tmp_path / "out"
+    first = _case_file(tmp_path, phantom)
+    (tmp_path / "c2").mkdir()
+    second = _case_file(tmp_path / "c2", phantom, case_id="C2")
+    assert _case(out, model_dir, first) == 0
+    assert _case(out, model_dir, second) == 0
+    assert set(_rows(out)) == {"C1", "C2"}  # the second run merged its row in; C1's row is kept
+    report = (out / "C1" / "case_report.json").read_bytes()
+    (tmp_path / "dup").mkdir()
+    dup = _case_file(tmp_path / "dup", phantom, mpp=0.225)  # also case_id C1
+    assert _case(out, model_dir, first, dup) == 1
+    rows = _rows(out)
+    assert rows["C1"]["status"] == "skipped" and rows["C1"]["case_file"] == str(first)
+    assert rows[str(dup)]["status"] == "failed" and rows[str(dup)]["case_file"] == str(dup)
+    assert f"case_id 'C1' is already used in this run by {first}" in rows[str(dup)]["reason"]
+    assert rows["C2"]["status"] == "ok"
+    # the first case's outputs are untouched by the refused duplicate
+    assert (out / "C1" / "case_report.json").read_bytes() == report
+    assert _he_prediction(out)["slide_mpp"] == 0.25

@@ -73,3 +73,39 @@ def test_bad_grading_key_is_a_usage_error(tmp_path, capsys):
     assert main(["report", "--thumbnail-px", "256", str(pred), "--set", "grading.high_grade.mitoses_min=3"]) == 2
     assert "unknown key 'grading.high_grade.mitoses_min'" in capsys.readouterr().err
     assert not (pred / "report.json").exists()
+
+
+def test_regrading_in_place_updates_the_run_status_row(tmp_path, test_slide_path, capsys):
+    from histo.status import read_status, update_status
+
+    run = tmp_path / "run"
+    pred = write_prediction_folder(run / "slideA", test_slide_path, tiles_table(), mitoses_table())
+    fields = ["slide", "status", "reason", "n_tiles", "seconds", "verdict", "report"]  # as histo predict writes it
+    update_status(run / "status.csv", {
+        "slides/slideA.svs": {"slide": "slides/slideA.svs", "status": "ok", "n_tiles": 12, "verdict": "yes",
+                              "report": str(pred / "report.html")},
+        "slides/slideB.svs": {"slide": "slides/slideB.svs", "status": "skipped", "verdict": "no"}}, fields)
+    strict = _grading(tmp_path / "strict.yaml", mitoses_min_per_10hpf=500, necrosis_min_pct=50)
+    assert main(["report", "--thumbnail-px", "256", str(run), "--grading", str(strict)]) == 0
+    rows = read_status(run / "status.csv")
+    assert rows["slides/slideA.svs"]["verdict"] == "no"  # was "yes" before the re-grade
+    assert rows["slides/slideA.svs"]["status"] == "ok" and rows["slides/slideA.svs"]["n_tiles"] == "12"
+    assert rows["slides/slideA.svs"]["reason"] == f"re-graded by histo report ({strict})"
+    assert rows["slides/slideA.svs"]["report"] == str(pred / "report.html")
+    assert rows["slides/slideB.svs"]["verdict"] == "no" and rows["slides/slideB.svs"]["status"] == "skipped"
+    # a folder whose re-grade fails is marked failed in the run's table, the reason saying why
+    (pred / "tiles.parquet").unlink()
+    assert main(["report", "--thumbnail-px", "256", str(pred), "--grading", str(strict)]) == 1
+    row = read_status(run / "status.csv")["slides/slideA.svs"]
+    assert row["status"] == "failed" and row["verdict"] == "" and row["reason"].startswith("report: ")
+
+
+def test_report_out_status_merges_rows_of_earlier_runs(tmp_path):
+    a = write_prediction_folder(tmp_path / "preds" / "a", None, tiles_table(), mitoses_table())
+    b = write_prediction_folder(tmp_path / "preds" / "b", None, tiles_table(), mitoses_table())
+    out = tmp_path / "reports"
+    small = ["--set", "hpf.preset=custom", "--set", "hpf.area_mm2=0.001"]
+    assert main(["report", "--thumbnail-px", "256", str(a), "--out", str(out), *small]) == 0
+    assert main(["report", "--thumbnail-px", "256", str(b), "--out", str(out), *small]) == 0
+    rows = {r["folder"]: r for r in csv.DictReader((out / "status.csv").open())}
+    assert set(rows) == {str(a), str(b)}
