@@ -141,7 +141,7 @@ def label_tiles(
     table = (tiles.table if isinstance(tiles, TileGrid) else tiles).reset_index(drop=True).copy()
     classes = list(pattern_classes) if pattern_classes is not None else lm.pattern_classes()
     unknown = sorted(set(lm.pattern.values()) - set(classes))
-    if unknown:
+    if unknown and classes:  # a model without a pattern head (classes []) simply takes no pattern labels
         raise AnnotationError(f"{annotations.source}: label map pattern classes {unknown} are not model classes {classes}")
     x, y, w, h = (table[c].to_numpy(np.float64) for c in ("x", "y", "w", "h"))
 

@@ -67,6 +67,12 @@ def head_provenance(config: Any, heads: Any, dm: Any, metrics: dict[str, float])
                     (entry["train"] if split == "train" else entry["validation"]["sources"]).append(row)
         entry["validation"]["metrics"] = {k: float(metrics[k]) for k in HEAD_METRIC_KEYS.get(head, ()) if k in metrics}
         entry["real"] = any(r["real"] for r in entry["train"])
+        if head == "pattern":
+            # A pattern head is real only when every class (each spindle pattern too) has real labels.
+            classes = list(heads[head].get("classes", [])) if isinstance(heads, dict) else []
+            real_classes = sorted({c for r in entry["train"] if r["real"] for c, n in r.get("per_class", {}).items() if n})
+            entry["real_classes"] = real_classes
+            entry["real"] = bool(classes) and set(classes) <= set(real_classes)
         entry["summary"] = summary_line(head, entry)
         out[head] = entry
     return out
@@ -79,6 +85,11 @@ def summary_line(head: str, entry: dict[str, Any]) -> str:
         return f"{head}: no training data recorded"
     if not any(r.get("real") for r in train):
         what = "synthetic phantoms only"
+    elif head == "pattern" and not entry.get("real"):
+        real = entry.get("real_classes", [])
+        synthetic = [c for c in train[0].get("per_class", {}) if c not in real] if train else []
+        what = (f"{', '.join(synthetic) or 'spindle patterns'} from synthetic phantoms only"
+                f" ({', '.join(real)} also from real tissue)" if real else "synthetic phantoms only")
     else:
         what = " + ".join(r.get("description") or r["source"] for r in train)
     val = entry.get("validation", {})
