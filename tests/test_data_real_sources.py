@@ -94,6 +94,19 @@ def test_frames_resampled_to_any_input_spec_points_land_on_the_figure(voc):
     assert set(dm.split_table.query("split == 'val'")["name"]) == {"B1"}
 
 
+def test_frame_dataset_pickles_without_its_image_cache(voc):
+    import pickle
+
+    root, _ = voc
+    dm = TileDataModule(frames_cfg(root, split="train"), InputSpec(tile_px=32, mpp=0.5))
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    tile = ds.read(0)
+    assert len(ds._cache) == 1
+    copy = pickle.loads(pickle.dumps(ds))
+    assert len(copy._cache) == 0 and np.array_equal(copy.read(0), tile)
+
+
 def test_training_stride_overlaps_and_validation_does_not(voc):
     root, _ = voc
     dm = TileDataModule(frames_cfg(root, val_groups=["A2"], stride_px=16), InputSpec(tile_px=64, mpp=0.25))

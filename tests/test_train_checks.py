@@ -50,6 +50,7 @@ def test_counts_are_printed_and_saved_per_split_head_and_label(tmp_path):
     counts = check_datamodule(dm_of(frames_and_images(tmp_path)), HEADS, tmp_path / "run", echo=lines.append)
     saved = pd.read_csv(tmp_path / "run" / "label_counts.csv")
     assert list(saved.columns) == ["split", "source", "head", "label", "n_tiles", "n_figures"]
+    assert set(saved["head"]) == {"necrosis", "mitosis"}  # the model has no pattern head: no pattern rows
     rows = json.loads((tmp_path / "run" / "label_counts.json").read_text())
     assert len(rows) == len(saved) == len(counts)
     c = saved.set_index(["split", "source", "head", "label"])

@@ -60,6 +60,7 @@ def check_datamodule(dm: Any, heads: Sequence[str], run_dir: Path | None, *, all
     dm.prepare_data()
     dm.setup("fit")
     counts = dm.label_counts
+    counts = counts[counts["head"].isin(list(heads))].reset_index(drop=True)  # only the heads this model trains
     problems = list(dm.label_problems)
     if run_dir is not None:
         save_counts(counts, problems, Path(run_dir))
