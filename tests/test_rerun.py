@@ -32,6 +32,7 @@ def test_changes_are_named_field_by_field():
     assert describe_changes(old, {**old, "mpp": 0.25}) == ["mpp 0.5 → 0.25"]
     new = {**old, "slide": {"size_bytes": 10, "mtime_ns": 2}, "tiling": {"grid": {"overlap_px": 8, "mpp": 0.5}}}
     assert describe_changes(old, new) == ["slide file changed", "tiling.grid.overlap_px 0 → 8"]
+    assert describe_changes(old, {**new, "mpp": 1.0})[:2] == ["mpp 0.5 → 1", "slide file changed"]  # top level first
     assert describe_changes(old, {**old, "panel": {"a": 1}}) == ["panel.a added (1)"]
     assert describe_changes(None, old) == [NO_RECORD]
     assert describe_changes(old, {**old, "mpp": (0.5,)}) == ["mpp 0.5 → [0.5]"]  # tuples compare as JSON lists
