@@ -81,7 +81,9 @@ def register(sub: Any) -> None:
                     "(JSON + HTML). Research use only.",
     )
     p.add_argument("cases", nargs="+", metavar="CASE.yaml", help="case files (see `histo case --help` docs in README)")
-    p.add_argument("--model", required=True, help="model folder (one <name>.card.json + .safetensors) or its prefix")
+    p.add_argument("--model", default=None,
+                   help="model: a folder holding one <name>.card.json + <name>.safetensors, or the path prefix / "
+                        "card / weights file of one (default: the default model shipped with histo; see its card)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--grading", help="grading config YAML (default: built-in, as configs/grading/default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -175,13 +177,16 @@ def run(args: argparse.Namespace) -> int:
     """Report every case; one status row each; exit 1 if any failed."""
     from histo.cli.report import resolve_grading
     from histo.ihc import load_panel
-    from histo.models import load_model
+    from histo.models import describe_model, load_model, resolve_model
 
     if args.batch_size < 1 or args.workers < 0:
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
     grading = resolve_grading(args)
     panel = load_panel(args.panel)
-    model, card = load_model(args.model, "cpu")
+    model_path, how = resolve_model(args.model)
+    model, card = load_model(model_path, "cpu")
+    if not getattr(args, "quiet", False):
+        print(f"histo {args.command}: {describe_model(card, model_path, how)}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, Path] = {}  # case_id -> the case file that claimed it in this run

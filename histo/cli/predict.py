@@ -36,9 +36,9 @@ def register(sub: Any) -> None:
                     "the slides are shared between the processes.",
     )
     p.add_argument("slides", nargs="+", help="slide files (any OpenSlide format, or PNG/JPEG/TIFF with --mpp)")
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="model: a folder holding one <name>.card.json + <name>.safetensors, or the path prefix / "
-                        "card / weights file of one")
+                        "card / weights file of one (default: the default model shipped with histo; see its card)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default 64)")
     p.add_argument("--workers", type=int, default=2, help="tile reader processes (0 = read in this process)")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     """Predict this rank's share of the slides; one status row each; exit 1 if any failed."""
     from tqdm.auto import tqdm
 
-    from histo.models import load_model
+    from histo.models import describe_model, load_model, resolve_model
     from histo.predict import distributed as dist
     from histo.predict.engine import resolve_device
     from histo.predict.run import PredictResult, predict_slide
@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
         grading = resolve_grading(args)  # a bad grading config fails before any slide is read
     info = dist.rank_info()
     device = resolve_device(dist.rank_device(args.device, info))
-    model, card = load_model(args.model, "cpu")
+    model_path, how = resolve_model(args.model)
+    model, card = load_model(model_path, "cpu")
+    if not getattr(args, "quiet", False):
+        print(f"histo {args.command}: {describe_model(card, model_path, how)}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -296,6 +296,23 @@ class ModelCard:
             raise ModelError(f"cannot read model card {path}: {exc}") from exc
         return cls.from_json(text, str(path))
 
+    def runnable_scales(self, mpp: float, tolerance: float = 0.1) -> tuple[list[str], dict[str, str]]:
+        """(scales a slide at ``mpp`` µm/px can feed, {skipped scale: why}); a scale finer than the slide is skipped.
+
+        Upsampling a coarse scan invents detail the model never saw, so a 20x (0.5 µm/px) slide does not feed a
+        0.25 µm/px mitosis scale: its heads are reported as not run, never as zero.
+        """
+        ok: list[str] = []
+        skipped: dict[str, str] = {}
+        for name, s in self.scales.items():
+            if mpp / s.mpp - 1.0 > tolerance:
+                skipped[name] = (f"slide at {mpp:g} µm/px is coarser than the {s.mpp:g} µm/px its "
+                                 f"{'/'.join(s.heads)} head(s) read (tolerance {tolerance:.0%}); scan at higher "
+                                 "magnification to measure them")
+            else:
+                ok.append(name)
+        return ok, skipped
+
     def check_slide_mpp(self, mpp: float, tolerance: float = 0.1, *, allow_finer: bool = True) -> None:
         """Raise ModelError unless a slide at ``mpp`` µm/px can feed every scale of this model.
 

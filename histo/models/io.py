@@ -90,6 +90,29 @@ def save_model(model: nn.Module, card: ModelCard, dir_or_prefix: str | Path) -> 
     return weights_path, card_path
 
 
+def default_model_dir() -> Path:
+    """The folder of the default model shipped in the package (histo/resources/models/default)."""
+    return Path(__file__).resolve().parents[1] / "resources" / "models" / "default"
+
+
+def resolve_model(path: str | Path | None) -> tuple[Path, str]:
+    """(model path, how it was chosen): the given path, or the shipped default model when None."""
+    if path is None:
+        d = default_model_dir()
+        if not d.is_dir():
+            raise ModelError(f"no --model given and the default model is missing from {d}: reinstall histo, "
+                             "or pass --model")
+        return d, "the default model shipped with histo"
+    return Path(path), "given with --model"
+
+
+def describe_model(card: ModelCard, path: Path, how: str) -> str:
+    """One line naming the model a command uses: name, where from, its scales and what it learned from."""
+    scales = ", ".join(f"{'/'.join(s.heads)} at {s.mpp:g} µm/px" for s in card.scales.values())
+    data = "trained on synthetic phantoms only" if card.synthetic_only else "trained on real and synthetic data"
+    return f"model {card.name!r} ({how}: {path}); {scales}; {data}; weights sha256 {(card.weights_sha256 or '?')[:12]}"
+
+
 def find_card(path: str | Path) -> Path:
     """The card of a model given as a folder holding exactly one card, or the path itself (prefix/card/weights)."""
     p = Path(path)

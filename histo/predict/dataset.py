@@ -88,7 +88,7 @@ class TileBatchDataset(Dataset):
             parts.append(read_run(slide, x, y, n, self.tile_px, self.stride_px, self.mpp))
             index.extend(range(first, first + n))
         tiles = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return torch.as_tensor(np.asarray(index, np.int64)), torch.from_numpy(np.ascontiguousarray(tiles))
+        return torch.as_tensor(np.asarray(index, np.int64)), torch.from_numpy(np.require(tiles, requirements=["C", "W"]))
 
     def close(self) -> None:
         """Release this process's handle (workers' handles go with the worker processes)."""

@@ -34,6 +34,7 @@ class ImagePrediction:
     mitosis_threshold: float
     n_tiles: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    heads_not_run: dict[str, str] = field(default_factory=dict)  # head -> why: the image is too coarse for its scale
 
     @property
     def counted_mitoses(self) -> pd.DataFrame:
@@ -46,6 +47,8 @@ def predict_image(rgb: np.ndarray, mpp: float, model: nn.Module, card: ModelCard
                   device: str | torch.device = "auto") -> ImagePrediction:
     """Tile probabilities and mitosis points of an H×W×3 uint8 RGB image at ``mpp`` µm/px.
 
+    Heads whose scale is finer than the image (a 0.25 µm/px mitosis head on a 0.5 µm/px image) do not run:
+    they are listed in ``heads_not_run`` and leave no column (no mitosis rows), never zeros.
     The image is treated exactly as `histo predict` treats a slide file with ``--mpp``: the same
     tissue detection, tile grids per scale, reads, model and joins, so both give the same numbers.
     Images of any size from 32 px work: tiles that hang over the right or bottom edge (or an image
@@ -61,18 +64,17 @@ def predict_image(rgb: np.ndarray, mpp: float, model: nn.Module, card: ModelCard
     if not isinstance(card, ModelCard):
         raise ModelError(f"predict_image needs the model's ModelCard, got {type(card).__name__}")
     slide = Slide.from_array(arr, mpp)
-    try:
-        card.check_slide_mpp(slide.mpp)
-    except ModelError as exc:
-        raise ModelError(f"image at {mpp:g} µm/px: {exc}") from exc
     dev = resolve_device(device)
     try:
         res = predict_scales(slide, slide.path, None, model, card, dev, tiling=tiling, batch_size=batch_size,
                              in_process=True)
+    except ModelError as exc:
+        raise ModelError(f"image at {mpp:g} µm/px: {exc}") from exc
     finally:
         slide.close()
     return ImagePrediction(tiles=res.tiles, mitoses=res.mitoses, mpp=float(mpp),
                            mitosis_threshold=card.mitosis_threshold, n_tiles=res.n_tiles,
-                           timings={**res.timings, "candidate_threshold": candidate_threshold(card)})
+                           timings={**res.timings, "candidate_threshold": candidate_threshold(card)},
+                           heads_not_run=res.heads_not_run)
 
 

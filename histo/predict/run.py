@@ -128,10 +128,12 @@ def predict_slide(
                                      "and model", int(done.get("n_tiles", 0)), int(done.get("n_mitoses", 0)), 0.0,
                                      str(slide_dir))
             reason = redo_reason(changes)
-        try:
-            card.check_slide_mpp(slide_mpp)
-        except ModelError as exc:
-            raise ModelError(f"{slide_path}: {exc}") from exc
+        runnable, _ = card.runnable_scales(slide_mpp)
+        if not runnable:
+            try:
+                card.check_slide_mpp(slide_mpp)
+            except ModelError as exc:
+                raise ModelError(f"{slide_path}: {exc}") from exc
         dev = resolve_device(device)
         dims = slide.dimensions
         res = predict_scales(slide, slide_path, mpp, model, card, dev, tiling=tiling, overlap_px=overlap_px,
@@ -141,6 +143,8 @@ def predict_slide(
     t_write = time.perf_counter()
     tiles, mitoses = res.tiles, res.mitoses
     n_counted = int((mitoses["score"].to_numpy() >= card.mitosis_threshold).sum())
+    if res.heads_not_run:
+        reason = "; ".join(r for r in (reason, *(f"{h} not measured: {w}" for h, w in res.heads_not_run.items())) if r)
     status = "ok" if len(grid) else "no_tissue"
     if not len(grid):
         reason = "; ".join(r for r in (reason, "no tissue detected: empty tables written") if r)
@@ -159,6 +163,7 @@ def predict_slide(
         "n_tiles_per_scale": res.n_tiles,
         "n_mitoses": n_counted,  # at or above the card's threshold
         "n_mitosis_candidates": len(mitoses),  # every peak kept, down to candidate_threshold
+        "heads_not_run": res.heads_not_run,  # head -> why; such a head measured nothing (not zero)
         "mitosis_candidate_threshold": candidate_threshold(card),
         "tiling": {k: grid.settings[k] for k in ("grid", "tissue", "stride_px", "tile_level0_px", "tissue_area_mm2")},
         "device": str(dev),

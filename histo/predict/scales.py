@@ -47,15 +47,18 @@ def scale_tiling(card: ModelCard, scale: str, tiling: TilingConfig | None = None
 
 
 def plan_scales(slide: Slide, card: ModelCard, tiling: TilingConfig | None = None,
-                overlap_px: int | None = None) -> tuple[dict[str, TileGrid], TissueMask]:
-    """One tile grid per scale over one tissue mask (detected once, at the table scale's mask resolution)."""
-    order = [card.table_scale] + [s for s in card.scales if s != card.table_scale]
+                overlap_px: int | None = None, scales: list[str] | None = None) -> tuple[dict[str, TileGrid], TissueMask]:
+    """One tile grid per scale (``scales``, default all) over one tissue mask, detected once at the table scale's
+    mask resolution. The table scale is always planned: its grid is the tile table, even when its heads are skipped."""
+    wanted = set(scales if scales is not None else card.scales) | {card.table_scale}
+    order = [card.table_scale] + [s for s in card.scales if s != card.table_scale and s in wanted]
     grids: dict[str, TileGrid] = {}
     mask: TissueMask | None = None
     for name in order:
         grids[name], mask = plan_grid(slide, scale_tiling(card, name, tiling, overlap_px), mask=mask)
-    assert mask is not None  # at least one scale  # noqa: S101 - internal invariant, not user input
-    return {n: grids[n] for n in card.scales}, mask
+    if mask is None:
+        raise ConfigError(f"model {card.name!r} has no scale to plan")
+    return {n: grids[n] for n in card.scales if n in grids}, mask
 
 
 @dataclass
@@ -67,16 +70,18 @@ class ScalePrediction:
     grids: dict[str, TileGrid]
     n_tiles: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    heads_not_run: dict[str, str] = field(default_factory=dict)  # head -> why (slide too coarse for its scale)
 
 
 def infer_scales(slide_path: str | Path, mpp_override: float | None, grids: dict[str, TileGrid],
                  model: nn.Module, card: ModelCard, device: torch.device, *, batch_size: int, workers: int,
-                 progress: bool, desc: str, slide: Slide | None = None) -> dict[str, InferenceOutput | None]:
-    """Run each scale's net over its grid (None for an empty grid); ``slide`` reads in-process (workers=0)."""
+                 progress: bool, desc: str, slide: Slide | None = None,
+                 skip: frozenset[str] = frozenset()) -> dict[str, InferenceOutput | None]:
+    """Run each scale's net over its grid (None for an empty grid or a scale in ``skip``); ``slide`` reads in-process."""
     nets = scale_nets(model, card.scales)
     out: dict[str, InferenceOutput | None] = {}
     for name, grid in grids.items():
-        if not len(grid):
+        if not len(grid) or name in skip:
             out[name] = None
             continue
         dataset = TileBatchDataset(str(slide_path), mpp_override, grid, batch_size, slide=slide)
@@ -101,6 +106,8 @@ def join_scales(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, 
         if head not in card.heads:
             continue
         src = card.scale_of(head)
+        if src not in grids:
+            continue
         res = outputs.get(src)
         values = getattr(res, head) if res is not None else None
         if src == table:
@@ -112,8 +119,8 @@ def join_scales(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, 
         src = card.scale_of("mitosis")
         res = outputs.get(src)
         points = res.points if res is not None else np.zeros((0, 4))
-        mitoses = mitoses_frame(points, grids[src].table, card.scales[src].tile_px, slide_mpp,
-                                card.mitosis_min_distance_um)
+        table_of = grids[src].table if src in grids else grid.table
+        mitoses = mitoses_frame(points, table_of, card.scales[src].tile_px, slide_mpp, card.mitosis_min_distance_um)
     else:
         mitoses = mitoses_frame(np.zeros((0, 4)), grid.table, card.tile_px, slide_mpp, card.mitosis_min_distance_um)
     return tiles, mitoses
@@ -148,11 +155,14 @@ def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | N
                    progress: bool = False, desc: str = "", in_process: bool = False) -> ScalePrediction:
     """Plan, infer and join every scale of ``card`` on an open ``slide`` (one code path for slides and arrays)."""
     t0 = time.perf_counter()
-    grids, _ = plan_scales(slide, card, tiling, overlap_px)
+    runnable, skipped = card.runnable_scales(slide.mpp)
+    if not runnable:
+        card.check_slide_mpp(slide.mpp)  # raises, naming the finest scale the slide cannot feed
+    grids, _ = plan_scales(slide, card, tiling, overlap_px, scales=runnable)
     timings = {"plan_s": round(time.perf_counter() - t0, 4)}
     outputs = infer_scales(slide_path, mpp_override, grids, model, card, device, batch_size=batch_size,
                            workers=0 if in_process else workers, progress=progress, desc=desc,
-                           slide=slide if in_process else None)
+                           slide=slide if in_process else None, skip=frozenset(skipped))
     infer = [o.timings.get("infer_s", 0.0) for o in outputs.values() if o is not None]
     timings["infer_s"] = round(float(sum(infer)), 4)
     for name, o in outputs.items():
@@ -161,8 +171,15 @@ def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | N
         if o is not None and "gpu_busy_fraction" in o.timings:
             timings[f"gpu_busy_fraction{'_' + name if card.multiscale else ''}"] = o.timings["gpu_busy_fraction"]
     tiles, mitoses = join_scales(card, grids, outputs, slide.mpp)
-    return ScalePrediction(tiles=tiles, mitoses=mitoses, grids=grids,
-                           n_tiles={k: len(g) for k, g in grids.items()}, timings=timings)
+    not_run = {h: why for sc, why in skipped.items() for h in card.scales[sc].heads}
+    for head in not_run:  # a head that did not run leaves no column: absent, never a zero or a guess
+        if head == "necrosis":
+            tiles = tiles.drop(columns=["p_necrosis"], errors="ignore")
+        elif head == "pattern":
+            tiles = tiles.drop(columns=[c for c in tiles.columns if c.startswith(PATTERN_PREFIX)])
+    return ScalePrediction(tiles=tiles, mitoses=mitoses, grids=grids, n_tiles={k: len(g) for k, g in grids.items()
+                                                                               if k not in skipped},
+                           timings=timings, heads_not_run=not_run)
 
 
 __all__ = ["PATTERN_PREFIX", "ScalePrediction", "infer_scales", "join_scales", "plan_scales", "predict_scales",
