@@ -13,8 +13,9 @@ Slide level (issue 5), with ``--slides``: every grading preset (low_grade_alk_po
 high_grade_alk_positive, alk_negative, artefacts) is written as an H&E phantom at unseen seeds, run
 through ``histo.predict.predict_slide`` and ``histo.aggregate.assess_slide`` with the default grading
 config, and compared with the phantom's truth (summary.json): mitoses per 10 HPF over the whole viable
-tumour (target within ±20 % of truth), necrosis % of tumour (within ±5 points), and the high-grade
-verdict (right on every preset). ``--slides-only --model DIR`` skips the tile-level part. Several
+tumour (target within ±20 % of truth), necrosis % of tumour (within ±5 points), the high-grade
+verdict and both FNCLCC component scores, mitotic and necrosis (right on every slide; ``--table``
+prints them as a Markdown table). ``--slides-only --model DIR`` skips the tile-level part. Several
 ``--slide-seed`` values give several rounds of slides; mitoses are then also pooled per preset (see
 ``pooled_slide_metrics``).
 """
@@ -116,7 +117,7 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
         t_write = time.perf_counter() - t0
         res = predict_slide(he, net, card, pred_root, workers=workers, device=device, progress=False)
         tiles, mitoses, info = load_prediction(res.out_dir)
-        a = assess_slide(tiles, mitoses, info["slide_mpp"]).to_dict()
+        a = assess_slide(tiles, mitoses, info["slide_mpp"], slide_size_px=info.get("slide_dimensions")).to_dict()
         m = a["measurements"]
         t_mit = truth["mitoses"]["per_10hpf"]
         p_mit = m["mitoses"]["per_10hpf"]
@@ -125,21 +126,34 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
         t_hg = bool(truth["grading"]["high_grade"])
         p_hg = a["grading"]["high_grade"]["high_grade"]
         rel = None if p_mit is None or not t_mit else (p_mit - t_mit) / t_mit
+        g = a["grading"]
+        hs = m["mitoses"]["hotspot"] or {}
+        scores = {"mitotic_score": (truth["grading"]["mitotic_score"], g["mitotic_score"]["score"]),
+                  "necrosis_score": (truth["grading"]["necrosis_score"], g["necrosis_score"]["score"])}
         rows[preset] = {
             "truth": {"mitoses_per_10hpf": round(t_mit, 2), "mitoses_count": truth["mitoses"]["count"],
                       "viable_tumour_mm2": round(truth["areas_mm2"]["tumor_viable"], 4),
                       "mitoses_hotspot_per_10hpf": truth["mitoses"]["hotspot_per_10hpf"],
                       "necrosis_pct": round(t_nec, 2), "high_grade": t_hg,
+                      "mitoses_per_10hpf_graded": round(truth["grading"]["mitoses_per_10hpf_graded"], 2),
+                      "mitotic_score": scores["mitotic_score"][0], "necrosis_score": scores["necrosis_score"][0],
                       "verdict_basis": truth["grading"]["rules"]["mitotic_count_basis"]},
             "histo": {"mitoses_per_10hpf": None if p_mit is None else round(p_mit, 2),
                       "mitoses_count": m["mitoses"]["count"],
                       "mitoses_hotspot_per_10hpf": (m["mitoses"]["hotspot"] or {}).get("per_10hpf"),
                       "necrosis_pct": None if p_nec is None else round(p_nec, 2), "high_grade": p_hg,
+                      "mitoses_per_10hpf_graded": _round(g["mitotic_score"]["evidence"]["value"]),
+                      "mitoses_graded_count": g["mitotic_score"]["evidence"]["count"],
+                      "mitoses_graded_area_mm2": _round(g["mitotic_score"]["evidence"]["counted_area_mm2"], 4),
+                      "hotspot_counted_in": hs.get("counted_in"),
+                      "mitotic_score": scores["mitotic_score"][1], "necrosis_score": scores["necrosis_score"][1],
                       "tumour_area_mm2": round(m["tumour_area_mm2"], 3),
                       "viable_tumour_mm2": round(m["viable_tumour_area_mm2"], 4), "hpf_mm2": m["mitoses"]["hpf_area_mm2"]},
             "mitoses_rel_err": None if rel is None else round(rel, 3),
             "necrosis_abs_err_pts": None if p_nec is None else round(abs(p_nec - t_nec), 2),
             "verdict_right": p_hg == t_hg,
+            "mitotic_score_right": scores["mitotic_score"][0] == scores["mitotic_score"][1],
+            "necrosis_score_right": scores["necrosis_score"][0] == scores["necrosis_score"][1],
             "seconds": {"phantom": round(t_write, 1), "predict": res.seconds},
         }
     ok_mit = all(r["mitoses_rel_err"] is not None and abs(r["mitoses_rel_err"]) <= SLIDE_TARGETS["mitoses_rel_err_max"]
@@ -149,7 +163,35 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
     return {"slides": rows, "slide_size_px": size_px, "slide_seed": seed,
             "slide_targets": SLIDE_TARGETS,
             "slide_targets_met": {"mitoses_within_20pct": ok_mit, "necrosis_within_5pts": ok_nec,
-                                  "verdict_right_every_preset": all(r["verdict_right"] for r in rows.values())}}
+                                  "verdict_right_every_preset": all(r["verdict_right"] for r in rows.values()),
+                                  "fnclcc_scores_right_every_preset": all(_scores_right(r) for r in rows.values())}}
+
+
+def _round(v: float | None, nd: int = 2) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def _scores_right(row: dict[str, Any]) -> bool:
+    """Both FNCLCC component scores equal the truth's."""
+    return row["mitotic_score_right"] and row["necrosis_score_right"]
+
+
+def slide_table(rounds: list[dict[str, Any]]) -> str:
+    """Markdown table, one row per slide: verdict and both FNCLCC scores, histo against the truth."""
+    head = ("| seed | preset | high grade truth / histo | mitotic score truth / histo (graded per 10 HPF) "
+            "| necrosis score truth / histo (necrosis %) | agree |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for rnd in rounds:
+        for i, (preset, r) in enumerate(rnd["slides"].items()):
+            t, h = r["truth"], r["histo"]
+            hg = f"{'yes' if t['high_grade'] else 'no'} / {'n/a' if h['high_grade'] is None else ('yes' if h['high_grade'] else 'no')}"
+            mit = (f"{t['mitotic_score']} / {h['mitotic_score']} ({t['mitoses_per_10hpf_graded']} / "
+                   f"{h['mitoses_per_10hpf_graded']}: {h['mitoses_graded_count']} in {h['mitoses_graded_area_mm2']} mm², "
+                   f"{h['hotspot_counted_in']})")
+            nec = f"{t['necrosis_score']} / {h['necrosis_score']} ({t['necrosis_pct']} / {h['necrosis_pct']})"
+            ok = r["verdict_right"] and _scores_right(r)
+            lines.append(f"| {rnd['slide_seed'] + i} | {preset} | {hg} | {mit} | {nec} | {'yes' if ok else 'NO'} |")
+    return "\n".join(lines)
 
 
 def pooled_slide_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -189,6 +231,7 @@ def pooled_slide_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "necrosis_within_5pts_every_slide": all(r["necrosis_abs_err_pts"] is not None and r["necrosis_abs_err_pts"]
                                                     <= SLIDE_TARGETS["necrosis_abs_err_max_pts"] for r in every),
             "verdict_right_every_slide": all(r["verdict_right"] for r in every),
+            "fnclcc_scores_right_every_slide": all(_scores_right(r) for r in every),
         },
     }
 
@@ -218,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                          "rounds, mitoses are also pooled per preset")
     ap.add_argument("--slide-size-px", type=int, default=24000, help="slide-level phantom edge (px at 0.25 µm/px; 24000 = 6 mm: enough mitoses in the low-grade presets for a ±20 %% check)")
     ap.add_argument("--slide-cache", type=Path, default=Path("data/eval_slides"), help="where slide phantoms are kept")
+    ap.add_argument("--presets", nargs="+", default=list(SLIDE_PRESETS), choices=SLIDE_PRESETS,
+                    help="slide-level presets to evaluate (default: all)")
+    ap.add_argument("--table", action="store_true",
+                    help="also print a Markdown table of the slide-level verdicts and FNCLCC scores to stderr")
     args = ap.parse_args(argv)
     if args.slides_only and not args.model:
         raise SystemExit("eval_phantoms: --slides-only needs --model")
@@ -245,9 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics["targets"] = TARGETS
         metrics["targets_met"] = {k: metrics.get(k, 0.0) >= v for k, v in TARGETS.items()}
     if args.slides or args.slides_only:
-        rounds = [slide_level_metrics(net, card, list(SLIDE_PRESETS), seed, args.slide_size_px, args.slide_cache, device)
+        rounds = [slide_level_metrics(net, card, list(args.presets), seed, args.slide_size_px, args.slide_cache, device)
                   for seed in args.slide_seed]
         metrics.update(rounds[0] if len(rounds) == 1 else pooled_slide_metrics(rounds))
+        if args.table:
+            print(slide_table(rounds), file=sys.stderr)
     line = {
         "script": "eval_phantoms", **metrics,
         "train_minutes": train_minutes, "eval_minutes": round((time.perf_counter() - t0) / 60, 2),

@@ -33,13 +33,17 @@ Definitions
   over viable tumour using each tile's most probable pattern. Mitoses (``score >= mitoses.min_score``)
   are counted only where they fall in a viable tumour tile's owned area: karyorrhectic debris in
   necrosis mimics mitoses, and FNCLCC counts avoid necrotic areas.
-- Per 10 HPF over the tumour = count / viable area × 10 × HPF area. The hotspot is the placement of
-  a window of ``hotspot.n_hpf`` × HPF area (square or circle, centre over viable tumour) holding the
-  most counted mitoses; its count, centre and box (µm) are reported. When the whole viable tumour is
-  smaller than the window (a small specimen: fewer than n_hpf fields of tumour exist), the hotspot
-  value is the count per 10 HPF of the viable tumour area (``window_exceeds_tumour`` is true), so a
-  small high-grade tumour is not under-called for lack of fields. The HPF area (default 0.237 mm²,
-  field number 22 at 40x; ``fnclcc`` preset 0.1734 mm²; or custom) is always in the output.
+- Per 10 HPF = count / the area it was counted in × 10 × HPF area; every figure carries its count,
+  ``counted_area_mm2`` and ``hpf_area_mm2``. The hotspot is the placement of a window of
+  ``hotspot.n_hpf`` × HPF area (square or circle) whose centre lies over viable tumour (the closed
+  union of viable tiles' raster cells) holding the most counted mitoses; the search is exact (see
+  :mod:`histo.aggregate.hotspot`). Its count (``window_count``), centre and box (µm, clipped to the
+  slide) are reported. A hotspot rate is never below the whole-tumour rate: when the whole viable
+  tumour is smaller than the window (``window_exceeds_tumour``), or no window is denser than it, the
+  hotspot is the whole viable tumour (``counted_in`` is ``whole_viable_tumour``: count and area are
+  the tumour's), so a small high-grade tumour is not under-called for lack of fields. The HPF area
+  (default 0.237 mm², field number 22 at 40x; ``fnclcc`` preset 0.1734 mm²; or custom) is always in
+  the output.
 - No tumour is a result: areas are 0, ratios and scores None, and the grading status is
   ``not_assessable`` (``partially_assessable`` when only one score can be computed, e.g. a fully
   necrotic tumour has a necrosis score but no mitotic score).
