@@ -150,6 +150,12 @@ def _report_changes(folder: Path, grading: Any) -> tuple[list[str] | None, str]:
     if old is None or not isinstance(old.get("grading_config"), dict):
         return None, ""
     verdict = old.get("verdict", {}).get("high_grade", "") if isinstance(old.get("verdict"), dict) else ""
+    if hasattr(grading, "for_model"):  # the report holds the config as applied: a null min_score resolved
+        model = (read_json(folder / "prediction.json") or {}).get("model") or {}
+        try:
+            grading = grading.for_model(model.get("mitosis_threshold"))
+        except HistoError:
+            return None, ""  # report_folder will say why
     return describe_changes(old["grading_config"], grading.to_dict()), str(verdict)
 
 
