@@ -1,7 +1,9 @@
-"""OUT/status.csv: one row per slide (slide, status, reason, n_tiles, seconds), rewritten atomically.
+"""OUT/status.csv: one row per slide (slide, status, reason, n_tiles, seconds, verdict, report).
 
-Under a launcher each rank writes its own ``status.rank<r>.csv``; rank 0 merges them into status.csv
-after the final barrier (rows of earlier runs are kept unless a slide was done again).
+`histo predict` adds each slide's row under the table's lock (histo.status.update_status), under a
+launcher too. ``merge_status`` folds per-rank files (``status.rank<r>.csv``) into status.csv under the
+same lock, for callers that keep one file per rank (rows of earlier runs are kept unless a slide was
+done again).
 """
 
 from __future__ import annotations
@@ -32,13 +34,12 @@ def write_status(path: str | Path, rows: dict[str, dict[str, Any]]) -> Path:
 def merge_status(out_dir: str | Path, world_size: int) -> Path:
     """Fold every rank's status file into OUT/status.csv (new rows replace old ones) and remove them."""
     out_dir = Path(out_dir)
-    rows = read_status(out_dir / STATUS_FILE)
     parts = [rank_status_path(out_dir, r) for r in range(world_size)]
     new: dict[str, dict[str, Any]] = {}
     for p in parts:
         new.update(read_status(p))
-    rows.update(sorted(new.items()))  # slides of this run in cohort order, whichever rank did them
-    path = write_status(out_dir / STATUS_FILE, rows)
+    # slides of this run in cohort order, whichever rank did them; under the lock, so no row is lost
+    path = status_table.update_status(out_dir / STATUS_FILE, dict(sorted(new.items())), STATUS_FIELDS)
     for p in parts:
         p.unlink(missing_ok=True)
     return path
