@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from histo.errors import ConfigError
+
 from histo.aggregate import (
     SCHEMA_VERSION,
     AreaMethod,
@@ -154,5 +156,20 @@ def test_assessment_serialises_to_versioned_json():
     assert d["measurements"]["mitoses"]["hpf_area_mm2"] == 0.237
     assert d["grading"]["mitotic_score"]["evidence"]["hotspot"]["box_um"] == list(a.measurements.mitoses.hotspot.box_um)
     assert d["grading"]["necrosis_score"]["score"] == 1
-    assert d["config"] == GradingConfig().to_dict()
-    assert GradingConfig.from_dict(d["config"]) == GradingConfig()
+    # the recorded config is the one applied: a null min_score resolved to the card's threshold (0.5 without a card)
+    assert d["config"] == GradingConfig().for_model(0.5).to_dict() and d["config"]["mitoses"]["min_score"] == 0.5
+    assert GradingConfig.from_dict(d["config"]) == GradingConfig().for_model(0.5)
+
+
+def test_one_mitosis_threshold_null_min_score_is_the_cards():
+    """min_score null follows the card's threshold; a number overrides it in both directions."""
+    tiles = make_tiles(4, 4, 500)
+    mit = points([[100, 100], [400, 400], [700, 700]]).assign(score=[0.3, 0.45, 0.9])  # µm, inside the tiles
+    count = lambda **kw: assess_slide(tiles, mit, 0.5, kw.pop("cfg", None), **kw).measurements.mitoses.count  # noqa: E731
+    assert GradingConfig().mitoses.min_score is None
+    assert count(mitosis_threshold=0.5) == 1
+    assert count(mitosis_threshold=0.4) == 2  # a card with a lower threshold counts more
+    assert count(mitosis_threshold=0.4, cfg=GradingConfig.from_dict({"mitoses": {"min_score": 0.2}})) == 3
+    assert count(mitosis_threshold=0.4, cfg=GradingConfig.from_dict({"mitoses": {"min_score": 0.95}})) == 0
+    with pytest.raises(ConfigError, match="does not record the model's threshold"):
+        GradingConfig().for_model(None)

@@ -53,7 +53,8 @@ def small_hotspot_config(**high_grade):
 
 
 CARD = {"name": "test-net", "backbone": "tiny", "heads": {"pattern": {"classes": ["none", "fascicular", "haphazard"]}},
-        "tile_px": 256, "mpp": 0.5, "weights_sha256": "ab" * 32, "metrics": {"val_pattern_acc": 0.875}}
+        "tile_px": 256, "mpp": 0.5, "mitosis_threshold": 0.5, "weights_sha256": "ab" * 32,
+        "metrics": {"val_pattern_acc": 0.875}}
 
 
 def ihc_result(marker: str, label: str, *, h_score: float = 180.0, pct: float = 72.0, n_cells: int = 1200,

@@ -33,11 +33,19 @@ class TileRules:
     necrosis_min_region_pct_of_tissue: float = 5.0  # ... unless at least this % of the tissue (biopsies)
 
 
+DEFAULT_MITOSIS_THRESHOLD = 0.5  # ModelCard's default mitosis_threshold: what a null min_score means without a card
+
+
 @dataclass(frozen=True)
 class MitosisRules:
-    """Which detected mitoses count."""
+    """Which detected mitoses count: those scoring at least ``min_score``.
 
-    min_score: float = 0.5
+    ``None`` (the default) means the model card's ``mitosis_threshold``, the operating point histo train
+    chose on the validation split; a number overrides it, lower or higher (prediction keeps candidates
+    down to histo.predict.CANDIDATE_FLOOR, so a lower value finds weaker candidates).
+    """
+
+    min_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,16 @@ class GradingConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON friendly) of the resolved config."""
         return _to_plain(dataclasses.asdict(self))
+
+    def for_model(self, mitosis_threshold: float | None, source: str = "the prediction") -> GradingConfig:
+        """This config with ``mitoses.min_score`` resolved: the model card's threshold when it is null."""
+        if self.mitoses.min_score is not None:
+            return self
+        if mitosis_threshold is None:
+            raise ConfigError(f"mitoses.min_score is null (meaning the model card's mitosis_threshold), but {source} "
+                              "does not record the model's threshold; set mitoses.min_score (e.g. --set "
+                              "mitoses.min_score=0.5)")
+        return dataclasses.replace(self, mitoses=dataclasses.replace(self.mitoses, min_score=float(mitosis_threshold)))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> GradingConfig:
@@ -225,6 +243,8 @@ def _check_values(cfg: GradingConfig, source: str) -> None:
         raise bad("tiles.pattern_classes", "needs at least one spindle pattern besides the non-spindle class")
     for key, v in (("tiles.tumour_min_p", t.tumour_min_p), ("tiles.necrosis_min_p", t.necrosis_min_p),
                    ("tiles.necrosis_grow_p", t.necrosis_grow_p), ("mitoses.min_score", cfg.mitoses.min_score)):
+        if v is None:
+            continue  # min_score null: the model card's threshold, resolved by for_model
         if not 0.0 <= v <= 1.0:
             raise bad(key, f"must be within 0..1, got {v}")
     if t.necrosis_grow_p > t.necrosis_min_p:

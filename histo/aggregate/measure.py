@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from histo.aggregate.config import GradingConfig
+from histo.aggregate.config import DEFAULT_MITOSIS_THRESHOLD, GradingConfig
 from histo.aggregate.coverage import CoverageRaster, build_coverage
 from histo.aggregate.hotspot import CellRegion, Window, find_hotspot
 from histo.aggregate.necrosis import necrotic_tiles
@@ -99,7 +99,9 @@ class SlideMeasurements:
 
 def necrotic_mask(tiles: pd.DataFrame, mpp: float, config: GradingConfig | None = None) -> np.ndarray:
     """The tiles the slide's necrosis is measured on (row-aligned bool mask), for reports and maps."""
-    cfg = config or GradingConfig()
+    # A null min_score is the model card's threshold: callers with a card resolve it (GradingConfig.for_model);
+    # without one it is ModelCard's default.
+    cfg = (config or GradingConfig()).for_model(DEFAULT_MITOSIS_THRESHOLD)
     mpp = validate_mpp(mpp)
     t = validate_tile_table(tiles, cfg.tiles.pattern_classes)
     raster = build_coverage(t["x"].to_numpy(), t["y"].to_numpy(), t["w"].to_numpy(), t["h"].to_numpy())
@@ -123,7 +125,9 @@ def measure_slide(
     ``slide_size_px`` (level-0 width, height) clips the hotspot box to the slide; without it the box
     is clipped at the slide origin only (x, y >= 0).
     """
-    cfg = config or GradingConfig()
+    # A null min_score is the model card's threshold: callers with a card resolve it (GradingConfig.for_model);
+    # without one it is ModelCard's default.
+    cfg = (config or GradingConfig()).for_model(DEFAULT_MITOSIS_THRESHOLD)
     mpp = validate_mpp(mpp)
     t = validate_tile_table(tiles, cfg.tiles.pattern_classes)
     m = validate_mitosis_table(mitoses)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from histo.aggregate.config import GradingConfig
+from histo.aggregate.config import DEFAULT_MITOSIS_THRESHOLD, GradingConfig
 from histo.aggregate.measure import SlideMeasurements, _plain, measure_slide
 
 #: Version of the JSON written by SlideAssessment.to_dict; bump on any incompatible change.
@@ -106,10 +106,15 @@ class SlideAssessment:
 
 def assess_slide(
     tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None,
-    slide_size_px: tuple[int, int] | None = None,
+    slide_size_px: tuple[int, int] | None = None, *, mitosis_threshold: float | None = None,
 ) -> SlideAssessment:
-    """Measure a slide from its prediction tables and apply the grading rules (slide_size_px: see measure_slide)."""
-    cfg = config or GradingConfig()
+    """Measure a slide from its prediction tables and apply the grading rules (slide_size_px: see measure_slide).
+
+    ``mitosis_threshold`` is the model card's; it is what a null ``mitoses.min_score`` means (without one,
+    ModelCard's default 0.5). The assessment records the resolved value.
+    """
+    cfg = (config or GradingConfig()).for_model(DEFAULT_MITOSIS_THRESHOLD if mitosis_threshold is None
+                                                else mitosis_threshold)
     meas = measure_slide(tiles, mitoses, mpp, cfg, slide_size_px)
     return SlideAssessment(meas, grade(meas, cfg), cfg)
 

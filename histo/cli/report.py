@@ -124,10 +124,13 @@ def report_folder(folder: Path, out_dir: Path, cfg: GradingConfig, *, slides: li
     tiles, mitoses, meta = read_prediction(folder)
     pmeta = _parquet_meta(folder / "tiles.parquet")
     mpp = _mpp(meta, pmeta, folder)
+    card = _card(meta, pmeta)
+    # a null mitoses.min_score is the card's threshold (the operating point histo train chose on validation)
+    cfg = cfg.for_model(card.get("mitosis_threshold"), source=f"{folder / 'prediction.json'}")
     assessment = assess_slide(tiles, mitoses, mpp, cfg)
     slide = _slide_for(folder, meta, slides, n_folders)
     paths = write_slide_report(out_dir, assessment=assessment, tiles=tiles, mitoses=mitoses, slide=slide,
-                               card_summary=_card(meta, pmeta), prediction_meta=meta, ihc=ihc or None,
+                               card_summary=card, prediction_meta=meta, ihc=ihc or None,
                                slide_name=folder.name, geojson_tiles=geojson_tiles,
                                thumbnail_px=thumbnail_px)
     verdict = json.loads(paths.json.read_text(encoding="utf-8"))["verdict"]["high_grade"]
