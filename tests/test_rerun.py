@@ -213,3 +213,6 @@ def test_ihc_redoes_a_slide_whose_mpp_or_panel_changed(ihc_slide, tmp_path, caps
     (tmp_path / "panel.yaml").write_text(yaml.safe_dump(panel))
     assert ihc("--mpp", str(corrected), "--panel", str(tmp_path / "panel.yaml")) == 0
     assert _rows(out)["case1_IHC_ALK"]["reason"].startswith("redone: thresholds_od ")
+    # another analysis resolution (the IHC grid's tile mpp)
+    assert ihc("--mpp", str(corrected), "--panel", str(tmp_path / "panel.yaml"), "--analysis-mpp", "0.6") == 0
+    assert _rows(out)["case1_IHC_ALK"]["reason"].startswith("redone: analysis_mpp none → 0.6 — ALK")
