@@ -177,8 +177,9 @@ def test_tile_redoes_a_slide_whose_mpp_or_tiling_changed(test_slide_path, tmp_pa
 # -- histo ihc --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ihc_slide(tmp_path_factory):
-    from histo.synth.tiff_writer import write_pyramidal_tiff
     from test_ihc_slide import MPP, SIDE, _cells_render
+
+    from histo.synth.tiff_writer import write_pyramidal_tiff
 
     render, _, _ = _cells_render(True)
     path = tmp_path_factory.mktemp("ihc") / "case1_IHC_ALK.tiff"

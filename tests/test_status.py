@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import csv
 import multiprocessing as mp
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 import pytest
 

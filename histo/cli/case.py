@@ -33,7 +33,14 @@ from typing import Any
 from histo.atomic import write_text
 from histo.config import from_dict, load_yaml
 from histo.errors import ConfigError, HistoError
-from histo.rerun import RUN_SETTINGS_KEY, describe_changes, plain, read_json, redo_reason, stored_settings
+from histo.rerun import (
+    RUN_SETTINGS_KEY,
+    describe_changes,
+    plain,
+    read_json,
+    redo_reason,
+    stored_settings,
+)
 from histo.status import update_status
 
 STATUS_FIELDS = ["case", "status", "verdict", "summary", "reason", "report", "seconds", "case_file"]

@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 from histo.atomic import write_text
 from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
-from histo.rerun import describe_changes, file_fingerprint, read_json, redo_reason, stored_settings
+from histo.rerun import (
+    describe_changes,
+    file_fingerprint,
+    read_json,
+    redo_reason,
+    stored_settings,
+)
 from histo.status import update_status
 
 
@@ -157,7 +163,12 @@ def _necrosis_rules(args: argparse.Namespace) -> Any:
 def score_one(path: Path, spec: Any, args: argparse.Namespace, tumour_src: Path | None, out: Path) -> IHCStatus:
     """Score one slide and write its outputs; a finished slide with the same settings is skipped."""
     from histo.aggregate import necrotic_mask
-    from histo.ihc import read_prediction_tiles, score_slide, tumour_mask_from_tiles, write_ihc_outputs
+    from histo.ihc import (
+        read_prediction_tiles,
+        score_slide,
+        tumour_mask_from_tiles,
+        write_ihc_outputs,
+    )
     from histo.slide import open_slide
 
     t0 = time.perf_counter()

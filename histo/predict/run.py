@@ -17,9 +17,22 @@ from histo.config import to_dict
 from histo.errors import ConfigError, ModelError
 from histo.models import ModelCard
 from histo.predict.engine import amp_dtype, candidate_threshold, resolve_device
-from histo.predict.outputs import SCHEMA, base_tiles_meta, card_summary, read_done, weights_sha256, write_prediction
+from histo.predict.outputs import (
+    SCHEMA,
+    base_tiles_meta,
+    card_summary,
+    read_done,
+    weights_sha256,
+    write_prediction,
+)
 from histo.predict.scales import predict_scales
-from histo.rerun import RUN_SETTINGS_KEY, describe_changes, file_fingerprint, redo_reason, stored_settings
+from histo.rerun import (
+    RUN_SETTINGS_KEY,
+    describe_changes,
+    file_fingerprint,
+    redo_reason,
+    stored_settings,
+)
 from histo.slide import open_slide
 from histo.tiling import TilingConfig
 

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from histo.atomic import atomic_path
 from histo.config import to_dict
-from histo.rerun import RUN_SETTINGS_KEY, describe_changes, file_fingerprint, redo_reason, stored_settings
+from histo.rerun import (
+    RUN_SETTINGS_KEY,
+    describe_changes,
+    file_fingerprint,
+    redo_reason,
+    stored_settings,
+)
 from histo.slide import Slide, open_slide
 from histo.tiling.grid import TileGrid, TilingConfig, plan_grid
 from histo.tiling.reader import ReadJob, iter_batches, run_job
