@@ -105,6 +105,21 @@ class GradingRules:
 
 
 @dataclass(frozen=True)
+class DomainRules:
+    """How the model's training-domain check (tiles.parquet ``in_domain``) limits grading.
+
+    Out-of-domain tiles count neither areas nor mitoses. By tissue area in domain, a slide is ``in_domain``
+    (>= partly_below), ``partly_out_of_domain`` or ``out_of_domain`` (< out_below); below ``withhold_below``
+    the high-grade flag is not assessable. ``check: false`` turns all of it off (the report says so).
+    """
+
+    check: bool = True
+    partly_below: float = 0.8
+    out_below: float = 0.5
+    withhold_below: float = 0.8
+
+
+@dataclass(frozen=True)
 class GradingConfig:
     """Everything histo.aggregate needs besides the tables; the one place its defaults live."""
 
@@ -114,6 +129,7 @@ class GradingConfig:
     hpf: HpfRules = field(default_factory=HpfRules)
     hotspot: HotspotRules = field(default_factory=HotspotRules)
     grading: GradingRules = field(default_factory=GradingRules)
+    domain: DomainRules = field(default_factory=DomainRules)
 
     @property
     def hpf_area_mm2(self) -> float:
@@ -212,6 +228,10 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{source}: key '{key}' must be a list of strings, got {value!r}")
         return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: key '{key}' must be true or false, got {_type_name(value)} {value!r}")
+        return value
     # bool is an int subclass in Python; a YAML 'yes' where a number belongs is a mistake
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -247,6 +267,13 @@ def _check_values(cfg: GradingConfig, source: str) -> None:
             continue  # min_score null: the model card's threshold, resolved by for_model
         if not 0.0 <= v <= 1.0:
             raise bad(key, f"must be within 0..1, got {v}")
+    d = cfg.domain
+    for key, v in (("domain.partly_below", d.partly_below), ("domain.out_below", d.out_below),
+                   ("domain.withhold_below", d.withhold_below)):
+        if not 0.0 <= v <= 1.0:
+            raise bad(key, f"must be a fraction within 0..1, got {v}")
+    if d.out_below > d.partly_below:
+        raise bad("domain.out_below", f"must not exceed domain.partly_below ({d.partly_below}), got {d.out_below}")
     if t.necrosis_grow_p > t.necrosis_min_p:
         raise bad("tiles.necrosis_grow_p", f"must not exceed tiles.necrosis_min_p ({t.necrosis_min_p}), got {t.necrosis_grow_p}")
     if not 0.0 <= t.necrosis_min_region_mm2 < 100.0:

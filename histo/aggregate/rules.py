@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from histo.aggregate.config import DEFAULT_MITOSIS_THRESHOLD, GradingConfig
+from histo.aggregate.domain import DomainSummary, in_domain_tiles, summarise_domain
 from histo.aggregate.measure import SlideMeasurements, _plain, measure_slide
 
 #: Version of the JSON written by SlideAssessment.to_dict; bump on any incompatible change.
@@ -62,12 +64,16 @@ class Criterion:
 
 @dataclass(frozen=True)
 class HighGradeFlag:
-    """True when any criterion passes, False when all are assessed and none passes, else None."""
+    """True when any criterion passes, False when all are assessed and none passes, else None.
+
+    ``reason`` says why the flag is withheld when it is (e.g. the slide is unlike the model's training data).
+    """
 
     high_grade: bool | None
     assessable: bool
     rule: str
     criteria: tuple[Criterion, ...]
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class SlideAssessment:
     grading: Grading
     config: GradingConfig
     schema_version: int = SCHEMA_VERSION
+    domain: DomainSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict with schema_version first."""
@@ -97,6 +104,7 @@ class SlideAssessment:
             "measurements": self.measurements.to_dict(),
             "grading": _plain(dataclasses.asdict(self.grading)),
             "config": self.config.to_dict(),
+            "domain": self.domain.to_dict() if self.domain is not None else None,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -107,16 +115,60 @@ class SlideAssessment:
 def assess_slide(
     tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, config: GradingConfig | None = None,
     slide_size_px: tuple[int, int] | None = None, *, mitosis_threshold: float | None = None,
+    not_measured: Mapping[str, str] | None = None, domain_method: str | None = None,
 ) -> SlideAssessment:
     """Measure a slide from its prediction tables and apply the grading rules (slide_size_px: see measure_slide).
 
     ``mitosis_threshold`` is the model card's; it is what a null ``mitoses.min_score`` means (without one,
     ModelCard's default 0.5). The assessment records the resolved value.
+
+    Tiles with ``in_domain`` False (the model's training-domain check) count neither areas nor mitoses, and
+    below ``domain.withhold_below`` of the tissue in domain the high-grade flag is withheld. ``not_measured``
+    names heads that did not run (head → why): their score and criterion are unknown, never zero.
     """
     cfg = (config or GradingConfig()).for_model(DEFAULT_MITOSIS_THRESHOLD if mitosis_threshold is None
                                                 else mitosis_threshold)
-    meas = measure_slide(tiles, mitoses, mpp, cfg, slide_size_px)
-    return SlideAssessment(meas, grade(meas, cfg), cfg)
+    dom = summarise_domain(tiles, cfg.domain, domain_method)
+    # Out-of-domain tiles count neither areas nor mitoses (a mitosis counts only inside a counted tumour tile).
+    meas = measure_slide(in_domain_tiles(tiles, cfg.domain), mitoses, mpp, cfg, slide_size_px)
+    graded = grade(meas, cfg)
+    for head, why in (not_measured or {}).items():
+        graded = _not_measured(graded, head, why)
+    if dom.withheld:
+        graded = _withhold(graded, f"not assessable by this model: {dom.notes[0] if dom.notes else 'the slide is unlike its training data'}"
+                           f" (in domain: {100 * (dom.in_domain_fraction or 0):.0f} % of the tissue, below "
+                           f"{100 * cfg.domain.withhold_below:.0f} %)")
+    return SlideAssessment(meas, graded, cfg, domain=dom)
+
+
+def _withhold(g: Grading, reason: str) -> Grading:
+    """The grading with its high-grade flag withheld (None, not assessable) for ``reason``."""
+    hg = dataclasses.replace(g.high_grade, high_grade=None, assessable=False, reason=reason)
+    return dataclasses.replace(g, high_grade=hg, status="not_assessable")
+
+
+def _not_measured(g: Grading, head: str, why: str) -> Grading:
+    """The grading after a head the slide could not feed: its score and criterion unknown, never zero."""
+    if head == "mitosis":
+        reason = f"mitoses not measured: {why}"
+        mit = dataclasses.replace(g.mitotic_score, score=None, assessable=False, reason=reason)
+        crits = tuple(dataclasses.replace(c, passed=None, reason=reason) if c.name == "mitotic_activity" else c
+                      for c in g.high_grade.criteria)
+    elif head == "necrosis":
+        reason = f"necrosis not measured: {why}"
+        mit = g.mitotic_score
+        g = dataclasses.replace(g, necrosis_score=dataclasses.replace(g.necrosis_score, score=None, assessable=False,
+                                                                      reason=reason))
+        crits = tuple(dataclasses.replace(c, passed=None, reason=reason) if c.name == "tumour_necrosis" else c
+                      for c in g.high_grade.criteria)
+    else:
+        return g
+    passed = [c.passed for c in crits]
+    flag = True if True in passed else (False if None not in passed else None)
+    hg = dataclasses.replace(g.high_grade, criteria=crits, high_grade=flag, assessable=flag is not None)
+    n_ok = mit.assessable + g.necrosis_score.assessable
+    status = "assessed" if n_ok == 2 else ("partially_assessable" if n_ok == 1 else "not_assessable")
+    return dataclasses.replace(g, mitotic_score=mit, high_grade=hg, status=status)
 
 
 def grade(measurements: SlideMeasurements, config: GradingConfig | None = None) -> Grading:

@@ -127,7 +127,10 @@ def report_folder(folder: Path, out_dir: Path, cfg: GradingConfig, *, slides: li
     card = _card(meta, pmeta)
     # a null mitoses.min_score is the card's threshold (the operating point histo train chose on validation)
     cfg = cfg.for_model(card.get("mitosis_threshold"), source=f"{folder / 'prediction.json'}")
-    assessment = assess_slide(tiles, mitoses, mpp, cfg)
+    domain_method = (meta.get("domain") or {}).get("method") if isinstance(meta.get("domain"), dict) else None
+    dims = meta.get("slide_dimensions")
+    assessment = assess_slide(tiles, mitoses, mpp, cfg, tuple(dims) if dims else None,
+                              not_measured=meta.get("heads_not_run") or {}, domain_method=domain_method)
     slide = _slide_for(folder, meta, slides, n_folders)
     paths = write_slide_report(out_dir, assessment=assessment, tiles=tiles, mitoses=mitoses, slide=slide,
                                card_summary=card, prediction_meta=meta, ihc=ihc or None,

@@ -33,7 +33,7 @@ MPP_RANGE = (0.05, 100.0)  # a plausible µm/px of a model input
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Card fields that change how a model is applied; they are bound to the weights at export (see binding()).
-BOUND_FIELDS = ("scales", "mitosis_threshold", "mitosis_min_distance_um", "preprocessing")
+BOUND_FIELDS = ("scales", "mitosis_threshold", "mitosis_min_distance_um", "preprocessing", "domain")
 
 
 def config_digest(text: str) -> str:
@@ -196,7 +196,10 @@ class ModelCard:
 
     def check_binding(self, bound: dict[str, Any], weights: str) -> None:
         """ModelError naming the first field where this card differs from the one the weights were exported with."""
-        diff = _first_difference(self.binding(), bound)
+        mine = self.binding()
+        # A bound field added in a later histo version is absent from older exports: null there means unchanged.
+        mine = {k: v for k, v in mine.items() if k in bound or v is not None}
+        diff = _first_difference(mine, bound)
         if diff is not None:
             key, mine, theirs = diff
             raise ModelError(f"model card field {key!r} is {json.dumps(mine)} but the weights {weights} were "

@@ -50,10 +50,12 @@ def model_paths(dir_or_prefix: str | Path, name: str | None = None) -> tuple[Pat
 
 def build_model(card: ModelCard, pretrained: bool = False) -> nn.Module:
     """The untrained net a card describes: a MultiTaskNet for one scale, a MultiScaleNet for several."""
+    with_domain = set((card.domain or {}).get("scales", {}))
     if not card.multiscale:
-        s = next(iter(card.scales.values()))
-        return MultiTaskNet(s.backbone, s.heads, pretrained=pretrained)
-    return MultiScaleNet({k: (s.backbone, s.heads) for k, s in card.scales.items()}, pretrained=pretrained)
+        name, s = next(iter(card.scales.items()))
+        return MultiTaskNet(s.backbone, s.heads, pretrained=pretrained, domain=name in with_domain)
+    return MultiScaleNet({k: (s.backbone, s.heads) for k, s in card.scales.items()}, pretrained=pretrained,
+                         domain=with_domain)
 
 
 def _check_fits(model: nn.Module, card: ModelCard) -> None:

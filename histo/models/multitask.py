@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from histo.errors import ModelError
+from histo.models.domain import DomainHead
 from histo.models.heads import DEFAULT_PATTERN_CLASSES, ClassificationHead, HeatmapHead, LogitHead
 from histo.models.registry import create_backbone
 
@@ -76,11 +77,14 @@ class MultiTaskNet(nn.Module):
 
     def __init__(self, backbone_name: str,
                  heads: Mapping[str, Mapping[str, Any] | None] | Iterable[str] = HEAD_NAMES,
-                 pretrained: bool | str | Path = False):
+                 pretrained: bool | str | Path = False, domain: bool = False):
         super().__init__()
         self.backbone_name = backbone_name
         self.heads_config = resolve_heads(heads)
         self.backbone, nf = create_backbone(backbone_name, pretrained)
+        self.num_features = nf
+        # The training domain (histo.models.domain): present once calibrated; its buffers travel with the weights.
+        self.domain: DomainHead | None = DomainHead(nf) if domain else None
         h = self.heads_config
         if "pattern" in h:
             self.pattern = ClassificationHead(nf, len(h["pattern"]["classes"]), h["pattern"]["dropout"])
@@ -95,10 +99,16 @@ class MultiTaskNet(nn.Module):
         """Pattern class names in logit order (empty without a pattern head)."""
         return list(self.heads_config.get("pattern", {}).get("classes", []))
 
+    def attach_domain(self, head: DomainHead) -> None:
+        """Give the net its training-domain statistics (forward then also returns ``ood``)."""
+        self.domain = head
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per selected head."""
+        """Logits per selected head; with a domain head also ``ood`` (N,): the tile's ood_score (<= 1 in domain)."""
         pyramid = self.backbone.forward_pyramid(x)
         out: dict[str, torch.Tensor] = {}
+        if self.domain is not None:
+            out["ood"] = self.domain(x, self.backbone.pool(pyramid[-1]))
         if "pattern" in self.heads_config or "necrosis" in self.heads_config:
             pooled = self.backbone.pool(pyramid[-1])
             if "pattern" in self.heads_config:
@@ -118,11 +128,12 @@ class MultiScaleNet(nn.Module):
     """
 
     def __init__(self, scales: Mapping[str, tuple[str, Mapping[str, Mapping[str, Any] | None]]],
-                 pretrained: bool | str | Path = False):
+                 pretrained: bool | str | Path = False, domain: Iterable[str] = ()):
         super().__init__()
         if not scales:
             raise ModelError("MultiScaleNet needs at least one scale")
-        self.nets = nn.ModuleDict({name: MultiTaskNet(backbone, heads, pretrained=pretrained)
+        with_domain = set(domain)
+        self.nets = nn.ModuleDict({name: MultiTaskNet(backbone, heads, pretrained=pretrained, domain=name in with_domain)
                                    for name, (backbone, heads) in scales.items()})
         seen: dict[str, str] = {}
         for name, net in self.nets.items():

@@ -91,6 +91,7 @@ class InferenceOutput:
     n_tiles: int
     pattern: np.ndarray | None  # (N, C) float32 softmax probabilities
     necrosis: np.ndarray | None  # (N,) float32 sigmoid probabilities
+    ood: np.ndarray | None  # (N,) float32 ood_score (<= 1: like the training tiles) when the net has a domain head
     points: np.ndarray  # (K, 4) float64: tile index, x, y (input-tile px at the scale's mpp), score
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -108,6 +109,8 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
     classes = list(heads.get("pattern", {}).get("classes", []))
     pattern = np.full((n, len(classes)), np.nan, np.float32) if "pattern" in heads else None
     necrosis = np.full(n, np.nan, np.float32) if "necrosis" in heads else None
+    ood = np.full(n, np.nan, np.float32)
+    has_ood = False
     points: list[np.ndarray] = []
     on_device: list[tuple[str, np.ndarray, torch.Tensor]] = []
     offset, div = normaliser(spec, device)
@@ -141,6 +144,9 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
                 on_device.append(("pattern", idx, out["pattern"].float().softmax(1)))
             if necrosis is not None:
                 on_device.append(("necrosis", idx, out["necrosis"].float().sigmoid()))
+            if "ood" in out:
+                has_ood = True
+                on_device.append(("ood", idx, out["ood"].float()))
             if "mitosis" in heads:
                 # Mitoses are rare: find peaks only in tiles whose best logit can pass the threshold (one
                 # host sync per batch instead of one per tile); the margin keeps it a superset under rounding.
@@ -154,7 +160,7 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
                         p = pts.cpu().numpy().astype(np.float64)
                         points.append(np.column_stack([np.full(len(p), i, np.float64), p]))
             bar.update(len(idx))
-        for name, target in (("pattern", pattern), ("necrosis", necrosis)):
+        for name, target in (("pattern", pattern), ("necrosis", necrosis), ("ood", ood)):
             parts = [(i, p) for nm, i, p in on_device if nm == name]
             if target is not None and parts:
                 target[np.concatenate([i for i, _ in parts])] = torch.cat([p for _, p in parts]).cpu().numpy()
@@ -165,4 +171,5 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
         busy_ms = sum(s.elapsed_time(e) for s, e in events)
         timings["gpu_busy_fraction"] = round(busy_ms / 1000.0 / seconds, 4) if seconds > 0 else 0.0
     pts = np.concatenate(points) if points else np.zeros((0, 4), np.float64)
-    return InferenceOutput(n_tiles=n, pattern=pattern, necrosis=necrosis, points=pts, timings=timings)
+    return InferenceOutput(n_tiles=n, pattern=pattern, necrosis=necrosis, ood=ood if has_ood else None, points=pts,
+                           timings=timings)

@@ -96,6 +96,17 @@ def predict_run_settings(slide_path: str | Path, slide_mpp: float, config: Tilin
     }
 
 
+def domain_status(tiles: Any, card: ModelCard) -> dict[str, Any]:
+    """prediction.json's ``domain``: the slide's status under the default rules (reports apply the grading config's)."""
+    from histo.aggregate.domain import summarise_domain
+
+    d = summarise_domain(tiles, method=(card.domain or {}).get("method")).to_dict()
+    if card.domain:
+        d["thresholds"].update({f"{k}_{m}": v.get(f"{m}_threshold") for k, v in card.domain.get("scales", {}).items()
+                                for m in ("feature", "colour")})
+    return d
+
+
 def predict_slide(
     slide_path: str | Path,
     model: nn.Module,
@@ -177,6 +188,7 @@ def predict_slide(
         "n_mitoses": n_counted,  # at or above the card's threshold
         "n_mitosis_candidates": len(mitoses),  # every peak kept, down to candidate_threshold
         "heads_not_run": res.heads_not_run,  # head -> why; such a head measured nothing (not zero)
+        "domain": domain_status(tiles, card),
         "mitosis_candidate_threshold": candidate_threshold(card),
         "tiling": {k: grid.settings[k] for k in ("grid", "tissue", "stride_px", "tile_level0_px", "tissue_area_mm2")},
         "device": str(dev),

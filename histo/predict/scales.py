@@ -115,6 +115,8 @@ def join_scales(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, 
         else:
             probs[head] = _join_by_centre(grid.table, grids[src].table, values, _empty(head, card, n))
     tiles = tiles_frame(grid.table, probs["pattern"], probs["necrosis"], card.classes)
+    if card.domain is not None:
+        tiles["ood_score"], tiles["in_domain"] = _join_ood(card, grids, outputs, n)
     if "mitosis" in card.heads:
         src = card.scale_of("mitosis")
         res = outputs.get(src)
@@ -126,14 +128,32 @@ def join_scales(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, 
     return tiles, mitoses
 
 
+def _join_ood(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, InferenceOutput | None],
+              n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ood_score, in_domain) per table tile: the worst scale's score (fine tiles joined by centre, their max)."""
+    table = card.table_scale
+    score = np.full(n, np.nan, np.float64)
+    for name, grid in grids.items():
+        res = outputs.get(name)
+        if res is None or res.ood is None:
+            continue
+        if name == table:
+            s = res.ood.astype(np.float64)
+        else:
+            s = _join_by_centre(grids[table].table, grid.table, res.ood, np.full(n, np.nan, np.float32), how="max")
+        score = np.fmax(score, s)  # NaN where no scale scored the tile
+    in_domain = np.where(np.isfinite(score), score <= 1.0, False)
+    return score.astype(np.float32), in_domain.astype(bool)
+
+
 def _empty(head: str, card: ModelCard, n: int) -> np.ndarray:
     """NaN probabilities for ``n`` tiles (a head whose scale had no tile there)."""
     return np.full((n, len(card.classes)), np.nan, np.float32) if head == "pattern" else np.full(n, np.nan, np.float32)
 
 
 def _join_by_centre(coarse: pd.DataFrame, fine: pd.DataFrame, values: np.ndarray | None,
-                    empty: np.ndarray) -> np.ndarray:
-    """Mean of the fine tiles' values whose level-0 centre lies in each coarse tile (NaN where none)."""
+                    empty: np.ndarray, how: str = "mean") -> np.ndarray:
+    """Mean (or max) of the fine tiles' values whose level-0 centre lies in each coarse tile (NaN where none)."""
     out = empty.copy()
     if values is None or not len(fine) or not len(coarse):
         return out
@@ -145,7 +165,8 @@ def _join_by_centre(coarse: pd.DataFrame, fine: pd.DataFrame, values: np.ndarray
     for i in range(len(coarse)):
         inside = (fx >= cx[i]) & (fx < cx[i] + cw[i]) & (fy >= cy[i]) & (fy < cy[i] + ch[i])
         if inside.any():
-            out[i] = v[inside].mean(0).reshape(out[i].shape)
+            agg = v[inside].max(0) if how == "max" else v[inside].mean(0)
+            out[i] = agg.reshape(out[i].shape)
     return out
 
 

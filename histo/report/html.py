@@ -70,13 +70,43 @@ def table(rows: Sequence[tuple[str, Any]], header: tuple[str, str] | None = None
     return "".join(out)
 
 
-def page(title: str, body: str) -> str:
-    """A whole HTML document with the research-use disclaimer at top and bottom."""
+SYNTHETIC_BANNER = ("This model was trained on synthetic phantoms only: its figures are not validated on real "
+                    "tissue.")
+
+
+def model_banner(model: Mapping[str, Any] | None) -> str:
+    """A warning paragraph for a model trained on synthetic phantoms only ('' otherwise)."""
+    if model and model.get("synthetic_only"):
+        return f'<p class="disclaimer">{esc(SYNTHETIC_BANNER)}</p>\n'
+    return ""
+
+
+def domain_rows(domain: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    """The report's 'Training domain' rows: status, fraction of tissue in domain, method, notes."""
+    if not domain:
+        return [("Training domain", "not reported")]
+    frac = domain.get("in_domain_fraction")
+    return [("Training domain", domain.get("status")),
+            ("Tissue like the training data", "n/a" if frac is None else f"{100 * frac:.0f} %"),
+            ("Method", domain.get("method") or "n/a"),
+            ("Notes", "; ".join(domain.get("notes") or []) or "none")]
+
+
+def provenance_rows(model: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """One row per head: what it was trained and validated on (the card's provenance)."""
+    prov = model.get("provenance") or {}
+    if not prov:
+        return [("Training data", "not recorded in the model card: treat every figure as unvalidated")]
+    return [(f"Trained on ({head})", text) for head, text in prov.items()]
+
+
+def page(title: str, body: str, banner: str = "") -> str:
+    """A whole HTML document with the research-use disclaimer at top and bottom (and ``banner`` under it)."""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
         f"<style>{_CSS}</style></head><body>\n"
-        f"<p class=\"disclaimer\">{esc(DISCLAIMER)}</p>\n<h1>{esc(title)}</h1>\n{body}\n"
+        f"<p class=\"disclaimer\">{esc(DISCLAIMER)}</p>\n{banner}<h1>{esc(title)}</h1>\n{body}\n"
         f"<p class=\"disclaimer\">{esc(DISCLAIMER)}</p>\n</body></html>\n"
     )
 
@@ -209,9 +239,19 @@ def slide_page(report: Mapping[str, Any], images: Sequence[tuple[bytes, str, str
         parts += [ihc_section(r, ihc_imgs[i]) for i, r in enumerate(report["ihc"])]
     m = report["model"]
     metrics = ", ".join(f"{k} {fmt_num(val, 3)}" for k, val in (m.get("metrics") or {}).items()) or "none recorded"
+    scales = m.get("scales") or {}
+    inputs = "; ".join(f"{'/'.join(v.get('heads') or [])}: {v.get('tile_px')} px at {v.get('mpp')} µm/px ({v.get('backbone')})"
+                       for v in scales.values()) or f"{m.get('tile_px')} px at {m.get('mpp')} µm/px"
+    sel = m.get("threshold_selection") or {}
+    thr = m.get("mitosis_threshold")
+    thr_text = "n/a" if thr is None else (f"{fmt_num(thr, 2)} ({sel.get('method', 'config')}"
+                                          + (f", F1 {fmt_num(sel['f1'], 2)} on validation" if sel.get("f1") is not None else "")
+                                          + ")")
+    parts.append("<h2>Training domain</h2>" + table(domain_rows(report.get("domain"))))
     parts.append("<h2>Model</h2>" + table([
         ("Name", m.get("name")), ("Backbone", m.get("backbone")), ("Pattern classes", ", ".join(m.get("classes") or [])),
-        ("Tile", f"{m.get('tile_px')} px at {m.get('mpp')} µm/px"), ("Weights sha256", m.get("weights_sha256")),
+        ("Inputs", inputs), ("Mitosis threshold", thr_text), ("Weights sha256", m.get("weights_sha256")),
+        *provenance_rows(m),
         ("Validation metrics", metrics),
     ]))
     dims = s.get("dimensions")
@@ -222,7 +262,7 @@ def slide_page(report: Mapping[str, Any], images: Sequence[tuple[bytes, str, str
         ("histo version", report["histo_version"]), ("Grading config sha256", report["grading_config_sha256"]),
         ("Report created", report["created"]), ("Report schema", report["schema"]),
     ]))
-    return page(f"Slide report — {s['name']}", "\n".join(parts))
+    return page(f"Slide report — {s['name']}", "\n".join(parts), banner=model_banner(m))
 
 
 def case_page(case: Mapping[str, Any], slide_links: Sequence[tuple[str, str]]) -> str:
@@ -253,9 +293,12 @@ def case_page(case: Mapping[str, Any], slide_links: Sequence[tuple[str, str]]) -
     if slide_links:
         parts.append("<h2>Slide reports</h2><ul>" + "".join(
             f'<li><a href="{esc(href)}">{esc(label)}</a></li>' for label, href in slide_links) + "</ul>")
+    model = case.get("model") or {}
+    parts.append("<h2>Training domain</h2>" + table(domain_rows(case.get("domain"))))
     parts.append("<h2>Provenance</h2>" + table([("histo version", case["histo_version"]), ("Created", case["created"]),
-                                                ("Report schema", case["schema"])]))
-    return page(f"Case report — {case['case_id']}", "\n".join(parts))
+                                                ("Report schema", case["schema"]), ("Model", model.get("name") or "n/a"),
+                                                *provenance_rows(model)]))
+    return page(f"Case report — {case['case_id']}", "\n".join(parts), banner=model_banner(model))
 
 
 __all__ = ["DISCLAIMER", "case_page", "data_uri", "esc", "figure", "ihc_section", "measurement_rows", "page",

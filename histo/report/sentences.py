@@ -181,7 +181,10 @@ def criterion_phrase(criterion: Mapping[str, Any], *, short: bool = False) -> st
 
 def verdict_line(assessment: Mapping[str, Any]) -> str:
     """The one-line verdict: 'High grade: YES — mitotic activity … per 10 HPF … in the hotspot ≥ 10 (threshold); …'."""
-    verdict = verdict_of(assessment["grading"]["high_grade"]["high_grade"])
+    hg = assessment["grading"]["high_grade"]
+    verdict = verdict_of(hg["high_grade"])
+    if hg.get("reason"):  # withheld: say why first, not a criterion list that reads like a result
+        return f"High grade: {verdict_word(verdict, upper=True)} — {hg['reason']}"
     parts = [criterion_phrase(c) for c in _criteria(assessment)]
     return f"High grade: {verdict_word(verdict, upper=True)} — " + "; ".join(parts)
 
@@ -222,6 +225,8 @@ def verdict_reasons(assessment: Mapping[str, Any]) -> list[str]:
         out.append("High grade, because at least one criterion is met (rule: " + hg["rule"] + ").")
     elif verdict == "no":
         out.append("Not high grade: every criterion was assessed and none is met (rule: " + hg["rule"] + ").")
+    elif hg.get("reason"):
+        out.append(f"High grade is {hg['reason']}.")
     else:
         out.append("High grade is not assessable: no criterion is met and at least one could not be assessed.")
     return out
@@ -229,7 +234,10 @@ def verdict_reasons(assessment: Mapping[str, Any]) -> list[str]:
 
 def high_grade_summary(assessment: Mapping[str, Any]) -> str:
     """The case-summary clause: 'High grade: yes (mitoses 32 mitoses in … = 32 per 10 HPF (HPF …) in the hotspot ≥ 10; necrosis 25 % ≥ 1 %).'."""
-    verdict = verdict_of(assessment["grading"]["high_grade"]["high_grade"])
+    hg = assessment["grading"]["high_grade"]
+    verdict = verdict_of(hg["high_grade"])
+    if hg.get("reason"):
+        return f"High grade: {verdict_word(verdict)} ({hg['reason']})."
     parts = [criterion_phrase(c, short=True) for c in _criteria(assessment)]
     return f"High grade: {verdict_word(verdict)} ({'; '.join(parts)})."
 

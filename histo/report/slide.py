@@ -102,10 +102,23 @@ def summarise_card(card: Any) -> dict[str, Any]:
     classes = d.get("classes")
     if classes is None:
         classes = ((d.get("heads") or {}).get("pattern") or {}).get("classes", [])
+    prov = dict(d.get("provenance") or {})
+    synthetic = d.get("synthetic_only")
+    if synthetic is None:  # a ModelCard's dict: synthetic unless some head says it learned from real tissue
+        synthetic = not any(isinstance(p, Mapping) and p.get("real") for p in prov.values())
+    scales = d.get("scales") or {}
     return {
         "name": d.get("name"), "backbone": d.get("backbone"), "classes": list(classes or []),
         "tile_px": d.get("tile_px"), "mpp": d.get("mpp"), "weights_sha256": d.get("weights_sha256"),
         "metrics": dict(d.get("metrics") or {}),
+        "scales": {k: {"heads": list((v or {}).get("heads") or []), "tile_px": (v or {}).get("tile_px"),
+                       "mpp": (v or {}).get("mpp"), "backbone": (v or {}).get("backbone")} for k, v in scales.items()},
+        "mitosis_threshold": d.get("mitosis_threshold"),
+        "threshold_selection": d.get("threshold_selection"),
+        "provenance": {h: (p.get("summary") if isinstance(p, Mapping) else str(p)) for h, p in prov.items()},
+        "synthetic_only": bool(synthetic),
+        "domain_method": ((d.get("domain") or {}).get("method") if isinstance(d.get("domain"), Mapping)
+                          else d.get("domain_method")),
     }
 
 
@@ -254,6 +267,7 @@ def write_slide_report(
             "reasons": verdict_reasons(a),
         },
         "hotspot": hotspot,
+        "domain": a.get("domain"),
         "ihc": [json_safe({**item.data, "sentence": ihc_sentence(item.data)}) for item in ihc_inputs],
         "files": {
             "json": JSON_NAME, "html": HTML_NAME, "geojson": GEOJSON_NAME,

@@ -102,6 +102,9 @@ class ModelSection:
     threshold: Literal["f1_optimal", "config"] = "f1_optimal"
     mitosis_min_distance_um: float = 4.0  # closer peaks are one mitosis
     scales: dict[str, ScaleSection] | None = None
+    # the training domain stored in the card (histo.models.domain): thresholds at this percentile of the
+    # validation tiles' distances; null = no domain (reports then cannot say whether a slide is like the data)
+    domain_percentile: float | None = 99.0
 
     def __post_init__(self) -> None:
         _check_input(self.tile_px, self.mpp, self.std, self.pretrained)
@@ -111,6 +114,8 @@ class ModelSection:
             raise ValueError(f"mitosis_min_distance_um must be >= 0, got {self.mitosis_min_distance_um}")
         if self.scales is not None and not self.scales:
             raise ValueError("scales must name at least one scale")
+        if self.domain_percentile is not None and not 50.0 <= self.domain_percentile < 100.0:
+            raise ValueError(f"domain_percentile must be in [50, 100), got {self.domain_percentile}")
 
     def scale_sections(self) -> dict[str, ScaleSection]:
         """Every scale of the model: ``scales``, or the flat keys as one scale named ``main``."""

@@ -29,7 +29,7 @@ from torch import nn
 from histo.atomic import write_text
 from histo.config import apply_overrides
 from histo.errors import ConfigError
-from histo.models import ModelCard, MultiScaleNet, MultiTaskNet, resolve_heads, save_model, scale_nets
+from histo.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, MultiScaleNet, MultiTaskNet, resolve_heads, save_model, scale_nets
 from histo.train.config import TrainConfig, TrainerSection, data_config_class
 from histo.train.module import MultiTaskModule
 
@@ -215,9 +215,12 @@ def fit(config: TrainConfig | str | Path, *, resume_from: str | Path | None = No
                        config_digest=digest)
     if export and is_zero:
         model_dir = run_dir / "model"
+        domain = _calibrate(config, runs)
         nets = {k: r.module.net for k, r in runs.items()}
         net: nn.Module = nets[next(iter(nets))] if not multi else _combine(nets)
         extras = _card_extras(config, runs)
+        if domain is not None:
+            extras["domain"] = domain
         weights, card = export_model(net, config, metrics, model_dir, **extras)
         result = dataclasses.replace(result, model_dir=model_dir, weights_path=weights, card_path=card)
     result.seconds = round(time.perf_counter() - t0, 3)
@@ -299,9 +302,31 @@ def _fit_scale(config: TrainConfig, scale: str, run_dir: Path, version: int, mul
     return _ScaleRun(module, dm, best, last, metrics, step, epochs, trainer.is_global_zero)
 
 
+def _calibrate(config: TrainConfig, runs: dict[str, _ScaleRun]) -> dict[str, Any] | None:
+    """The card's domain section: each scale's net calibrated on its training and validation tiles."""
+    pct = config.model.domain_percentile
+    if pct is None:
+        return None
+    from histo.train.domain import calibrate_scale, domain_card
+
+    figures = {}
+    for name, run in runs.items():
+        spec = getattr(run.datamodule, "input_spec", None)
+        try:
+            val = run.datamodule.val_dataloader()
+            figures[name] = calibrate_scale(run.module.net, run.datamodule.train_dataloader(), val,
+                                            input_mean=tuple(spec.mean) if spec else IMAGENET_MEAN,
+                                            input_std=tuple(spec.std) if spec else IMAGENET_STD, percentile=pct)
+        except ConfigError as exc:  # e.g. too few validation tiles: the card then says it has no domain
+            warnings.warn(f"scale {name!r}: no training domain recorded ({exc})", stacklevel=2)
+            return None
+    return domain_card(figures, pct)
+
+
 def _combine(nets: dict[str, nn.Module]) -> MultiScaleNet:
-    """One MultiScaleNet holding each scale's trained net."""
-    combined = MultiScaleNet({k: (n.backbone_name, n.heads_config) for k, n in nets.items()})  # type: ignore[misc]
+    """One MultiScaleNet holding each scale's trained net (with its domain head when calibrated)."""
+    combined = MultiScaleNet({k: (n.backbone_name, n.heads_config) for k, n in nets.items()},  # type: ignore[misc]
+                             domain=[k for k, n in nets.items() if getattr(n, "domain", None) is not None])
     for k, n in nets.items():
         combined.nets[k].load_state_dict(n.state_dict(), strict=True)
     return combined
