@@ -2,17 +2,18 @@
 
 Method (recorded in the card's ``domain`` section):
 
-- **Features:** the Mahalanobis distance of a tile's pooled backbone features (the stride-32 map, the
-  input of the tile heads) from the mean and covariance of the training tiles (Lee et al., NeurIPS 2018).
+- **Features:** at each of the backbone's four levels (strides 4 to 32), the Mahalanobis distance of the
+  per-channel mean and spread of the tile's feature map from those of the training tiles (Lee et al.,
+  NeurIPS 2018, who also ensemble several layers).
   Feature-space detectors of this family are the ones that separate semantic out-of-distribution tissue
   best in the digital pathology benchmark of Oh, Falahkheirkhah and Bhargava (2024, "Are we ready for
   out-of-distribution detection in digital pathology?"), need no extra training, and cost one matrix
   product per tile.
-- **Colour:** the Mahalanobis distance of the tile's mean optical density per RGB channel from the
+- **Colour:** the Mahalanobis distance of the tile's mean and spread of optical density per RGB channel from the
   training tiles' (covariate shift: another stain, scanner or fading), which features learned under stain
   augmentation may partly ignore.
 - **Threshold:** each distance is divided by the 99th percentile of the validation tiles' distances, and
-  ``ood_score`` is the larger of the two ratios. A tile is in domain when ``ood_score <= 1``: by
+  ``ood_score`` is the largest of the ratios. A tile is in domain when ``ood_score <= 1``: by
   construction about 1 % of validation tiles fall outside.
 
 Both statistics are buffers of a :class:`DomainHead` inside the net, so they travel in the safetensors
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-METHOD = "mahalanobis_features+colour_od"
+METHOD = "mahalanobis_texture_colour+semantic"
 REFERENCES = (
     "Lee K, Lee K, Lee H, Shin J. A simple unified framework for detecting out-of-distribution samples and "
     "adversarial attacks. NeurIPS 2018.",
@@ -34,45 +35,67 @@ REFERENCES = (
 _EPS_OD = 1.0 / 255.0
 
 
-def tile_colour_od(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Mean optical density per RGB channel (N, 3) of normalised input tiles (N, 3, H, W)."""
-    rgb = (x.float() * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)).clamp(_EPS_OD, 1.0)
-    return (-torch.log(rgb)).mean(dim=(2, 3))
-
-
 def mahalanobis(v: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
     """sqrt((v - mean)^T P (v - mean)) per row of ``v``."""
     d = v.float() - mean
     return ((d @ precision) * d).sum(1).clamp_min(0).sqrt()
 
 
-class DomainHead(nn.Module):
-    """Distances of tiles from the training domain; ``forward(x, pooled)`` → ood_score (N,) (in domain: <= 1)."""
+def level_stats(fmap: torch.Tensor) -> torch.Tensor:
+    """Per-channel spatial mean and standard deviation of a feature map (N, C, H, W) → (N, 2C)."""
+    f = fmap.float()
+    return torch.cat([f.mean(dim=(2, 3)), f.flatten(2).std(dim=2, unbiased=False)], dim=1)
 
-    def __init__(self, dim: int) -> None:
+
+def colour_stats(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Mean and standard deviation of optical density per RGB channel (N, 6) of normalised tiles."""
+    rgb = (x.float() * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)).clamp(_EPS_OD, 1.0)
+    od = -torch.log(rgb)
+    return torch.cat([od.mean(dim=(2, 3)), od.flatten(2).std(dim=2, unbiased=False)], dim=1)
+
+
+STATISTICS = ("texture_colour", "semantic")
+
+
+class DomainHead(nn.Module):
+    """Distances of tiles from the training domain; ``forward(x, pyramid)`` → ood_score (N,) (in domain: <= 1).
+
+    Two Gaussians: ``texture_colour`` joins the per-channel mean and spread of the first backbone level
+    (stride 4: texture, nuclei, fibres) with the mean and spread of optical density per RGB channel (stain);
+    ``semantic`` is the per-channel mean and spread of the last level (stride 32: what the tile heads see).
+    Each distance is divided by its threshold and the score is the larger ratio.
+    """
+
+    def __init__(self, level_channels: tuple[int, ...] | list[int]) -> None:
         super().__init__()
-        self.register_buffer("feature_mean", torch.zeros(dim))
-        self.register_buffer("feature_precision", torch.eye(dim))
-        self.register_buffer("feature_threshold", torch.ones(()))
-        self.register_buffer("colour_mean", torch.zeros(3))
-        self.register_buffer("colour_precision", torch.eye(3))
-        self.register_buffer("colour_threshold", torch.ones(()))
+        dims = {"texture_colour": 2 * int(level_channels[0]) + 6, "semantic": 2 * int(level_channels[-1])}
+        for name, d in dims.items():
+            self.register_buffer(f"{name}_mean", torch.zeros(d))
+            self.register_buffer(f"{name}_precision", torch.eye(d))
+            self.register_buffer(f"{name}_threshold", torch.ones(()))
         self.register_buffer("input_mean", torch.tensor([0.485, 0.456, 0.406]))
         self.register_buffer("input_std", torch.tensor([0.229, 0.224, 0.225]))
 
-    def distances(self, x: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feature distance, colour distance) per tile."""
-        feat = mahalanobis(pooled.float(), self.feature_mean, self.feature_precision)
-        colour = mahalanobis(tile_colour_od(x, self.input_mean, self.input_std), self.colour_mean,
-                             self.colour_precision)
-        return feat, colour
+    def features(self, x: torch.Tensor, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The statistics the distances are measured on, in the order of STATISTICS."""
+        colour = colour_stats(x, self.input_mean, self.input_std)
+        return [torch.cat([level_stats(pyramid[0]), colour], 1), level_stats(pyramid[-1])]
 
-    def forward(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        feat, colour = self.distances(x, pooled)
-        return torch.maximum(feat / self.feature_threshold, colour / self.colour_threshold)
+    def distances(self, x: torch.Tensor, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Mahalanobis distance per statistic, each (N,)."""
+        return [mahalanobis(v, getattr(self, f"{n}_mean"), getattr(self, f"{n}_precision"))
+                for n, v in zip(STATISTICS, self.features(x, pyramid))]
+
+    def thresholds(self) -> list[torch.Tensor]:
+        """Each distance's threshold, in the order of STATISTICS."""
+        return [getattr(self, f"{n}_threshold") for n in STATISTICS]
+
+    def forward(self, x: torch.Tensor, pyramid: list[torch.Tensor]) -> torch.Tensor:  # noqa: D102
+        ratios = [d / t for d, t in zip(self.distances(x, pyramid), self.thresholds())]
+        return torch.stack(ratios, 1).amax(1)
 
 
-def fit_gaussian(v: torch.Tensor, shrinkage: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_gaussian(v: torch.Tensor, shrinkage: float = 0.001) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, precision) of rows ``v`` with the covariance shrunk towards its mean variance (stable for few tiles)."""
     v = v.double()
     mean = v.mean(0)
