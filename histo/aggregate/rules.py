@@ -135,9 +135,10 @@ def assess_slide(
     for head, why in (not_measured or {}).items():
         graded = _not_measured(graded, head, why)
     if dom.withheld:
-        graded = _withhold(graded, f"not assessable by this model: {dom.notes[0] if dom.notes else 'the slide is unlike its training data'}"
-                           f" (in domain: {100 * (dom.in_domain_fraction or 0):.0f} % of the tissue, below "
-                           f"{100 * cfg.domain.withhold_below:.0f} %)")
+        frac = dom.in_domain_fraction or 0.0
+        graded = _withhold(graded, f"Not assessable by this model: {100 * (1 - frac):.0f} % of the tissue is unlike its "
+                                   f"training data (in domain {100 * frac:.0f} %, below the "
+                                   f"{100 * cfg.domain.withhold_below:.0f} % a verdict needs)")
     return SlideAssessment(meas, graded, cfg, domain=dom)
 
 

@@ -226,7 +226,7 @@ def verdict_reasons(assessment: Mapping[str, Any]) -> list[str]:
     elif verdict == "no":
         out.append("Not high grade: every criterion was assessed and none is met (rule: " + hg["rule"] + ").")
     elif hg.get("reason"):
-        out.append(f"High grade is {hg['reason']}.")
+        out.append(f"{hg['reason']}.")
     else:
         out.append("High grade is not assessable: no criterion is met and at least one could not be assessed.")
     return out

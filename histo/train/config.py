@@ -73,9 +73,14 @@ class ScaleSection:
     std: tuple[float, float, float] = IMAGENET_STD
     data: Any = None
     max_epochs: int | None = None
+    # what this scale's best checkpoint and early stopping watch (default: checkpoint.monitor / early_stop.monitor)
+    monitor: str | None = None
+    mode: Literal["min", "max"] | None = None
 
     def __post_init__(self) -> None:
         _check_input(self.tile_px, self.mpp, self.std, self.pretrained)
+        if (self.monitor is None) != (self.mode is None):
+            raise ValueError("give monitor and mode together (e.g. monitor: val/mitosis_f1, mode: max)")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
 
@@ -382,6 +387,11 @@ def _check(cfg: TrainConfig, source: str) -> None:
                 raise ConfigError(f"{source}: '{key}.tile_px' ({sc.tile_px}) must be a multiple of "
                                   f"{key}.heads.mitosis.stride_px ({stride})")
         names = set(monitorable(heads))
+        if sc.monitor is not None:
+            if sc.monitor not in names:
+                raise ConfigError(f"{source}: '{key}.monitor' is {sc.monitor!r}; with heads {list(heads)} it must be "
+                                  f"one of {', '.join(monitorable(heads))}")
+            continue  # this scale watches its own metric
         allowed = names if allowed is None else allowed & names
     cw = cfg.loss.pattern_class_weights
     if cw is not None:
@@ -391,7 +401,7 @@ def _check(cfg: TrainConfig, source: str) -> None:
         if len(cw) != n or min(cw) <= 0:
             raise ConfigError(f"{source}: 'loss.pattern_class_weights' needs {n} positive numbers (one per "
                               f"pattern class), got {cw}")
-    ordered = [x for x in monitorable(all_heads) if allowed and x in allowed]
+    ordered = [x for x in monitorable(all_heads) if allowed is None or x in allowed]
     for sec, key in ((cfg.early_stop, "early_stop"), (cfg.checkpoint, "checkpoint")):
         if sec.monitor not in ordered:
             what = "every scale's heads" if m.scales else f"heads {list(all_heads)}"

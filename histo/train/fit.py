@@ -250,19 +250,23 @@ def _fit_scale(config: TrainConfig, scale: str, run_dir: Path, version: int, mul
     if datamodule is None:  # label counts saved into the run; bad labels, empty heads or no val split stop here
         from histo.train.checks import check_datamodule
 
-        monitors = [config.checkpoint.monitor] + ([config.early_stop.monitor] if config.early_stop.patience > 0 else [])
+        sc_ = config.model.scale_sections()[scale]
+        monitors = ([sc_.monitor] if sc_.monitor else
+                    [config.checkpoint.monitor] + ([config.early_stop.monitor] if config.early_stop.patience > 0 else []))
         data = scale_data(config, scale)
         check_datamodule(dm, list(resolve_heads(config.model.scale_sections()[scale].heads)), sub,
                          allow_label_problems=bool(getattr(data, "allow_label_problems", False)),
                          needs_val=any(str(m).startswith("val/") for m in monitors))
     module = build_module(config, scale=scale)
+    sc = config.model.scale_sections()[scale]
+    ck_monitor, ck_mode = (sc.monitor, sc.mode) if sc.monitor else (config.checkpoint.monitor, config.checkpoint.mode)
+    es_monitor, es_mode = (sc.monitor, sc.mode) if sc.monitor else (config.early_stop.monitor, config.early_stop.mode)
     ckpt = ModelCheckpoint(dirpath=sub / "checkpoints", filename="epoch{epoch:03d}-step{step:06d}",
-                           auto_insert_metric_name=False, monitor=config.checkpoint.monitor,
-                           mode=config.checkpoint.mode, save_top_k=config.checkpoint.save_top_k, save_last=True)
+                           auto_insert_metric_name=False, monitor=ck_monitor,
+                           mode=ck_mode, save_top_k=config.checkpoint.save_top_k, save_last=True)
     cbs: list[Callback] = [ckpt, LearningRateMonitor(logging_interval="step"), *callbacks]
     if config.early_stop.patience > 0:
-        cbs.append(EarlyStopping(monitor=config.early_stop.monitor, mode=config.early_stop.mode,
-                                 patience=config.early_stop.patience))
+        cbs.append(EarlyStopping(monitor=es_monitor, mode=es_mode, patience=config.early_stop.patience))
     if multi:
         loggers = [CSVLogger(str(run_dir), name=scale, version=""),
                    TensorBoardLogger(str(run_dir), name=scale, version="", sub_dir="tensorboard",

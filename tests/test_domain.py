@@ -1,0 +1,140 @@
+"""Domain honesty: the training domain in the card, ood_score/in_domain per tile, grading that does not
+overreach (out-of-domain tiles uncounted, verdict withheld), and the phantom model on real tissue."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from aggregate_tables import make_tiles, points
+from histo.aggregate import GradingConfig, assess_slide
+from histo.aggregate.domain import summarise_domain
+from histo.models import MultiTaskNet, load_model, save_model
+from histo.models.card import ModelCard
+from histo.predict import predict_image, predict_slide
+from histo.train.domain import calibrate_scale, domain_card
+
+torch.set_num_threads(1)
+
+
+def _batches(x: torch.Tensor, bs: int):
+    return [{"image": x[i:i + bs]} for i in range(0, len(x), bs)]
+
+
+def _pink(n: int, seed: int) -> torch.Tensor:
+    """Normalised 'H&E-like' tiles: pink/purple noise with blobs (the in-domain kind for these tests)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor([0.85, 0.55, 0.75]).view(1, 3, 1, 1)
+    x = (base + 0.08 * torch.randn(n, 3, 64, 64, generator=g)).clamp(0, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    torch.manual_seed(0)
+    net = MultiTaskNet("tiny", ["necrosis"]).eval()
+    fig = calibrate_scale(net, _batches(_pink(400, 1), 50), _batches(_pink(200, 2), 50),
+                          input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225))
+    card = ModelCard(name="dom", backbone="tiny", heads=net.heads_config, tile_px=64, mpp=1.0,
+                     domain=domain_card({"main": fig}))
+    folder = tmp_path_factory.mktemp("dom")
+    save_model(net, card, folder)
+    return (*load_model(folder), fig)
+
+
+def test_card_records_the_domain_and_the_weights_carry_it(calibrated):
+    model, card, fig = calibrated
+    d = card.domain
+    assert d["method"] and d["percentile"] == 99.5 and set(d["scales"]["main"]["thresholds"]) == {"texture_colour", "semantic"}
+    assert 0.95 <= fig["val_in_domain_fraction"] <= 1.0  # the threshold sits at the validation tiles' 99.5th pct
+    assert model.domain is not None and float(model.domain.texture_colour_threshold) == pytest.approx(
+        d["scales"]["main"]["thresholds"]["texture_colour"], rel=1e-5)
+
+
+def test_colour_shifted_tiles_are_flagged_and_batch_size_does_not_matter(calibrated):
+    model, _, _ = calibrated
+    x = _pink(64, 3)
+    with torch.no_grad():
+        own = model(x)["ood"]
+        blue = model(x[:, [2, 1, 0]])["ood"]  # channels swapped: a strongly colour-shifted stain
+        one_by_one = torch.cat([model(x[i:i + 1])["ood"] for i in range(len(x))])
+    assert (own <= 1).float().mean() >= 0.9
+    assert (blue > 1).all()
+    torch.testing.assert_close(one_by_one, own, rtol=1e-4, atol=1e-5)
+    assert torch.equal(one_by_one <= 1, own <= 1)
+
+
+def _domain_tiles(n_in: int, n_out: int) -> pd.DataFrame:
+    t = make_tiles(n_in + n_out, 1, 500, necrosis=lambda r, c: False)
+    return t.assign(in_domain=[True] * n_in + [False] * n_out, ood_score=[0.5] * n_in + [3.0] * n_out)
+
+
+def test_out_of_domain_tiles_count_neither_areas_nor_mitoses():
+    tiles = _domain_tiles(6, 4)  # tiles 500 px wide along x, mpp 0.5: 250 µm each
+    mit = points([[100, 100], [1600, 100], [2100, 100]])  # one in an in-domain tile, two in out-of-domain ones
+    a = assess_slide(tiles, mit, 0.5, GradingConfig.from_dict({"domain": {"withhold_below": 0.5}}))
+    assert a.measurements.mitoses.count == 1
+    assert a.measurements.tissue_area_mm2 == pytest.approx(6 * 0.25 * 0.25)
+    assert a.domain.status == "partly_out_of_domain" and a.domain.in_domain_fraction == pytest.approx(0.6)
+    assert a.grading.high_grade.high_grade is not None  # 60 % in domain >= withhold_below 0.5: graded
+
+
+def test_verdict_withheld_below_the_in_domain_fraction():
+    tiles = _domain_tiles(1, 9)
+    a = assess_slide(tiles, points([[100, 100]] * 3), 0.5).to_dict()
+    hg = a["grading"]["high_grade"]
+    assert hg["high_grade"] is None and hg["assessable"] is False and a["grading"]["status"] == "not_assessable"
+    assert hg["reason"].startswith("Not assessable by this model: 90 % of the tissue is unlike its training data")
+    assert a["domain"]["status"] == "out_of_domain"
+    off = assess_slide(tiles, None, 0.5, GradingConfig.from_dict({"domain": {"check": False}})).to_dict()
+    assert off["domain"]["status"] == "check_off" and "turned off" in off["domain"]["notes"][0]
+    assert off["grading"]["high_grade"]["high_grade"] is not None
+    legacy = summarise_domain(tiles.drop(columns=["in_domain", "ood_score"]))
+    assert legacy.status == "unchecked" and not legacy.withheld
+
+
+def test_predict_writes_ood_score_and_in_domain(calibrated, test_slide_path, tmp_path):
+    model, card, _ = calibrated
+    r = predict_slide(test_slide_path, model, card, tmp_path, workers=0, device="cpu", progress=False)
+    tiles = pd.read_parquet(tmp_path / r.name / "tiles.parquet")
+    assert {"ood_score", "in_domain"} <= set(tiles.columns)
+    assert tiles["in_domain"].dtype == bool and np.isfinite(tiles["ood_score"]).all()
+    assert (tiles["in_domain"] == (tiles["ood_score"] <= 1)).all()
+    info = json.loads((tmp_path / r.name / "prediction.json").read_text())
+    assert info["domain"]["status"] in ("in_domain", "partly_out_of_domain", "out_of_domain")
+    again = predict_slide(test_slide_path, model, card, tmp_path / "w2", workers=2, batch_size=7, device="cpu",
+                          progress=False)
+    tiles2 = pd.read_parquet(tmp_path / "w2" / again.name / "tiles.parquet")
+    np.testing.assert_allclose(tiles2["ood_score"], tiles["ood_score"], rtol=1e-4, atol=1e-5)
+    assert (tiles2["in_domain"] == tiles["in_domain"]).all()
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_phantom_model_calls_real_tissue_out_of_domain_and_gives_no_verdict(real_data, tmp_path):
+    from histo.cli import main
+    from histo.cli.demo import demo_model_dir
+    from histo.data.image_tiles import read_rgb
+
+    model, card = load_model(demo_model_dir())
+    assert card.synthetic_only and card.domain is not None
+    out = tmp_path / "pred"
+    rc = main(["predict", str(real_data / "slides" / "CMU-1-Small-Region.svs"), "--out", str(out), "--workers", "0",
+               "--device", "cpu", "--quiet", "--model", str(demo_model_dir())])
+    assert rc == 0
+    rep = json.loads((out / "CMU-1-Small-Region" / "report.json").read_text())
+    assert rep["domain"]["status"] == "out_of_domain" and rep["verdict"]["high_grade"] == "not_assessable"
+    assert "Not assessable by this model" in rep["verdict"]["line"]
+    html = (out / "CMU-1-Small-Region" / "report.html").read_text()
+    assert "trained on synthetic phantoms only" in html and "Not assessable by this model" in html
+    assert "not_assessable" in (out / "status.csv").read_text()
+    for name, mpp in (("mitosis/mitos_atypia14_hamamatsu/images/H05_00Aa.jpg", 0.227),
+                      ("ihc/bcdata_ki67/1.images/test/0.png", 0.5)):
+        pred = predict_image(read_rgb(str(real_data / name)), mpp, model, card, device="cpu")
+        assert pred.tiles["in_domain"].mean() < 0.2, name
