@@ -109,3 +109,39 @@ def test_a_head_the_slide_is_too_coarse_for_does_not_run(two_scale_model):
     assert len(pred.mitoses) == 0 and "p_necrosis" in pred.tiles
     with pytest.raises(ModelError, match="coarser than model 'two-scale' allows"):
         predict_image(rgb, 2.0, model, card)  # no scale at all can read a 2 µm/px image
+
+
+def test_predict_applies_the_stain_normalisation_the_model_was_trained_with(test_slide_path, tmp_path):
+    """A Macenko-trained model's card records its target; predict normalises every tile the same way."""
+    from histo.data.stain import MacenkoNormaliser, normaliser_from_spec, normaliser_spec
+    from histo.predict import TileBatchDataset
+
+    torch.manual_seed(2)
+    spec = normaliser_spec(MacenkoNormaliser())
+    plain = ModelCard(name="plain", backbone="tiny", heads={"necrosis": None}, tile_px=32, mpp=1.0)
+    macenko = plain.replace(name="mac", preprocessing={"stain_normalisation": spec})
+    norm = normaliser_from_spec(macenko.preprocessing["stain_normalisation"])
+    assert isinstance(norm, MacenkoNormaliser) and np.allclose(norm.stains, MacenkoNormaliser().stains, atol=1e-6)
+    with open_slide(test_slide_path) as slide:
+        grids, _ = plan_scales(slide, macenko)
+    grid = grids["main"]
+    _, raw = TileBatchDataset(str(test_slide_path), None, grid, 8)[0]
+    _, normed = TileBatchDataset(str(test_slide_path), None, grid, 8, normaliser=norm)[0]
+    expected = np.stack([norm.transform(t) for t in raw.numpy()])
+    assert np.array_equal(normed.numpy(), expected) and not np.array_equal(normed.numpy(), raw.numpy())
+    net = build_model(plain).eval()
+    r1 = predict_slide(test_slide_path, net, plain, tmp_path / "a", workers=0, device="cpu", progress=False)
+    r2 = predict_slide(test_slide_path, net, macenko, tmp_path / "b", workers=0, device="cpu", progress=False)
+    p1 = load_prediction(r1.out_dir)[0]["p_necrosis"].to_numpy()
+    p2 = load_prediction(r2.out_dir)[0]["p_necrosis"].to_numpy()
+    assert not np.allclose(p1, p2)  # same weights, normalised input: the card's preprocessing was applied
+
+
+def test_training_records_its_stain_normalisation_in_the_card():
+    from histo.train import TrainConfig
+    from histo.train.fit import training_normalisation
+
+    cfg = TrainConfig.from_dict({"model": {"backbone": "tiny", "heads": ["necrosis"], "tile_px": 64, "mpp": 1.0},
+                                 "data": {"tiles_csv": "x.csv", "normalise": {"method": "reinhard"}}})
+    rec = training_normalisation(cfg)
+    assert rec["method"] == "reinhard" and len(rec["mean"]) == 3 and len(rec["std"]) == 3

@@ -135,3 +135,33 @@ def make_normaliser(method: str, reference: np.ndarray | None = None) -> Macenko
     else:
         raise ValueError(f"unknown stain normalisation method {method!r} (none, macenko, reinhard)")
     return norm.fit(reference) if reference is not None else norm
+
+
+def normaliser_spec(norm: MacenkoNormaliser | ReinhardNormaliser | None) -> dict:
+    """The card's record of a fitted normaliser: its method and target statistics (no file path needed)."""
+    if norm is None:
+        return {"method": "none"}
+    if isinstance(norm, MacenkoNormaliser):
+        return {"method": "macenko", "stains": np.asarray(norm.stains).round(6).tolist(),
+                "max_conc": np.asarray(norm.max_conc).round(6).tolist(), "alpha": norm.alpha, "beta": norm.beta,
+                "io": norm.io}
+    return {"method": "reinhard", "mean": np.asarray(norm.mean).round(6).tolist(),
+            "std": np.asarray(norm.std).round(6).tolist(), "max_l": norm.max_l}
+
+
+def normaliser_from_spec(spec: dict | None) -> MacenkoNormaliser | ReinhardNormaliser | None:
+    """The normaliser a card's ``preprocessing.stain_normalisation`` records (None for 'none')."""
+    spec = dict(spec or {})
+    method = spec.get("method", "none")
+    if method == "none":
+        return None
+    if method == "macenko":
+        return MacenkoNormaliser(alpha=float(spec.get("alpha", 1.0)), beta=float(spec.get("beta", 0.15)),
+                                 io=float(spec.get("io", _IO)),
+                                 stains=np.asarray(spec.get("stains", MACENKO_REF_STAINS), np.float64),
+                                 max_conc=np.asarray(spec.get("max_conc", MACENKO_REF_MAX_CONC), np.float64))
+    if method == "reinhard":
+        return ReinhardNormaliser(mean=np.asarray(spec.get("mean", REINHARD_REF_MEAN), np.float64),
+                                  std=np.asarray(spec.get("std", REINHARD_REF_STD), np.float64),
+                                  max_l=float(spec.get("max_l", 90.0)))
+    raise ValueError(f"unknown stain normalisation method {method!r} (none, macenko, reinhard)")

@@ -56,8 +56,10 @@ class TileBatchDataset(Dataset):
     """Item ``i`` = batch ``i`` of the grid: ``(index int64 (N,), tiles uint8 (N, tile_px, tile_px, 3))``."""
 
     def __init__(self, slide_path: str, mpp_override: float | None, grid: TileGrid, batch_size: int,
-                 slide: Slide | None = None):
-        """``slide``: an already open handle to read from in this process (required for in-memory slides)."""
+                 slide: Slide | None = None, normaliser: Any = None):
+        """``slide``: an open handle to read from in this process (required for in-memory slides);
+        ``normaliser``: the stain normalisation the model was trained with (``transform(tile)``), applied per tile."""
+        self.normaliser = normaliser
         self.slide_path = str(slide_path)
         self.mpp_override = mpp_override
         self.tile_px = grid.tile_px
@@ -88,6 +90,8 @@ class TileBatchDataset(Dataset):
             parts.append(read_run(slide, x, y, n, self.tile_px, self.stride_px, self.mpp))
             index.extend(range(first, first + n))
         tiles = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if self.normaliser is not None:  # as in training (histo.data.SampleMaker): each tile on its own
+            tiles = np.stack([self.normaliser.transform(t) for t in tiles])
         return torch.as_tensor(np.asarray(index, np.int64)), torch.from_numpy(np.require(tiles, requirements=["C", "W"]))
 
     def close(self) -> None:

@@ -78,13 +78,16 @@ def infer_scales(slide_path: str | Path, mpp_override: float | None, grids: dict
                  progress: bool, desc: str, slide: Slide | None = None,
                  skip: frozenset[str] = frozenset()) -> dict[str, InferenceOutput | None]:
     """Run each scale's net over its grid (None for an empty grid or a scale in ``skip``); ``slide`` reads in-process."""
+    from histo.data.stain import normaliser_from_spec
+
     nets = scale_nets(model, card.scales)
+    norm = normaliser_from_spec(card.preprocessing.get("stain_normalisation"))
     out: dict[str, InferenceOutput | None] = {}
     for name, grid in grids.items():
         if not len(grid) or name in skip:
             out[name] = None
             continue
-        dataset = TileBatchDataset(str(slide_path), mpp_override, grid, batch_size, slide=slide)
+        dataset = TileBatchDataset(str(slide_path), mpp_override, grid, batch_size, slide=slide, normaliser=norm)
         net = prepare_model(nets[name], device)
         label = f"{desc} {name}" if card.multiscale else desc
         try:

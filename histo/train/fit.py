@@ -375,13 +375,36 @@ def make_card(net: nn.Module, config: TrainConfig, metrics: dict[str, float], **
         n = nets[name]
         scales[name] = {"backbone": n.backbone_name, "heads": n.heads_config, "tile_px": sc.tile_px,  # type: ignore[union-attr]
                         "mpp": sc.mpp, "mean": list(sc.mean), "std": list(sc.std)}
-    data = config.data if config.data is not None else next((sc.data for sc in sections.values() if sc.data), None)
-    norm = getattr(getattr(data, "normalise", None), "method", "none")
-    ref = getattr(getattr(data, "normalise", None), "reference", None)
     fields: dict[str, Any] = {"mitosis_threshold": m.mitosis_threshold, "mitosis_min_distance_um": m.mitosis_min_distance_um,
-                              "preprocessing": {"stain_normalisation": {"method": norm, "reference": str(ref) if ref else None}}}
+                              "preprocessing": {"stain_normalisation": training_normalisation(config)}}
     fields.update(extra)
     return ModelCard(name=config.output.name, scales=scales, metrics=dict(metrics), config_digest=config.digest, **fields)
+
+
+def training_normalisation(config: TrainConfig) -> dict[str, Any]:
+    """The stain normalisation training applied (method and fitted target), as predict must apply it too."""
+    from PIL import Image
+
+    from histo.data.stain import make_normaliser, normaliser_spec
+
+    specs = []
+    for sc in config.model.scale_sections().values():
+        data = sc.data if sc.data is not None else config.data
+        n = getattr(data, "normalise", None)
+        if n is None or n.method == "none":
+            specs.append({"method": "none"})
+            continue
+        ref = None
+        if n.reference is not None:
+            with Image.open(data.resolve(n.reference)) as im:
+                import numpy as np
+
+                ref = np.asarray(im.convert("RGB"))
+        specs.append(normaliser_spec(make_normaliser(n.method, ref)))
+    if any(s != specs[0] for s in specs):
+        raise ConfigError("every scale must use the same stain normalisation (data.normalise): a model card "
+                          "records one")
+    return specs[0] if specs else {"method": "none"}
 
 
 def export_model(net: nn.Module, config: TrainConfig, metrics: dict[str, float],
