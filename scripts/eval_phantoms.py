@@ -28,7 +28,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,12 +41,21 @@ from histo.train import MultiTaskModule, TrainConfig, fit, load_train_config
 TARGETS = {"pattern_bacc": 0.90, "necrosis_auroc": 0.95, "mitosis_f1": 0.80}
 
 
-def eval_data_config(config: TrainConfig, seeds: list[int], cache_dir: Path | None) -> Any:
-    """The training data section with other phantom seeds, all tiles in one split, no augmentation, no overlap."""
-    raw = config.to_dict()["data"]
+def _scale_data(config: TrainConfig, scale: str | None) -> tuple[dict[str, Any] | None, Any]:
+    """(raw data section, DataConfig) of one scale (its own data, else the top-level one)."""
+    d = config.to_dict()
+    if scale is not None and config.model.scales and (config.model.scales[scale].data is not None):
+        return d["model"]["scales"][scale]["data"], config.model.scales[scale].data
+    return d["data"], config.data
+
+
+def eval_data_config(config: TrainConfig, seeds: list[int], cache_dir: Path | None, scale: str | None = None) -> Any:
+    """The (scale's) training data section with other phantom seeds, phantoms only, one split, no augmentation."""
+    raw, data = _scale_data(config, scale)
     if not raw or not raw.get("phantoms"):
         raise SystemExit("eval_phantoms: the config has no data.phantoms section to draw evaluation phantoms from")
-    train_seeds = set(config.data.phantoms.seed_list())
+    raw = {k: v for k, v in raw.items() if k not in ("frames", "images", "slides", "tiles_csv")}  # phantoms only
+    train_seeds = set(data.phantoms.seed_list())
     if train_seeds & set(seeds):
         raise SystemExit(f"eval_phantoms: evaluation seeds {sorted(train_seeds & set(seeds))} were used in training")
     raw["phantoms"]["seeds"], raw["phantoms"]["n_per_spec"] = list(seeds), None
@@ -57,10 +66,22 @@ def eval_data_config(config: TrainConfig, seeds: list[int], cache_dir: Path | No
     return data_config_from_dict(raw, "<eval_phantoms>")
 
 
-def eval_tiles(config: TrainConfig, card: ModelCard, seeds: list[int], cache_dir: Path | None) -> tuple[Any, float]:
-    """The evaluation tiles (a Dataset over the unseen phantoms) and the minutes spent writing phantoms."""
+def scale_spec(card: ModelCard, scale: str) -> InputSpec:
+    """The InputSpec of one scale of a card."""
+    s = card.scales[scale]
+    heads = s.heads
+    return InputSpec(tile_px=s.tile_px, mpp=s.mpp, mean=tuple(s.mean), std=tuple(s.std),
+                     mitosis_stride_px=heads["mitosis"]["stride_px"] if "mitosis" in heads else None,
+                     pattern_classes=list(heads.get("pattern", {}).get("classes", [])))
+
+
+def eval_tiles(config: TrainConfig, card: ModelCard, seeds: list[int], cache_dir: Path | None,
+               scale: str | None = None) -> tuple[Any, float]:
+    """The evaluation tiles of one scale (a Dataset over the unseen phantoms) and the minutes spent writing phantoms."""
     t0 = time.perf_counter()
-    dm = TileDataModule(eval_data_config(config, seeds, cache_dir), InputSpec.from_card(card))
+    name = scale or next(iter(card.scales))
+    dm = TileDataModule(eval_data_config(config, seeds, cache_dir, scale if config.model.scales else None),
+                        scale_spec(card, name))
     dm.prepare_data()
     dm.setup("fit")
     # With both split fractions 0 every evaluation slide lands in the 'train' split (augment is off above).
@@ -68,9 +89,10 @@ def eval_tiles(config: TrainConfig, card: ModelCard, seeds: list[int], cache_dir
 
 
 def tile_level_metrics(net: MultiTaskNet, card: ModelCard, dataset: Any, device: str = "cpu",
-                       batch_size: int = 64) -> dict[str, float]:
+                       batch_size: int = 64, scale: str | None = None) -> dict[str, float]:
     """Pattern balanced accuracy and AUROC, necrosis AUROC, mitosis F1/precision/recall at 7.5 µm over all tiles."""
-    module = MultiTaskModule(net, mpp=card.mpp, mitosis_threshold=card.mitosis_threshold,
+    mpp = card.scales[scale].mpp if scale else card.mpp
+    module = MultiTaskModule(net, mpp=mpp, mitosis_threshold=card.mitosis_threshold,
                              mitosis_min_distance_um=card.mitosis_min_distance_um).to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     n = 0
@@ -117,7 +139,8 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
         t_write = time.perf_counter() - t0
         res = predict_slide(he, net, card, pred_root, workers=workers, device=device, progress=False)
         tiles, mitoses, info = load_prediction(res.out_dir)
-        a = assess_slide(tiles, mitoses, info["slide_mpp"], slide_size_px=info.get("slide_dimensions")).to_dict()
+        a = assess_slide(tiles, mitoses, info["slide_mpp"], slide_size_px=info.get("slide_dimensions"),
+                         mitosis_threshold=card.mitosis_threshold, not_measured=info.get("heads_not_run") or {}).to_dict()
         m = a["measurements"]
         t_mit = truth["mitoses"]["per_10hpf"]
         p_mit = m["mitoses"]["per_10hpf"]
@@ -236,15 +259,6 @@ def pooled_slide_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def evaluate(net: MultiTaskNet, card: ModelCard, dataset: Any, device: str) -> dict[str, Any]:
-    """Every evaluation section merged into one dict (slide-level sections go into ``sections``)."""
-    sections: list[Callable[[], dict[str, Any]]] = [lambda: tile_level_metrics(net, card, dataset, device)]
-    result: dict[str, Any] = {}
-    for section in sections:
-        result.update(section())
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     """Train (or load) and evaluate; print one JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -286,9 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     phantom_minutes = 0.0
     t0 = time.perf_counter()
     if not args.slides_only:
-        dataset, phantom_minutes = eval_tiles(config, card, args.seeds, args.cache_dir)
+        from histo.models import scale_nets
+
+        nets = scale_nets(net, card.scales)
+        for name in card.scales:  # each scale on its own phantom tiles, at its own resolution
+            dataset, minutes = eval_tiles(config, card, args.seeds, args.cache_dir, name)
+            phantom_minutes += minutes
+            metrics.update(tile_level_metrics(nets[name], card, dataset, device, scale=name)
+                           | ({"n_tiles_" + name: len(dataset)} if card.multiscale else {}))
         t0 = time.perf_counter()
-        metrics = evaluate(net, card, dataset, device)
         metrics["targets"] = TARGETS
         metrics["targets_met"] = {k: metrics.get(k, 0.0) >= v for k, v in TARGETS.items()}
     if args.slides or args.slides_only:
