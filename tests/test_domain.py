@@ -138,3 +138,34 @@ def test_phantom_model_calls_real_tissue_out_of_domain_and_gives_no_verdict(real
                       ("ihc/bcdata_ki67/1.images/test/0.png", 0.5)):
         pred = predict_image(read_rgb(str(real_data / name)), mpp, model, card, device="cpu")
         assert pred.tiles["in_domain"].mean() < 0.2, name
+
+
+@pytest.fixture(scope="module")
+def small_phantom(tmp_path_factory):
+    from histo.synth.phantom import make_phantom
+
+    out = tmp_path_factory.mktemp("ph")
+    ph = make_phantom("configs/synth/high_grade_alk_positive.yaml", out, seed=321, size_px=(2048, 2048), ihc=False)
+    return ph.he_path
+
+
+@pytest.mark.slow
+def test_phantom_model_calls_a_phantom_in_domain_and_a_colour_shifted_one_out(small_phantom):
+    from histo.cli.demo import demo_model_dir
+    from histo.slide import open_slide
+
+    model, card = load_model(demo_model_dir())
+    with open_slide(small_phantom) as s:
+        w, h = s.dimensions
+        rgb = s.read(0, 0, w, h, mpp=s.mpp)
+        mpp = s.mpp
+    same = predict_image(rgb, mpp, model, card, device="cpu")
+    assert same.tiles["in_domain"].mean() >= 0.8
+    shifted = rgb.copy()
+    shifted[..., 0] = (shifted[..., 0] * 0.55).astype(np.uint8)  # red faded to half: a strong stain shift
+    from histo.tiling import GridConfig, TilingConfig
+
+    every = TilingConfig(grid=GridConfig(min_tissue_fraction=0.0))  # tissue detection may miss a shifted stain
+    flagged = predict_image(shifted, mpp, model, card, device="cpu", tiling=every).tiles
+    on_tissue = flagged.merge(same.tiles[["x", "y"]], on=["x", "y"])  # the tiles that were tissue before the shift
+    assert len(on_tissue) == len(same.tiles) and on_tissue["in_domain"].mean() <= 0.2
