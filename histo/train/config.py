@@ -413,7 +413,7 @@ def _check(cfg: TrainConfig, source: str) -> None:
 HEAD_METRICS = {
     "pattern": ("val/pattern_bacc", "val/pattern_auroc"),
     "necrosis": ("val/necrosis_auroc",),
-    "mitosis": ("val/mitosis_f1", "val/mitosis_precision", "val/mitosis_recall"),
+    "mitosis": ("val/mitosis_f1", "val/mitosis_precision", "val/mitosis_recall", "val/mitosis_f1_best"),
 }
 
 

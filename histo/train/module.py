@@ -17,7 +17,7 @@ from histo.train.metrics import MIDOG_RADIUS_UM, THRESHOLD_GRID, MitosisF1, Mito
 
 # Names of the logged validation metrics (what early_stop/checkpoint can monitor besides val/loss).
 METRIC_NAMES = ("val/pattern_bacc", "val/pattern_auroc", "val/necrosis_auroc", "val/mitosis_f1",
-                "val/mitosis_precision", "val/mitosis_recall")
+                "val/mitosis_precision", "val/mitosis_recall", "val/mitosis_f1_best")
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -150,6 +150,9 @@ class MultiTaskModule(pl.LightningModule):
             c = sweep.compute()
             self.threshold_choice = choose_threshold(sweep.thresholds, c["tp"].tolist(), c["fp"].tolist(),
                                                      c["fn"].tolist())
+            if self.threshold_choice is not None:
+                # F1 at the best threshold of the sweep: what export will use, so what model selection should watch
+                vals["val/mitosis_f1_best"] = self.threshold_choice["f1"]
         return vals
 
     def reset_metrics(self) -> None:
