@@ -170,10 +170,11 @@ def _r(v: float | None) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), 4)
 
 
-def eval_phantom_targets(model_path: Path, config_path: Path) -> dict[str, Any]:
+def eval_phantom_targets(model_path: Path, config_path: Path, seeds: list[int]) -> dict[str, Any]:
     """Run scripts/eval_phantoms.py (tile level, unseen seeds) and read its JSON line."""
     script = Path(__file__).with_name("eval_phantoms.py")
-    cmd = [sys.executable, str(script), "--model", str(model_path), "-c", str(config_path)]
+    cmd = [sys.executable, str(script), "--model", str(model_path), "-c", str(config_path),
+           "--seeds", *map(str, seeds)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="training config whose frames/images sources are evaluated")
     ap.add_argument("--limit", type=int, help="at most this many held-out images per source (quick runs)")
     ap.add_argument("--skip-phantoms", action="store_true", help="skip the phantom targets (eval_phantoms.py)")
+    ap.add_argument("--phantom-seeds", type=int, nargs="+", default=[100, 101],
+                    help="unseen phantom seeds for the phantom targets")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     result["mitosis"] = eval_mitosis(config, model, card, args.limit)
     result["necrosis"] = eval_necrosis(config, model, card, args.limit)
     if not args.skip_phantoms:
-        result["phantoms"] = eval_phantom_targets(args.model, args.config)
+        result["phantoms"] = eval_phantom_targets(args.model, args.config, args.phantom_seeds)
     mit = result["mitosis"].get("test", {}).get("f1") if isinstance(result["mitosis"], dict) else None
     nec = result["necrosis"].get("tile_auroc") if isinstance(result["necrosis"], dict) else None
     result["targets_met"] = {"mitosis_f1_test": None if mit is None else mit >= TARGETS["mitosis_f1"],
