@@ -169,3 +169,33 @@ def test_phantom_model_calls_a_phantom_in_domain_and_a_colour_shifted_one_out(sm
     flagged = predict_image(shifted, mpp, model, card, device="cpu", tiling=every).tiles
     on_tissue = flagged.merge(same.tiles[["x", "y"]], on=["x", "y"])  # the tiles that were tissue before the shift
     assert len(on_tissue) == len(same.tiles) and on_tissue["in_domain"].mean() <= 0.2
+
+
+def test_the_default_model_is_shipped_with_its_domain_and_provenance():
+    from histo.models import default_model_dir
+
+    model, card = load_model(default_model_dir())
+    assert set(card.scales) == {"cells", "tissue"} and card.scale_of("mitosis") == "cells"
+    assert card.scales["cells"].mpp == 0.25 and card.scales["tissue"].mpp == 1.0
+    assert card.domain is not None and set(card.domain["scales"]) == {"cells", "tissue"}
+    prov = card.provenance
+    assert prov["mitosis"]["real"] and prov["necrosis"]["real"] and not prov["pattern"]["real"]
+    assert "MITOS-ATYPIA-14" in prov["mitosis"]["summary"]
+    assert "synthetic phantoms only" in prov["pattern"]["summary"]
+    assert card.threshold_selection["method"] == "f1_optimal" and 0 < card.mitosis_threshold < 1
+    assert not card.synthetic_only
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_the_default_model_calls_its_own_validation_frames_in_domain(real_data):
+    from histo.data.image_tiles import read_rgb
+    from histo.models import default_model_dir
+
+    model, card = load_model(default_model_dir())
+    val_groups = {g for r in card.provenance["mitosis"]["validation"]["sources"] for g in r["groups"]}
+    assert "H14" in val_groups
+    frames = sorted((real_data / "mitosis" / "mitos_atypia14_hamamatsu" / "images").glob("H14_*.jpg"))[:3]
+    fractions = [predict_image(read_rgb(str(f)), 0.227, model, card, device="cpu").tiles["in_domain"].mean()
+                 for f in frames]
+    assert min(fractions) >= 0.8, fractions
