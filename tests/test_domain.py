@@ -176,7 +176,7 @@ def test_the_default_model_is_shipped_with_its_domain_and_provenance():
 
     model, card = load_model(default_model_dir())
     assert set(card.scales) == {"cells", "tissue"} and card.scale_of("mitosis") == "cells"
-    assert card.scales["cells"].mpp == 0.25 and card.scales["tissue"].mpp == 1.0
+    assert card.scales["cells"].mpp == 0.5 and card.scales["tissue"].mpp == 1.0
     assert card.domain is not None and set(card.domain["scales"]) == {"cells", "tissue"}
     prov = card.provenance
     assert prov["mitosis"]["real"] and prov["necrosis"]["real"] and not prov["pattern"]["real"]
