@@ -84,7 +84,7 @@ class MultiTaskNet(nn.Module):
         self.backbone, nf = create_backbone(backbone_name, pretrained)
         self.num_features = nf
         # The training domain (histo.models.domain): present once calibrated; its buffers travel with the weights.
-        self.domain: DomainHead | None = DomainHead(nf) if domain else None
+        self.domain: DomainHead | None = DomainHead(self.backbone.feature_channels) if domain else None
         h = self.heads_config
         if "pattern" in h:
             self.pattern = ClassificationHead(nf, len(h["pattern"]["classes"]), h["pattern"]["dropout"])
@@ -108,7 +108,7 @@ class MultiTaskNet(nn.Module):
         pyramid = self.backbone.forward_pyramid(x)
         out: dict[str, torch.Tensor] = {}
         if self.domain is not None:
-            out["ood"] = self.domain(x, self.backbone.pool(pyramid[-1]))
+            out["ood"] = self.domain(x, pyramid)
         if "pattern" in self.heads_config or "necrosis" in self.heads_config:
             pooled = self.backbone.pool(pyramid[-1])
             if "pattern" in self.heads_config:

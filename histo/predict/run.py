@@ -102,8 +102,8 @@ def domain_status(tiles: Any, card: ModelCard) -> dict[str, Any]:
 
     d = summarise_domain(tiles, method=(card.domain or {}).get("method")).to_dict()
     if card.domain:
-        d["thresholds"].update({f"{k}_{m}": v.get(f"{m}_threshold") for k, v in card.domain.get("scales", {}).items()
-                                for m in ("feature", "colour")})
+        d["thresholds"].update({f"{k}.{m}": t for k, v in card.domain.get("scales", {}).items()
+                                for m, t in (v.get("thresholds") or {}).items()})
     return d
 
 
