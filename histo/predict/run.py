@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ from histo.predict.outputs import (
     weights_sha256,
     write_prediction,
 )
-from histo.predict.scales import predict_scales
+from histo.predict.scales import predict_scales, scale_tiling
 from histo.rerun import (
     RUN_SETTINGS_KEY,
     describe_changes,
@@ -61,16 +60,8 @@ class PredictResult:
 
 
 def predict_tiling(card: ModelCard, tiling: TilingConfig | None = None, overlap_px: int | None = None) -> TilingConfig:
-    """The tiling used for a model: ``tiling``'s tissue and grid options at the card's tile_px and mpp."""
-    tiling = tiling or TilingConfig()
-    g = tiling.grid
-    try:
-        grid = dataclasses.replace(g, tile_px=card.tile_px, mpp=card.mpp,
-                                   overlap_px=g.overlap_px if overlap_px is None else overlap_px,
-                                   mask_mpp=max(g.mask_mpp, card.mpp))
-    except ValueError as exc:
-        raise ConfigError(f"tiling for model {card.name!r} (tile_px {card.tile_px}, mpp {card.mpp:g}): {exc}") from exc
-    return dataclasses.replace(tiling, grid=grid)
+    """The tiling of the model's tile table: ``tiling``'s tissue and grid options at the table scale's tile_px and mpp."""
+    return scale_tiling(card, card.table_scale, tiling, overlap_px)
 
 
 # The card fields in the run key are those bound to the weights (ModelCard.binding: scales with their
