@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pytest
 import shapely
 
 from histo.synth.phantom import build_phantom, geojson, load_spec, replace_size, spec_from_dict
