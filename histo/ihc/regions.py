@@ -11,7 +11,6 @@ only right when the sections differ by scale and origin alone).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -181,25 +180,9 @@ def tumour_mask_from_tiles(
 
 def read_prediction_tiles(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A prediction tile table (tiles.parquet, or a prediction folder holding one) and its histo.predict metadata."""
-    import pyarrow.parquet as pq
+    from histo.prediction import read_tiles
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "tiles.parquet"
-    if not p.is_file():
-        raise HistoError(f"{p}: no prediction tile table (tiles.parquet) here")
-    try:
-        table = pq.read_table(p)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a broken file
-        raise HistoError(f"{p}: cannot read the tile table as Parquet ({exc})") from None
-    raw = (table.schema.metadata or {}).get(b"histo.predict")
-    meta: dict[str, Any] = {}
-    if raw:
-        try:
-            meta = json.loads(raw)
-        except ValueError:
-            raise HistoError(f"{p}: its histo.predict metadata is not valid JSON") from None
-    return table.to_pandas(), meta
+    return read_tiles(path)
 
 
 def mask_from_polygons(
@@ -246,7 +229,7 @@ def mask_from_polygons(
 
 
 def mask_from_geojson(
-    path_or_dict: str | Path | dict,
+    path_or_dict: str | Path | dict[str, Any] | list[Any],
     slide_dimensions: Sequence[int],
     *,
     slide_mpp: float,
@@ -254,27 +237,13 @@ def mask_from_geojson(
     exclude: Sequence[str] = (),
     mask_mpp: float = 4.0,
 ) -> TissueMask:
-    """Mask of the QuPath GeoJSON annotations classified as one of ``include``, minus those in ``exclude``."""
-    from shapely.geometry import shape
+    """Mask of the QuPath GeoJSON annotations classified as one of ``include``, minus those in ``exclude``.
 
-    if isinstance(path_or_dict, dict):
-        data = path_or_dict
-    else:
-        p = Path(path_or_dict)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise HistoError(f"{p}: cannot read GeoJSON ({exc})") from None
-    feats = data.get("features", []) if isinstance(data, dict) else []
-    inc, exc_ = [], []
-    for f in feats:
-        props = f.get("properties") or {}
-        cls = (props.get("classification") or {}).get("name")
-        geom = f.get("geometry")
-        if geom is None or geom.get("type") not in ("Polygon", "MultiPolygon"):
-            continue
-        if cls in include:
-            inc.append(shape(geom))
-        elif cls in exclude:
-            exc_.append(shape(geom))
+    The file is read by :mod:`histo.annotations` (the one GeoJSON reader: QuPath's classification mapping,
+    a plain string, or ``name``); a class in both lists is included."""
+    from histo.annotations import parse_geojson, read_geojson
+
+    ann = parse_geojson(path_or_dict, "<geojson>") if isinstance(path_or_dict, (dict, list)) else read_geojson(path_or_dict)
+    inc = [ann.regions[c] for c in dict.fromkeys(include) if c in ann.regions]
+    exc_ = [ann.regions[c] for c in dict.fromkeys(exclude) if c in ann.regions and c not in include]
     return mask_from_polygons(inc, slide_dimensions, slide_mpp=slide_mpp, mask_mpp=mask_mpp, subtract=exc_)

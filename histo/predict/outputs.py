@@ -1,4 +1,4 @@
-"""Prediction files of one slide (contract C): tiles.parquet, mitoses.parquet, prediction.json.
+"""Building the prediction files of one slide; their format (read and write) is :mod:`histo.prediction`.
 
 ``prediction.json`` is written last and is the completion mark: a folder without it is unfinished.
 Its ``run_settings`` block is the folder's run key (histo.predict.run.predict_run_settings: slide file,
@@ -8,27 +8,33 @@ mpp, tiling, tissue, model): a rerun skips the folder only when the key it build
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
-from torch import nn
 
 import histo
-from histo.atomic import atomic_path, write_text
-from histo.models import ModelCard
+from histo.prediction import (  # noqa: F401 - the folder's format lives in histo.prediction; re-exported here
+    META_KEY,
+    MITOSES_FILE,
+    PATTERN_PREFIX,
+    PREDICTION_FILE,
+    SCHEMA,
+    TILES_FILE,
+    load_prediction,
+    read_done,
+    tiles_metadata,
+    write_prediction,
+)
 
-SCHEMA = "histo.predict/1"
-META_KEY = b"histo.predict"
-TILES_FILE, MITOSES_FILE, PREDICTION_FILE = "tiles.parquet", "mitoses.parquet", "prediction.json"
+if TYPE_CHECKING:
+    from torch import nn
+
+    from histo.models import ModelCard
+
 TILE_COLUMNS = ("col", "row", "x", "y", "w", "h", "tissue_fraction")
 MITOSIS_COLUMNS = ("x_um", "y_um", "score", "x", "y")
-PATTERN_PREFIX = "p_pattern_"
 
 
 def weights_sha256(model: nn.Module, card: ModelCard) -> str:
@@ -130,56 +136,6 @@ def dedup_points(x: np.ndarray, y: np.ndarray, score: np.ndarray, min_distance: 
         for j in neighbours.get(i, ()):
             removed[j] = True
     return np.asarray(kept, np.int64)
-
-
-def _write_parquet(df: pd.DataFrame, path: Path, meta: dict[str, Any] | None) -> None:
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    if meta is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def write_prediction(slide_dir: Path, tiles: pd.DataFrame, mitoses: pd.DataFrame, tiles_meta: dict[str, Any],
-                     prediction: dict[str, Any]) -> None:
-    """Write the three files atomically, prediction.json last (its presence means the folder is complete)."""
-    slide_dir.mkdir(parents=True, exist_ok=True)
-    # An old completion mark must not vouch for the new tables while they are being replaced.
-    (slide_dir / PREDICTION_FILE).unlink(missing_ok=True)
-    _write_parquet(tiles, slide_dir / TILES_FILE, tiles_meta)
-    _write_parquet(mitoses, slide_dir / MITOSES_FILE, None)
-    write_text(slide_dir / PREDICTION_FILE, json.dumps(prediction, indent=2) + "\n")
-
-
-def read_done(slide_dir: str | Path) -> dict[str, Any] | None:
-    """prediction.json of a complete folder (all three files present), or None."""
-    slide_dir = Path(slide_dir)
-    pj = slide_dir / PREDICTION_FILE
-    if not (pj.is_file() and (slide_dir / TILES_FILE).is_file() and (slide_dir / MITOSES_FILE).is_file()):
-        return None
-    try:
-        data = json.loads(pj.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # unreadable leftovers are redone
-    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
-
-
-def load_prediction(slide_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(tiles, mitoses, prediction.json dict) of a finished prediction folder."""
-    slide_dir = Path(slide_dir)
-    info = read_done(slide_dir)
-    if info is None:
-        raise FileNotFoundError(f"{slide_dir}: no finished prediction here (needs {TILES_FILE}, {MITOSES_FILE}, "
-                                f"{PREDICTION_FILE})")
-    return pd.read_parquet(slide_dir / TILES_FILE), pd.read_parquet(slide_dir / MITOSES_FILE), info
-
-
-def tiles_metadata(path: str | Path) -> dict[str, Any]:
-    """The "histo.predict" key-value metadata of a tiles.parquet file."""
-    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
-    if raw is None:
-        raise ValueError(f"{path}: no {META_KEY.decode()} metadata (not a histo prediction table)")
-    return json.loads(raw)
 
 
 def base_tiles_meta(slide: str, slide_mpp: float, card: ModelCard, sha256: str,

@@ -315,17 +315,7 @@ def slide_report(pred_dir: str | os.PathLike[str], slide_path: str | os.PathLike
 
 
 def read_prediction(pred_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """The tile table, mitosis table and prediction.json of a contract-C folder."""
-    d = Path(pred_dir)
-    missing = [n for n in ("tiles.parquet", "mitoses.parquet", "prediction.json") if not (d / n).is_file()]
-    if missing:
-        raise HistoError(f"{d}: not a prediction folder (missing {', '.join(missing)})")
-    try:
-        tiles = pd.read_parquet(d / "tiles.parquet")
-        mitoses = pd.read_parquet(d / "mitoses.parquet")
-        meta = json.loads((d / "prediction.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise HistoError(f"{d}: cannot read prediction files ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise HistoError(f"{d / 'prediction.json'}: expected a JSON object")
-    return tiles, mitoses, meta
+    """The tile table, mitosis table and prediction.json of a prediction folder (read by histo.prediction)."""
+    from histo.prediction import load_prediction
+
+    return load_prediction(pred_dir)
