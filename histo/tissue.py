@@ -420,6 +420,9 @@ def detect_tissue(slide: _Overview, mask_mpp: float = 8.0, config: TissueConfig 
     width, height = (int(v) for v in slide.dimensions)
     downsample = mask_mpp / slide_mpp
     rgb = slide.read_overview(mask_mpp)
+    from histo.slide.modality import require_brightfield
+
+    require_brightfield(slide, rgb, "tissue detection for H&E and IHC analysis")
     expected = (max(1, round(height / downsample)), max(1, round(width / downsample)))
     if rgb.shape[:2] != expected:
         # A mismatch would silently shift every tile: refuse rather than guess.

@@ -9,6 +9,7 @@ after an error, and a half-read image must not be served as if it were whole).
 from __future__ import annotations
 
 from pathlib import Path
+from struct import error as struct_error
 from typing import Protocol
 
 import numpy as np
@@ -17,9 +18,9 @@ from PIL import Image
 from histo.errors import SlideOpenError, SlideReadError
 from histo.slide.tifftiles import TiffTiles, TileDecodeError
 
-# Pillow refuses images past ~179 Mpx as "decompression bombs"; a plain image slide is held in memory
-# whole, so we keep a limit, but a larger one that fits a real scanned flat TIFF (1 Gpx = 3 GB RGB).
-_PLAIN_IMAGE_MAX_PX = 1_000_000_000
+# A plain image is held in memory whole: refuse one whose declared size would not fit the memory bound
+# (larger flat TIFFs go to tifffile, which reads them strip by strip; see histo.slide.route).
+_PLAIN_IMAGE_MAX_PX = 120_000_000
 _CM_PER_INCH = 2.54
 
 
@@ -101,6 +102,18 @@ class OpenSlideBackend:
 
     def read_level_px(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         self._check()
+        try:
+            return self._read_level_px(level, lx, ly, w, h)
+        except SlideReadError:
+            raise
+        except MemoryError as exc:
+            raise SlideReadError(f"{self.path}: out of memory reading level {level} region {w}x{h} px; "
+                                 "lower --workers or --batch-size") from exc
+        except Exception as exc:  # noqa: BLE001 - every read failure reaches the caller as a SlideReadError
+            raise self._fail(f"level {level} region x={lx} y={ly} w={w} h={h} (level px)",
+                             RuntimeError(f"{type(exc).__name__}: {exc}")) from exc
+
+    def _read_level_px(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         if self._tiles is not None and self._tiles.has(level):
             if self._tiles.verified(level) is None:
                 self._tiles.mark(level, self._self_check(level))
@@ -185,6 +198,11 @@ class ImageBackend:
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, _PLAIN_IMAGE_MAX_PX)
         try:
             with Image.open(path) as img:
+                if img.width * img.height > _PLAIN_IMAGE_MAX_PX:
+                    raise SlideOpenError(
+                        f"{path}: plain image of {img.width}x{img.height} px is too large to hold in memory "
+                        f"(limit {_PLAIN_IMAGE_MAX_PX / 1e6:.0f} Mpx); convert it to a pyramidal TIFF"
+                    )
                 self.format = img.format or "unknown"
                 self._dpi = img.info.get("dpi")
                 self._resolution_unit = None
@@ -193,7 +211,9 @@ class ImageBackend:
             raise SlideOpenError(
                 f"{path}: plain image too large to hold in memory ({exc}); convert it to a pyramidal TIFF"
             ) from exc
-        except (OSError, ValueError, SyntaxError) as exc:
+        except MemoryError as exc:
+            raise SlideOpenError(f"{path}: out of memory decoding this plain image; convert it to a pyramidal TIFF") from exc
+        except (OSError, ValueError, SyntaxError, IndexError, TypeError, struct_error, EOFError) as exc:
             raise SlideOpenError(
                 f"{path}: not a slide or image histo can read ({exc}); supported: every OpenSlide format, "
                 "PNG, JPEG, TIFF"

@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 
 from histo.errors import MppError, SlideOpenError
-from histo.slide.backends import Backend, ImageBackend, OpenSlideBackend
+from histo.slide.backends import Backend
+from histo.slide.route import IMAGE_SUFFIXES, open_backend
 
 # A level-0 pixel size outside this range is not a brightfield scan (72-dpi TIFF defaults give 352 µm/px).
 MPP_PLAUSIBLE_UM = (0.02, 30.0)
@@ -21,31 +22,64 @@ _MPP_ANISOTROPY_TOL = 0.05
 _LEVEL_TOL = 1e-3
 # An origin within this many level px of the level grid is read without resampling.
 _SUBPIXEL_TOL = 0.01
-# Reads larger than this (output px) are done in blocks so memory stays bounded whatever the request.
+# Reads larger than this (output px, and level px read per block) are done in blocks so memory stays
+# bounded whatever the request and whatever the file declares: an overview of a single-level slide is
+# built block by block from level 0, never from one decode of the whole level.
 _BLOCK_PX = 4096
+# An --mpp override further than this factor from the file's own µm/px is refused unless forced: 2x
+# corrects a 20x/40x mix-up, anything more is a typo (--mpp 29 on a 0.25 µm/px slide).
+MPP_OVERRIDE_MAX_FACTOR = 2.1
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+_IMAGE_SUFFIXES = IMAGE_SUFFIXES
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> "Slide":
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, force_mpp: bool = False) -> "Slide":
     """Open a whole-slide image or plain image; `mpp` overrides the level-0 µm/px from the metadata."""
-    return Slide(path, mpp=mpp)
+    return Slide(path, mpp=mpp, force_mpp=force_mpp)
+
+
+def check_mpp_override(mpp: float | None) -> None:
+    """Refuse (MppError) an --mpp value outside the plausible range before any slide is opened."""
+    if mpp is not None:
+        _check_plausible(Path("--mpp"), float(mpp), "the --mpp override")
 
 
 class Slide:
     """A slide file opened for reading; every read states its target resolution in µm/px."""
 
-    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, force_mpp: bool = False) -> None:
         self.path = Path(path)
         self._mpp_override = mpp
+        self._force_mpp = bool(force_mpp)
         if mpp is not None:
             _check_plausible(self.path, float(mpp), "the --mpp override")
         if not self.path.exists():
             raise SlideOpenError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise SlideOpenError(f"{self.path}: is a folder; give the slide file inside it (e.g. the .mrxs or a .dcm)")
-        self._backend: Backend = _open_backend(self.path)
+        self._backend: Backend
+        self._backend, self.backend, self.backend_reason = open_backend(self.path)
         self.vendor: str = self._backend.vendor
+        self._modality: tuple[str, str] | None = None
+        if mpp is not None and not force_mpp:
+            try:
+                self._check_override_near_metadata(float(mpp))
+            except MppError:
+                self._backend.close()
+                raise
+
+    def _check_override_near_metadata(self, mpp: float) -> None:
+        if self._metadata_mpp_problem() is not None:
+            return
+        mx, my = self._backend.metadata_mpp()
+        own = ((mx if mx is not None else my) + (my if my is not None else mx)) / 2.0  # type: ignore[operator]
+        factor = max(mpp / own, own / mpp)
+        if factor > MPP_OVERRIDE_MAX_FACTOR:
+            raise MppError(
+                f"{self.path}: the --mpp override of {mpp:g} µm/px is {factor:.3g}x the file's own {own:g} µm/px; "
+                "if the file is really wrong, force it (--force-mpp on the command line, "
+                "open_slide(path, mpp=..., force_mpp=True) in Python)"
+            )
 
     @classmethod
     def from_array(cls, rgb: np.ndarray, mpp: float, name: str = "array") -> "Slide":
@@ -57,14 +91,17 @@ class Slide:
         obj._backend = ArrayBackend(rgb, name)
         obj.path = obj._backend.path
         obj._mpp_override = float(mpp)
+        obj._force_mpp = True
         obj.vendor = obj._backend.vendor
+        obj.backend, obj.backend_reason = "array", "an in-memory array"
+        obj._modality = None
         return obj
 
     # -- pickling: a worker process reopens the file and gets its own handle -----------------------------
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         if self.vendor == "array":
             raise TypeError(f"{self.path}: an in-memory slide cannot be sent to another process; read it with workers=0")
-        return (open_slide, (str(self.path), self._mpp_override))
+        return (open_slide, (str(self.path), self._mpp_override, self._force_mpp))
 
     def __enter__(self) -> "Slide":
         return self
@@ -194,6 +231,10 @@ class Slide:
             "mpp": None if mpp is None else round(mpp, 5),
             "mpp_source": self.mpp_source,
             "objective_power": self.objective_power,
+            "backend": self.backend,
+            "backend_reason": self.backend_reason,
+            "modality": self.modality,
+            "modality_reason": self.modality_reason,
             "levels": levels,
             "associated_images": self.associated_names,
         }
@@ -207,7 +248,9 @@ class Slide:
     # -- reading ---------------------------------------------------------------------------------------
     def best_level(self, mpp: float) -> int:
         """The coarsest level whose pixels are no larger than `mpp` (so reads only ever shrink)."""
-        target_ds = self._target_downsample(mpp)
+        return self._best_level_ds(self._target_downsample(mpp))
+
+    def _best_level_ds(self, target_ds: float) -> int:
         best = 0
         for i, ds in enumerate(self._backend.level_downsamples):
             if ds <= target_ds * (1 + _LEVEL_TOL) and ds >= self._backend.level_downsamples[best]:
@@ -233,14 +276,19 @@ class Slide:
         w, h = int(w), int(h)
         if w <= 0 or h <= 0:
             raise ValueError(f"output size must be positive, got {w}x{h}")
-        ds = self._target_downsample(mpp)
-        level = self.best_level(mpp)
-        if w <= _BLOCK_PX and h <= _BLOCK_PX:
+        return self._read_ds(x, y, w, h, self._target_downsample(mpp))
+
+    def _read_ds(self, x: float, y: float, w: int, h: int, ds: float) -> np.ndarray:
+        """`read` at a downsample (level-0 px per output px) instead of an mpp; blocks bound the level px read."""
+        level = self._best_level_ds(ds)
+        scale = max(1.0, ds / self._backend.level_downsamples[level])  # level px per output px
+        block = max(1, min(_BLOCK_PX, int(_BLOCK_PX / scale)))
+        if w <= block and h <= block:
             return self._read_once(x, y, w, h, ds, level)
         out = np.empty((h, w, 3), np.uint8)
-        for by in range(0, h, _BLOCK_PX):
-            for bx in range(0, w, _BLOCK_PX):
-                bw, bh = min(_BLOCK_PX, w - bx), min(_BLOCK_PX, h - by)
+        for by in range(0, h, block):
+            for bx in range(0, w, block):
+                bw, bh = min(block, w - bx), min(block, h - by)
                 out[by : by + bh, bx : bx + bw] = self._read_once(x + bx * ds, y + by * ds, bw, bh, ds, level)
         return out
 
@@ -269,38 +317,33 @@ class Slide:
         return self.read(0, 0, max(1, round(W / ds)), max(1, round(H / ds)), mpp)
 
     def thumbnail(self, max_px: int = 1024) -> np.ndarray:
-        """The whole slide with its longest side at most `max_px`; needs no mpp."""
+        """The whole slide with its longest side at most `max_px`; needs no mpp; built block by block."""
         if max_px <= 0:
             raise ValueError(f"max_px must be positive, got {max_px}")
-        return self._backend.thumbnail(int(max_px))
+        W, H = self.dimensions
+        ds = max(1.0, max(W, H) / int(max_px))
+        return self._read_ds(0, 0, max(1, min(int(max_px), round(W / ds))), max(1, min(int(max_px), round(H / ds))), ds)
+
+    # -- modality -------------------------------------------------------------------------------------
+    @property
+    def modality(self) -> str:
+        """'brightfield' or 'fluorescence', from the file's metadata or else from its thumbnail's colours."""
+        return self._modality_and_reason()[0]
+
+    @property
+    def modality_reason(self) -> str:
+        """Why the slide is taken as brightfield or fluorescence."""
+        return self._modality_and_reason()[1]
+
+    def _modality_and_reason(self) -> tuple[str, str]:
+        if self._modality is None:
+            from histo.slide.modality import slide_modality
+
+            self._modality = slide_modality(self._backend, lambda: self.thumbnail(256))
+        return self._modality
 
 
 def _check_plausible(path: Path, mpp: float, what: str) -> None:
     lo, hi = MPP_PLAUSIBLE_UM
     if not (math.isfinite(mpp) and lo <= mpp <= hi):
         raise MppError(f"{path}: {what} of {mpp:g} µm/px is outside the plausible {lo:g}-{hi:g} µm/px")
-
-
-def _open_backend(path: Path) -> Backend:
-    import openslide
-
-    try:
-        fmt = openslide.OpenSlide.detect_format(str(path))
-    except openslide.OpenSlideError as exc:
-        raise SlideOpenError(f"{path}: cannot inspect the file ({exc})") from exc
-    except OSError as exc:
-        raise SlideOpenError(f"{path}: cannot read the file ({exc})") from exc
-    if fmt is not None:
-        return OpenSlideBackend(path)
-    if path.suffix.lower() in {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".czi", ".svslide"}:
-        # A whole-slide suffix that OpenSlide does not recognise: corrupt or truncated, not a plain image.
-        raise SlideOpenError(
-            f"{path}: the file has a whole-slide suffix but OpenSlide cannot recognise it: it is corrupt, "
-            "truncated or not a slide; re-copy it or re-export it from the scanner"
-        )
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        return ImageBackend(path)
-    raise SlideOpenError(
-        f"{path}: not a slide or image histo can read; supported: every OpenSlide format "
-        "(SVS, NDPI, MRXS, SCN, Philips TIFF, DICOM, BIF, tiled TIFF ...), PNG, JPEG, TIFF"
-    )

@@ -17,6 +17,7 @@ import numpy as np
 
 _JPEG = 7
 _PHOTOMETRIC_OK = {2, 6}  # RGB, YCbCr
+_MAX_TILE_SIDE = 8192  # scanners write 240-2048 px tiles; larger means a damaged header
 
 
 class TileDecodeError(Exception):
@@ -52,6 +53,11 @@ class TiffTiles:
                 if page is None:
                     continue
                 tables = page.tags.get("JPEGTables")
+                tw, th = int(page.tilewidth), int(page.tilelength)
+                if not (0 < tw <= _MAX_TILE_SIDE and 0 < th <= _MAX_TILE_SIDE):
+                    continue  # a damaged tile size: leave the level to OpenSlide's own checks
+                if len(page.dataoffsets) < -(-w // tw) * -(-h // th) or len(page.databytecounts) != len(page.dataoffsets):
+                    continue  # the tile table cannot cover the declared level
                 self._levels[level] = _Level(
                     width=w, height=h, tile_w=int(page.tilewidth), tile_h=int(page.tilelength),
                     tiles_across=-(-w // int(page.tilewidth)),
@@ -97,6 +103,14 @@ class TiffTiles:
 
     def read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         """RGB pixels of the level region [lx, lx+w) x [ly, ly+h) in level px; outside the image = white."""
+        try:
+            return self._read(level, lx, ly, w, h)
+        except TileDecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged table or tile is one kind of failure for the caller
+            raise TileDecodeError(f"level {level} region x={lx} y={ly} w={w} h={h}: {type(exc).__name__}: {exc}") from exc
+
+    def _read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
         import imagecodecs
 
         lv = self._levels[level]
