@@ -1,0 +1,82 @@
+"""Deep Zoom tiles of one slide, read through histo.slide at each Deep Zoom level's exact µm/px, JPEG-encoded and cached."""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from histo.errors import HistoError
+from histo.slide import Slide, open_slide
+
+TILE_PX = 256
+JPEG_QUALITY = 80
+CACHE_TILES = 4096
+
+
+class DeepZoom:
+    """The Deep Zoom pyramid of a slide: level L is level 0 shrunk by 2**(max_level - L)."""
+
+    def __init__(self, path: str | Path, mpp: float | None = None, tile_px: int = TILE_PX,
+                 cache_tiles: int = CACHE_TILES) -> None:
+        self.slide: Slide = open_slide(path, mpp=mpp)
+        self.mpp = self.slide.mpp  # raises MppError naming the override when the file lacks it
+        self.width_px, self.height_px = self.slide.dimensions
+        self.tile_px = int(tile_px)
+        self.max_level = max(0, math.ceil(math.log2(max(self.width_px, self.height_px, 1))))
+        # reads of one handle are serialised: not every backend promises thread safety
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        self._cache_tiles = int(cache_tiles)
+
+    def close(self) -> None:
+        """Release the slide handle."""
+        self.slide.close()
+
+    def dzi_xml(self) -> str:
+        """The .dzi descriptor OpenSeadragon reads."""
+        return ('<?xml version="1.0" encoding="UTF-8"?>'
+                '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="jpeg" '
+                f'Overlap="0" TileSize="{self.tile_px}"><Size Width="{self.width_px}" Height="{self.height_px}"/></Image>')
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        """(width, height) in px of a Deep Zoom level."""
+        ds = 2 ** (self.max_level - level)
+        return max(1, math.ceil(self.width_px / ds)), max(1, math.ceil(self.height_px / ds))
+
+    def tile(self, level: int, col: int, row: int) -> bytes:
+        """JPEG bytes of one tile; HistoError for a tile outside the pyramid."""
+        key = (level, col, row)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        if not 0 <= level <= self.max_level:
+            raise HistoError(f"level {level} outside 0..{self.max_level}")
+        lw, lh = self.level_size(level)
+        x_px, y_px = col * self.tile_px, row * self.tile_px
+        if col < 0 or row < 0 or x_px >= lw or y_px >= lh:
+            raise HistoError(f"tile {col},{row} outside level {level} ({lw}x{lh} px)")
+        w, h = min(self.tile_px, lw - x_px), min(self.tile_px, lh - y_px)
+        ds = 2 ** (self.max_level - level)
+        with self._lock:
+            rgb = self.slide.read(x_px * ds, y_px * ds, w, h, mpp=self.mpp * ds)
+        data = encode_jpeg(rgb)
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > self._cache_tiles:
+                self._cache.popitem(last=False)
+        return data
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """H×W×3 uint8 → JPEG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb[..., :3])).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
