@@ -10,9 +10,9 @@ from histo.tiling.grid import (
     tissue_fractions,
 )
 from histo.tiling.reader import TileBatch, iter_batches, make_pool, read_run
-from histo.tiling.run import SlideResult, tile_slide
+from histo.tiling.run import SlideResult, tile_slide, tile_slide_isolated
 
 __all__ = [
     "ExtractConfig", "GridConfig", "QCConfig", "SlideResult", "TileBatch", "TileGrid", "TilingConfig",
-    "iter_batches", "make_pool", "plan_grid", "read_run", "tile_slide", "tissue_fractions",
+    "iter_batches", "make_pool", "plan_grid", "read_run", "tile_slide", "tile_slide_isolated", "tissue_fractions",
 ]

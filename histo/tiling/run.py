@@ -139,6 +139,37 @@ def tile_slide(
                        round(time.perf_counter() - t0, 3), reason, str(grid_path))
 
 
+def _tile_in_child(slide_path: str, out_dir: str, config: TilingConfig, mpp_override: float | None,
+                   overwrite: bool, progress: bool) -> SlideResult:
+    from histo.tiling.reader import make_pool
+
+    pool = make_pool(config.workers, config.pool)
+    try:
+        return tile_slide(slide_path, out_dir, config, mpp_override=mpp_override, pool=pool,
+                          overwrite=overwrite, progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def tile_slide_isolated(
+    slide_path: str | Path,
+    out_dir: str | Path,
+    config: TilingConfig,
+    *,
+    mpp_override: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    timeout_s: float | None = None,
+) -> SlideResult:
+    """`tile_slide` in a child process with its own reader pool: a native crash raises SlideCrashError
+    ("crashed (signal 6) ...") for this slide instead of killing the batch."""
+    from histo.isolate import run_isolated
+
+    return run_isolated(_tile_in_child, str(slide_path), str(out_dir), config, mpp_override, overwrite, progress,
+                        label=str(slide_path), timeout_s=timeout_s)
+
+
 def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingConfig,
                mpp_override: float | None, pool: Executor | None, progress: bool) -> None:
     """Read every tile once: QC measurements into the table, and extraction into a temp target renamed at the end."""
