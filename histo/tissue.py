@@ -107,7 +107,7 @@ class TissueConfig:
             raise ConfigError(f"tissue config: background_min_grey must be <= 255, got {self.background_min_grey!r}")
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "<dict>") -> "TissueConfig":
+    def from_dict(cls, d: dict, source: str = "<dict>") -> TissueConfig:
         """Build a config from a mapping; an unknown key or a bad value is a ConfigError naming it and source."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: tissue config must be a mapping, got {type(d).__name__}")

@@ -29,7 +29,6 @@ import platform
 import time
 from pathlib import Path
 
-
 DEFAULT_SCALES = "cells:128:0.25:mitosis,tissue:64:1.0:pattern+necrosis"
 
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _bench import make_slide, rss_mb  # scripts/ is on sys.path when a script runs
 
 

@@ -90,7 +90,7 @@ def _training_paths(config: Any) -> set[str]:
         if data is None:
             continue
         for src in list(getattr(data, "images", [])) + list(getattr(data, "frames", [])):
-            root = Path(getattr(src, "root", None) or getattr(src, "images"))
+            root = Path(getattr(src, "root", None) or src.images)
             paths |= {str(p.resolve()) for p in data.resolve(root).rglob("*") if p.is_file()}
     return paths
 

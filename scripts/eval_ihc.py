@@ -38,7 +38,6 @@ from histo.ihc import (
 )
 from histo.ihc.matching import match_cells, nuclei_from_colour_mask
 
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "real" / "ihc"
 KI67_TILES = ("22_2", "6_2")
@@ -151,10 +150,9 @@ PHANTOM_PCT_TOL = 5.0
 PHANTOM_H_TOL = 15.0
 
 
-def _write_phantom(spec, folder: Path) -> tuple[Path, dict, Path, "object"]:
+def _write_phantom(spec, folder: Path) -> tuple[Path, dict, Path, object]:
     """Render only the IHC slide of a phantom (the H&E is not needed here) plus its truth files."""
-    from histo.synth.phantom import build_phantom, cell_table, geojson, summary
-    from histo.synth.phantom import write_slide
+    from histo.synth.phantom import build_phantom, cell_table, geojson, summary, write_slide
 
     folder.mkdir(parents=True, exist_ok=True)
     ph = build_phantom(spec)

@@ -34,8 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from histo.data import InputSpec, TileDataModule, data_config_from_dict
-from histo.models import ModelCard, MultiTaskNet, load_model
-from histo.models import find_card
+from histo.models import ModelCard, MultiTaskNet, find_card, load_model
 from histo.train import MultiTaskModule, TrainConfig, fit, load_train_config
 
 TARGETS = {"pattern_bacc": 0.90, "necrosis_auroc": 0.95, "mitosis_f1": 0.80}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+
 def make_tiles(nx: int, ny: int, tile_px: int, stride_px: int | None = None, *, tumour=None, necrosis=None,
                tissue=None, pattern=None, with_p_tumour: bool = True) -> pd.DataFrame:
     """Grid tile table; tumour/necrosis/tissue/pattern are functions of (row, col)."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from aggregate_tables import make_tiles, points
 
 from histo.aggregate import GradingConfig, assess_slide, measure_slide
 from histo.aggregate.hotspot import CellRegion, PointCounter, Window, find_hotspot
-from aggregate_tables import make_tiles, points
 
 TILE = 20  # px = µm at mpp 1
 

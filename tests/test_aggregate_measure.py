@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from aggregate_tables import make_tiles, points
 
 from histo.aggregate import GradingConfig, assess_slide, measure_slide
-from aggregate_tables import make_tiles, points
 
 
 def test_areas_exact_on_non_overlapping_grid():

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-from histo.errors import ConfigError
+from aggregate_tables import make_tiles, points
 
 from histo.aggregate import (
     SCHEMA_VERSION,
@@ -20,8 +19,7 @@ from histo.aggregate import (
     assess_slide,
     grade,
 )
-
-from aggregate_tables import make_tiles, points
+from histo.errors import ConfigError
 
 
 def meas(hotspot: float | None = 5.0, whole: float | None = 5.0, necrosis_pct: float | None = 0.0) -> SlideMeasurements:

@@ -8,11 +8,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from aggregate_tables import make_tiles, points
 
 from histo.aggregate import TableError, measure_slide, validate_mitosis_table, validate_tile_table
 from histo.errors import HistoError, MppError
-
-from aggregate_tables import make_tiles, points
 
 CLASSES = ("none", "fascicular", "haphazard")
 

@@ -7,7 +7,15 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2hed, rgb2lab
 
-from histo.data import HEDJitter, MacenkoNormaliser, ReinhardNormaliser, hed_jitter, lab_stats, macenko_stains, make_normaliser
+from histo.data import (
+    HEDJitter,
+    MacenkoNormaliser,
+    ReinhardNormaliser,
+    hed_jitter,
+    lab_stats,
+    macenko_stains,
+    make_normaliser,
+)
 
 
 def _rgb(path):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from aggregate_tables import make_tiles, points
+
 from histo.aggregate import GradingConfig, assess_slide
 from histo.aggregate.domain import summarise_domain
 from histo.models import MultiTaskNet, load_model, save_model

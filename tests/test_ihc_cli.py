@@ -9,10 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_ihc_slide import MPP, SIDE, _cells_render
 
 from histo.cli import main
-
-from test_ihc_slide import MPP, SIDE, _cells_render
 
 
 @pytest.fixture(scope="module")

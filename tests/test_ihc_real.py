@@ -9,7 +9,15 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from histo.ihc import cell_classes, deconvolve, detect_cells, load_panel, match_cells, nuclei_from_colour_mask, score_cells
+from histo.ihc import (
+    cell_classes,
+    deconvolve,
+    detect_cells,
+    load_panel,
+    match_cells,
+    nuclei_from_colour_mask,
+    score_cells,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 KI67_MPP = 0.25  # DeepLIIF nuclei: median ~550 px ≈ 6.6 µm across at 0.25 µm/px (lymphoid size); 0.5 would make them 13 µm

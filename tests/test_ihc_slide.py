@@ -276,8 +276,9 @@ def test_phantom_alk_slide_near_truth(tmp_path):
     Thresholds are calibrated on an independently seeded twin (the phantom's classes are set on a
     nominal stain amount whose scale differs from the measured compartment mean; see scripts/eval_ihc.py).
     """
-    from histo.synth.phantom import build_phantom, geojson, load_spec, replace_size, summary, write_slide
     from pathlib import Path
+
+    from histo.synth.phantom import build_phantom, geojson, load_spec, replace_size, summary, write_slide
 
     presets = Path(__file__).resolve().parents[1] / "configs" / "synth"
     spec = load_panel()["ALK"]

@@ -10,13 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TEST_SLIDE_H, TEST_SLIDE_W, TISSUE_BOX
 from torch import nn
 
-from conftest import TEST_SLIDE_H, TEST_SLIDE_W, TISSUE_BOX
 from histo.aggregate.tables import validate_mitosis_table, validate_tile_table
 from histo.errors import ConfigError, ModelError, MppError
 from histo.models import ModelCard, MultiTaskNet, load_model, save_model
-from histo.predict.engine import candidate_threshold
 from histo.predict import (
     SCHEMA,
     TileBatchDataset,
@@ -27,10 +26,11 @@ from histo.predict import (
     resolve_device,
     tiles_metadata,
 )
+from histo.predict.engine import candidate_threshold
 from histo.predict.outputs import mitoses_frame
+from histo.predict.run import predict_tiling
 from histo.slide import open_slide
 from histo.tiling import plan_grid
-from histo.predict.run import predict_tiling
 
 CLASSES = ["none", "fascicular", "haphazard"]
 HEADS = {"pattern": {"classes": CLASSES}, "necrosis": None, "mitosis": {"stride_px": 4}}

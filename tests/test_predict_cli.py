@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import render_test_slide
+
 from histo.cli import main
 from histo.models import ModelCard, MultiTaskNet, save_model
 from histo.predict import load_prediction

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import TEST_SLIDE_H, TEST_SLIDE_MPP, TEST_SLIDE_W, TISSUE_BOX, render_test_slide
+
 from histo.errors import HistoError, MppError, SlideOpenError, SlideReadError
 from histo.slide import open_slide
 

@@ -60,7 +60,7 @@ def test_nuclear_size_spread_follows_pleomorphism():
     assert all(a < b for a, b in zip(high, high[1:]))  # bins are ordered by size
     assert high[-1] / high[0] > 1.5 * (low[-1] / low[0])  # more pleomorphic: a wider spread
     length = 2 * np.sqrt(np.array(high) / np.pi * 13.0 / 3.4)  # ellipse of the spec's aspect ratio
-    assert 5 <= length.min() and length.max() <= 16, length  # realistic nuclear sizes (µm)
+    assert length.min() >= 5 and length.max() <= 16, length  # realistic nuclear sizes (µm)
 
 
 def test_nuclei_have_chromatin_texture_and_vary_in_outline(tmp_path):

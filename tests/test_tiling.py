@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import TEST_SLIDE_H, TEST_SLIDE_W, TISSUE_BOX
+
 from histo.config import to_dict
 from histo.errors import ConfigError
 from histo.slide import open_slide

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_train_support import FakeTiles
 
 from histo.errors import ConfigError
 from histo.models import MultiTaskNet
@@ -20,7 +21,6 @@ from histo.train import (
     necrosis_loss,
     pattern_loss,
 )
-from test_train_support import FakeTiles
 
 torch.set_num_threads(1)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_train_support import FakeTileDataModule
 
 from histo.cli import main
 from histo.models import load_model
 from histo.train import TrainConfig, fit, resolve_trainer_args
-from test_train_support import FakeTileDataModule
 
 torch.set_num_threads(1)
 TESTS = Path(__file__).resolve().parent

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,8 +23,8 @@ from histo.data.datasets import _PerProcess
 from histo.data.frames import FrameRecord, LabelProblem
 from histo.data.sample import InputSpec, SampleMaker, pattern_index
 from histo.errors import HistoError
-from histo.tissue import TissueMask, tissue_mask
 from histo.tiling.grid import tissue_fractions
+from histo.tissue import TissueMask, tissue_mask
 
 MASK_MPP = 2.0  # µm/px of the tissue masks of frames (coarse enough to be fast, fine enough for 60 µm tiles)
 GLASS_RADIUS_UM = 6.0  # an annotation with no tissue within this distance lies on glass

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class InputSpec:
             raise ConfigError("InputSpec: mean and std need 3 values each, std positive")
 
     @classmethod
-    def from_card(cls, card: Any) -> "InputSpec":
+    def from_card(cls, card: Any) -> InputSpec:
         """The input spec of a histo.models.ModelCard."""
         return cls(tile_px=card.tile_px, mpp=card.mpp, mean=tuple(card.mean), std=tuple(card.std),
                    mitosis_stride_px=card.mitosis_stride_px, pattern_classes=list(card.classes))

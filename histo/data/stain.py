@@ -73,7 +73,7 @@ class MacenkoNormaliser:
     stains: np.ndarray = field(default_factory=lambda: MACENKO_REF_STAINS.copy())
     max_conc: np.ndarray = field(default_factory=lambda: MACENKO_REF_MAX_CONC.copy())
 
-    def fit(self, reference: np.ndarray) -> "MacenkoNormaliser":
+    def fit(self, reference: np.ndarray) -> MacenkoNormaliser:
         """Take the reference stain vectors and concentration range from a reference tile."""
         self.stains, self.max_conc = macenko_stains(reference, self.alpha, self.beta, self.io)
         return self
@@ -109,7 +109,7 @@ class ReinhardNormaliser:
     std: np.ndarray = field(default_factory=lambda: REINHARD_REF_STD.copy())
     max_l: float = 90.0
 
-    def fit(self, reference: np.ndarray) -> "ReinhardNormaliser":
+    def fit(self, reference: np.ndarray) -> ReinhardNormaliser:
         """Take the target LAB mean and std from a reference tile's tissue."""
         self.mean, self.std = lab_stats(reference, self.max_l)
         return self

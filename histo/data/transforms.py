@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -24,7 +25,7 @@ class HEDJitter(A.ImageOnlyTransform):
         super().__init__(p=p)
         if not 0.0 <= sigma < 1.0:
             raise ValueError(f"sigma must be in [0, 1), got {sigma}")
-        if not 0.0 <= bias:
+        if not bias >= 0.0:
             raise ValueError(f"bias must be >= 0, got {bias}")
         self.sigma, self.bias = float(sigma), float(bias)
 

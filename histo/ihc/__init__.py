@@ -7,7 +7,15 @@ once, in a tumour mask or the tissue), :func:`write_ihc_outputs` writes contract
 """
 
 from histo.ihc.calibrate import calibrate_thresholds
-from histo.ihc.cells import COMPARTMENTS, NUCLEAR_CHANNELS, CellDetection, CellParams, detect_cells, nuclear_channel, segment_nuclei
+from histo.ihc.cells import (
+    COMPARTMENTS,
+    NUCLEAR_CHANNELS,
+    CellDetection,
+    CellParams,
+    detect_cells,
+    nuclear_channel,
+    segment_nuclei,
+)
 from histo.ihc.deconvolution import (
     RUIFROK_DAB,
     RUIFROK_HEMATOXYLIN,
@@ -35,7 +43,14 @@ from histo.ihc.regions import (
     tumour_mask_from_tiles,
 )
 from histo.ihc.result import SlideIHCResult, SlideQCFlag
-from histo.ihc.scoring import DEFAULT_THRESHOLDS_OD, ScoreSummary, cell_classes, classify_intensity, h_score_from_counts, score_cells
+from histo.ihc.scoring import (
+    DEFAULT_THRESHOLDS_OD,
+    ScoreSummary,
+    cell_classes,
+    classify_intensity,
+    h_score_from_counts,
+    score_cells,
+)
 from histo.ihc.slide import score_slide, slide_background_rgb
 
 __all__ = [

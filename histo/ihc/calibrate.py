@@ -8,7 +8,7 @@ that misclassifies the fewest reference cells of those two classes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -27,7 +27,13 @@ from skimage.segmentation import watershed
 
 from histo.errors import HistoError, MppError
 from histo.ihc.compartment_stats import check_statistic, from_order_bits, order_bits
-from histo.ihc.compartments import SHARED_MEMBRANE, compartment_stats, exclude_shared_membrane, expand_labels, membrane_band
+from histo.ihc.compartments import (
+    SHARED_MEMBRANE,
+    compartment_stats,
+    exclude_shared_membrane,
+    expand_labels,
+    membrane_band,
+)
 from histo.ihc.deconvolution import StainMaps
 
 NUCLEAR_CHANNELS = ("hematoxylin+dab", "hematoxylin", "od_sum")

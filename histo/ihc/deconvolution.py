@@ -13,8 +13,8 @@ the background exactly zero OD.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -54,7 +54,7 @@ class StainMatrix:
     @classmethod
     def from_vectors(
         cls, hematoxylin: Sequence[float], dab: Sequence[float], source: str = "custom"
-    ) -> "StainMatrix":
+    ) -> StainMatrix:
         """Build a stain matrix from H and DAB OD vectors; the residual is their normalised cross product."""
         h = _unit(hematoxylin)
         d = _unit(dab)

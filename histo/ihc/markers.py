@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-
 from histo.config import load_yaml
 from histo.errors import ConfigError, HistoError
 from histo.ihc.cells import COMPARTMENTS, NUCLEAR_CHANNELS, CellParams

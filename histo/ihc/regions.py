@@ -12,8 +12,9 @@ only right when the sections differ by scale and origin alone).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -197,8 +198,8 @@ def mask_from_polygons(
 
     A mask pixel is inside when its centre is; holes of polygons are honoured.
     """
-    from PIL import Image, ImageDraw
     import shapely
+    from PIL import Image, ImageDraw
 
     dims = _check_dims(slide_dimensions, "slide_dimensions")
     out = _empty_mask(dims, _check_positive(slide_mpp, "slide_mpp"), _check_positive(mask_mpp, "mask_mpp"))

@@ -90,7 +90,7 @@ class DomainHead(nn.Module):
         """Each distance's threshold, in the order of STATISTICS."""
         return [getattr(self, f"{n}_threshold") for n in STATISTICS]
 
-    def forward(self, x: torch.Tensor, pyramid: list[torch.Tensor]) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor, pyramid: list[torch.Tensor]) -> torch.Tensor:
         ratios = [d / t for d, t in zip(self.distances(x, pyramid), self.thresholds())]
         return torch.stack(ratios, 1).amax(1)
 

@@ -2,7 +2,14 @@
 
 from histo.predict.dataset import TileBatchDataset, make_loader, plan_batches
 from histo.predict.distributed import RankInfo, rank_info, shard
-from histo.predict.engine import CANDIDATE_FLOOR, InferenceOutput, amp_dtype, candidate_threshold, resolve_device, run_inference
+from histo.predict.engine import (
+    CANDIDATE_FLOOR,
+    InferenceOutput,
+    amp_dtype,
+    candidate_threshold,
+    resolve_device,
+    run_inference,
+)
 from histo.predict.image import ImagePrediction, predict_image
 from histo.predict.outputs import (
     MITOSES_FILE,

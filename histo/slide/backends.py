@@ -109,7 +109,7 @@ class OpenSlideBackend:
         except MemoryError as exc:
             raise SlideReadError(f"{self.path}: out of memory reading level {level} region {w}x{h} px; "
                                  "lower --workers or --batch-size") from exc
-        except Exception as exc:  # noqa: BLE001 - every read failure reaches the caller as a SlideReadError
+        except Exception as exc:
             raise self._fail(f"level {level} region x={lx} y={ly} w={w} h={h} (level px)",
                              RuntimeError(f"{type(exc).__name__}: {exc}")) from exc
 
@@ -283,7 +283,7 @@ class ImageBackend:
 class ArrayBackend(ImageBackend):
     """An RGB array already in memory (histo.predict.predict_image): one level, like a plain image."""
 
-    def __init__(self, rgb: np.ndarray, name: str = "array") -> None:  # noqa: D107 - no file behind it
+    def __init__(self, rgb: np.ndarray, name: str = "array") -> None:
         arr = np.asarray(rgb)
         if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
             raise SlideOpenError(f"{name}: expected an H×W×3 uint8 RGB array, got shape {arr.shape} {arr.dtype}")

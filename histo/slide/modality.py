@@ -9,7 +9,8 @@ is mostly near-black with almost no bright glass.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

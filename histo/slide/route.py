@@ -52,7 +52,7 @@ def _tiff_kind(path: Path) -> tuple[str | None, str]:
             if spp not in (1, 3, 4) or w * h > PLAIN_IMAGE_MAX_PX:
                 return "tiff", f"a {w}x{h} px TIFF in strips, read strip by strip"
             return "plain", "a single-level 8-bit TIFF in strips (a plain image)"
-    except Exception as exc:  # noqa: BLE001 - check_tiff already parsed it; anything here means damaged
+    except Exception as exc:
         raise SlideOpenError(f"{path}: corrupt TIFF header ({type(exc).__name__}: {exc}); re-copy or re-export it") from exc
 
 

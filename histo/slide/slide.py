@@ -33,7 +33,7 @@ MPP_OVERRIDE_MAX_FACTOR = 2.1
 _IMAGE_SUFFIXES = IMAGE_SUFFIXES
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None, force_mpp: bool = False) -> "Slide":
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, force_mpp: bool = False) -> Slide:
     """Open a whole-slide image or plain image; `mpp` overrides the level-0 µm/px from the metadata."""
     return Slide(path, mpp=mpp, force_mpp=force_mpp)
 
@@ -82,7 +82,7 @@ class Slide:
             )
 
     @classmethod
-    def from_array(cls, rgb: np.ndarray, mpp: float, name: str = "array") -> "Slide":
+    def from_array(cls, rgb: np.ndarray, mpp: float, name: str = "array") -> Slide:
         """An in-memory H×W×3 uint8 RGB image at ``mpp`` µm/px as a one-level Slide (it cannot go to worker processes)."""
         from histo.slide.backends import ArrayBackend
 
@@ -103,7 +103,7 @@ class Slide:
             raise TypeError(f"{self.path}: an in-memory slide cannot be sent to another process; read it with workers=0")
         return (open_slide, (str(self.path), self._mpp_override, self._force_mpp))
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -35,7 +35,7 @@ class TiffFileBackend:
         self._fd: int | None = None
         try:
             self._tif = tifffile.TiffFile(path)
-        except Exception as exc:  # noqa: BLE001 - any parse failure of a damaged header
+        except Exception as exc:
             raise SlideOpenError(f"{path}: tifffile cannot parse this {kind} ({type(exc).__name__}: {exc}); "
                                  "re-copy or re-export it") from exc
         try:
@@ -43,7 +43,7 @@ class TiffFileBackend:
         except SlideOpenError:
             self._tif.close()
             raise
-        except Exception as exc:  # noqa: BLE001 - a damaged header shows up as any kind of error here
+        except Exception as exc:
             self._tif.close()
             raise SlideOpenError(f"{path}: cannot read the structure of this {kind} "
                                  f"({type(exc).__name__}: {exc}); re-copy or re-export it") from exc
@@ -103,7 +103,7 @@ class TiffFileBackend:
         except MemoryError as exc:
             raise SlideReadError(f"{self.path}: out of memory reading level {level} region x={lx} y={ly} "
                                  f"w={w} h={h}; lower --workers or --batch-size") from exc
-        except Exception as exc:  # noqa: BLE001 - every codec or layout failure is one kind for the caller
+        except Exception as exc:
             raise SlideReadError(f"{self.path}: reading level {level} region x={lx} y={ly} w={w} h={h} failed "
                                  f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt") from exc
 

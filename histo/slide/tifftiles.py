@@ -107,7 +107,7 @@ class TiffTiles:
             return self._read(level, lx, ly, w, h)
         except TileDecodeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a damaged table or tile is one kind of failure for the caller
+        except Exception as exc:
             raise TileDecodeError(f"level {level} region x={lx} y={ly} w={w} h={h}: {type(exc).__name__}: {exc}") from exc
 
     def _read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
@@ -133,7 +133,7 @@ class TiffTiles:
                         tile = imagecodecs.jpeg8_decode(data, tables=lv.tables, colorspace="RGB", outcolorspace="RGB")
                     else:
                         tile = imagecodecs.jpeg8_decode(data, tables=lv.tables)
-                except Exception as exc:  # noqa: BLE001 - any codec or I/O failure is reported as one kind
+                except Exception as exc:
                     raise TileDecodeError(f"tile {c},{r} of level {level}: {exc}") from exc
                 if tile.ndim != 3 or tile.shape[2] != 3:
                     raise TileDecodeError(f"tile {c},{r} of level {level} decoded to shape {tile.shape}")

@@ -95,12 +95,12 @@ class TilingConfig:
             raise ValueError(f"batch_tiles must be >= 1, got {self.batch_tiles}")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TilingConfig":
+    def from_yaml(cls, path: str | Path) -> TilingConfig:
         """Load and validate a tiling config file."""
         return cls.from_dict(load_yaml(path), str(path))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "TilingConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> TilingConfig:
         """Validate a mapping (unknown keys and wrong types are ConfigErrors naming the key and source)."""
         tissue = data.get("tissue")
         rest = {k: v for k, v in data.items() if k != "tissue"}
@@ -156,7 +156,7 @@ class TileGrid:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TileGrid":
+    def load(cls, path: str | Path) -> TileGrid:
         """Read a grid written by `save`."""
         path = Path(path)
         if not path.is_file():
@@ -214,8 +214,8 @@ def plan_grid(slide: Slide, config: TilingConfig | None = None, mask: TissueMask
     W, H = slide.dimensions
     # Tiles start inside the slide and may hang over the right/bottom edge (read as white glass) so
     # tissue at the edge is not lost.
-    ncols = max(1, math.ceil((W - tile0) / stride0) + 1) if W > tile0 else 1
-    nrows = max(1, math.ceil((H - tile0) / stride0) + 1) if H > tile0 else 1
+    ncols = max(1, math.ceil((W - tile0) / stride0) + 1) if tile0 < W else 1
+    nrows = max(1, math.ceil((H - tile0) / stride0) + 1) if tile0 < H else 1
     cols, rows = np.meshgrid(np.arange(ncols), np.arange(nrows))
     cols, rows = cols.ravel(), rows.ravel()
     xs, ys = cols * stride0, rows * stride0

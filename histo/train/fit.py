@@ -29,7 +29,16 @@ from torch import nn
 from histo.atomic import write_text
 from histo.config import apply_overrides
 from histo.errors import ConfigError
-from histo.models import IMAGENET_MEAN, IMAGENET_STD, ModelCard, MultiScaleNet, MultiTaskNet, resolve_heads, save_model, scale_nets
+from histo.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelCard,
+    MultiScaleNet,
+    MultiTaskNet,
+    resolve_heads,
+    save_model,
+    scale_nets,
+)
 from histo.train.config import TrainConfig, TrainerSection, data_config_class
 from histo.train.module import MultiTaskModule
 

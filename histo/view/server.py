@@ -110,10 +110,10 @@ def make_handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
         server_version = "histo-view"
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             self._send(*app.respond(urlsplit(self.path).path), head=False)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._send(*app.respond(urlsplit(self.path).path), head=True)
 
         def _send(self, status: int, ctype: str, body: bytes, head: bool) -> None:
@@ -127,7 +127,7 @@ def make_handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
             if not head:
                 self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: one line per tile is noise
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     for verb in ("POST", "PUT", "DELETE", "PATCH"):

@@ -109,7 +109,7 @@ class ChunkFeeder:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
-    def __enter__(self) -> "ChunkFeeder":
+    def __enter__(self) -> ChunkFeeder:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -46,12 +46,12 @@ class Cells:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def take(self, idx: np.ndarray) -> "Cells":
+    def take(self, idx: np.ndarray) -> Cells:
         """A subset of rows."""
         return Cells(**{k: getattr(self, k)[idx] for k in self.__dataclass_fields__})
 
     @staticmethod
-    def concat(parts: list["Cells"]) -> "Cells":
+    def concat(parts: list[Cells]) -> Cells:
         """Rows of several tables, in order."""
         return Cells(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in Cells.__dataclass_fields__})
 

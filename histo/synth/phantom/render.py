@@ -11,7 +11,16 @@ import numpy as np
 from scipy import ndimage
 
 from .cells import (
-    DUST, FIBROBLAST, GHOST, LYMPHOCYTE, MITOSIS, OVOID, PLASMA, SPINDLE, Cells, SpriteBank,
+    DUST,
+    FIBROBLAST,
+    GHOST,
+    LYMPHOCYTE,
+    MITOSIS,
+    OVOID,
+    PLASMA,
+    SPINDLE,
+    Cells,
+    SpriteBank,
 )
 from .layout import FASCICULAR, HAPHAZARD, INFLAMMATION, NECROSIS, STROMA, Layout, combine_labels, smooth_noise
 from .spec import PhantomSpec

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from histo.config import load_yaml
 from histo.errors import ConfigError
 
