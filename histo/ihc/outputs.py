@@ -72,10 +72,10 @@ def cells_geojson(result: SlideIHCResult, max_features: int = GEOJSON_MAX_FEATUR
 
 def heatmap_png(result: SlideIHCResult, path: Path, thumb_px: int = 1024, slide: Any = None) -> None:
     """Per-tile % positive (cells ≥ 1+ in the counting region) over a slide thumbnail, with a colour bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own on the Agg canvas: no pyplot state and no backend switch, so a notebook's plots
+    # are left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     W, H = result.slide_dimensions
     scale = thumb_px / max(W, H)
@@ -102,7 +102,9 @@ def heatmap_png(result: SlideIHCResult, path: Path, thumb_px: int = 1024, slide:
         c0, r0 = int(round(x * scale)), int(round(y * scale))
         c1, r1 = int(round((x + w) * scale)), int(round((y + h) * scale))
         heat[max(r0, 0):max(r1, r0 + 1), max(c0, 0):max(c1, c0 + 1)] = p
-    fig, ax = plt.subplots(figsize=(8, 8 * thumb.shape[0] / max(thumb.shape[1], 1) + 0.8), dpi=110)
+    fig = Figure(figsize=(8, 8 * thumb.shape[0] / max(thumb.shape[1], 1) + 0.8), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.imshow(thumb)
     im = ax.imshow(np.ma.masked_invalid(heat), cmap="magma_r", vmin=0, vmax=100, alpha=0.55, interpolation="nearest")
     ax.set_axis_off()
@@ -110,7 +112,6 @@ def heatmap_png(result: SlideIHCResult, path: Path, thumb_px: int = 1024, slide:
     fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, label=f"% cells ≥ 1+ per tile ({result.region})")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
 
 
 def write_ihc_outputs(result: SlideIHCResult, out_dir: str | Path, *, max_features: int = GEOJSON_MAX_FEATURES,

@@ -13,10 +13,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)  # reports are written on servers without a display
-
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
