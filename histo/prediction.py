@@ -5,7 +5,7 @@ p_pattern_<class>; its schema metadata key ``histo.predict`` names the slide, it
 the model), ``mitoses.parquet`` (x_um, y_um, score, x, y) and ``prediction.json`` (schema
 ``histo.predict/1``), written last as the completion mark. The file layout is documented in
 docs/formats.md. This module needs only pandas and pyarrow (no torch), so reports and IHC read
-predictions without loading the model stack.
+predictions without loading the model stack; pandas and pyarrow load on first use.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from histo.atomic import atomic_path, write_text
 from histo.errors import HistoError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 SCHEMA = "histo.predict/1"
 META_KEY = b"histo.predict"
 TILES_FILE, MITOSES_FILE, PREDICTION_FILE = "tiles.parquet", "mitoses.parquet", "prediction.json"
+# With --tta: each flip/turn's own tables (long form, a ``variant`` column), for the spread of the measurements.
+TTA_TILES_FILE, TTA_MITOSES_FILE = "tta_tiles.parquet", "tta_mitoses.parquet"
 PATTERN_PREFIX = "p_pattern_"
 
 
@@ -42,15 +45,38 @@ def _write_parquet(df: pd.DataFrame, path: Path, meta: dict[str, Any] | None) ->
 
 
 def write_prediction(slide_dir: str | os.PathLike[str], tiles: pd.DataFrame, mitoses: pd.DataFrame,
-                     tiles_meta: dict[str, Any], prediction: dict[str, Any]) -> None:
-    """Write the three files atomically, prediction.json last (its presence means the folder is complete)."""
+                     tiles_meta: dict[str, Any], prediction: dict[str, Any],
+                     tta: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> None:
+    """Write the files atomically, prediction.json last (its presence means the folder is complete).
+
+    ``tta``: (tiles, mitoses) of every test-time variant in long form; without it old TTA files are removed.
+    """
     slide_dir = Path(slide_dir)
     slide_dir.mkdir(parents=True, exist_ok=True)
     # An old completion mark must not vouch for the new tables while they are being replaced.
     (slide_dir / PREDICTION_FILE).unlink(missing_ok=True)
     _write_parquet(tiles, slide_dir / TILES_FILE, tiles_meta)
     _write_parquet(mitoses, slide_dir / MITOSES_FILE, None)
+    if tta is not None:
+        _write_parquet(tta[0], slide_dir / TTA_TILES_FILE, None)
+        _write_parquet(tta[1], slide_dir / TTA_MITOSES_FILE, None)
+    else:
+        for name in (TTA_TILES_FILE, TTA_MITOSES_FILE):
+            (slide_dir / name).unlink(missing_ok=True)
     write_text(slide_dir / PREDICTION_FILE, json.dumps(prediction, indent=2) + "\n")
+
+
+def read_tta(slide_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(tiles, mitoses) of each TTA variant in long form (column ``variant``), or None for a run without --tta."""
+    import pandas as pd
+
+    d = Path(slide_dir)
+    if not (d / TTA_TILES_FILE).is_file():
+        return None
+    try:
+        return pd.read_parquet(d / TTA_TILES_FILE), pd.read_parquet(d / TTA_MITOSES_FILE)
+    except (OSError, ValueError) as exc:
+        raise PredictionFolderError(f"{d}: cannot read the TTA tables ({exc})") from exc
 
 
 def read_done(slide_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -114,6 +140,8 @@ def read_tiles(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, An
 
 def load_prediction(slide_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """(tiles, mitoses, prediction.json dict) of a finished prediction folder; PredictionFolderError otherwise."""
+    import pandas as pd
+
     d = Path(slide_dir)
     missing = [n for n in (TILES_FILE, MITOSES_FILE, PREDICTION_FILE) if not (d / n).is_file()]
     if missing:

@@ -98,8 +98,10 @@ def _truth_line(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Make the demo cases (once), run the case pipeline with the demo model, print where the reports are."""
-    from histo.cli import build_parser
-    from histo.cli.case import run as run_cases
+    from histo.case import CaseOptions, load_grading
+    from histo.cli.case import run_cases
+    from histo.ihc import load_panel
+    from histo.models import describe_model, load_model
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -108,11 +110,12 @@ def run(args: argparse.Namespace) -> int:
         raise HistoError(f"demo model not found in {model}: reinstall histo, or train one with "
                          "`histo train -c configs/train/phantom_multitask.yaml` and pass --model")
     made = write_cases(out, args.size_px, args.workers, not args.quiet)
-    argv = ["case", *[str(c) for c, _ in made], "--model", str(model), "--out", str(out / "reports"),
-            "--workers", str(args.workers)]
-    if args.quiet:
-        argv.append("--quiet")
-    rc = run_cases(build_parser().parse_args(argv))
+    net, card = load_model(model, "cpu")
+    if not args.quiet:
+        print(f"histo demo: {describe_model(card, model, 'demo model' if not args.model else '--model')}",
+              file=sys.stderr)
+    rc = run_cases([c for c, _ in made], out / "reports", model=net, card=card, grading=load_grading(),
+                   panel=load_panel(), options=CaseOptions(workers=args.workers, progress=not args.quiet))
     status = (out / "reports" / "status.csv")
     print(f"\nhisto demo finished in {time.perf_counter() - t0:.0f} s (research use only, not a diagnostic device)")
     for case_file, summary in made:

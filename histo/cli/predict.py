@@ -22,6 +22,7 @@ from typing import Any
 
 from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
+from histo.isolate import probe_isolated
 
 # torch and the models are imported in run(): every `histo` command builds this parser, few need torch.
 
@@ -53,6 +54,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-report", action="store_true",
                    help="write the prediction tables only (grade and report later with `histo report`)")
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each tile over 8 flips and turns (8x the model time); "
+                        "the report gives the spread of each measurement over the 8")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -118,9 +122,11 @@ def run(args: argparse.Namespace) -> int:
                disable=args.quiet or len(mine) < 2)
     for path in bar:
         try:
+            probe_isolated(path)  # issue 17: a slide that crashes native code fails alone
             result = predict_slide(path, model, card, out, batch_size=args.batch_size, workers=args.workers,
                                    device=device, mpp=args.mpp, tiling=tiling, overlap_px=args.overlap_px,
-                                   overwrite=args.overwrite, progress=not args.quiet)
+                                   overwrite=args.overwrite, progress=not args.quiet,
+                                   tta=args.tta)
         except HistoError as exc:
             result = PredictResult(str(path), path.stem, "failed", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
@@ -155,7 +161,7 @@ def _report_changes(folder: Path, grading: Any) -> tuple[list[str] | None, str]:
         try:
             grading = grading.for_model(model.get("mitosis_threshold"))
         except HistoError:
-            return None, ""  # report_folder will say why
+            return None, ""  # report_prediction will say why
     return describe_changes(old["grading_config"], grading.to_dict()), str(verdict)
 
 
@@ -164,7 +170,7 @@ def _write_report(result: Any, slide: Path, grading: Any) -> Any:
 
     A skipped slide keeps its report when it was made with the same grading; otherwise the report is
     redone from the unchanged predictions and the row says so."""
-    from histo.cli.report import report_folder
+    from histo.case import report_prediction
 
     folder = Path(result.out_dir)
     if result.status == "skipped":
@@ -175,11 +181,10 @@ def _write_report(result: Any, slide: Path, grading: Any) -> Any:
         result = dataclasses.replace(result, status="no_tissue" if result.n_tiles == 0 else "ok",
                                      reason=f"report redone ({why}); predictions unchanged")
     try:
-        verdict, json_path, _ = report_folder(folder, folder, grading, slides=[slide], n_folders=1, ihc=[],
-                                              geojson_tiles=True)
+        done = report_prediction(folder, folder, grading, slides=[slide])
     except HistoError as exc:
         return dataclasses.replace(result, status="failed", reason=f"report: {exc} (predictions kept in {folder})")
-    return dataclasses.replace(result, verdict=verdict, report=str(json_path.with_name("report.html")))
+    return dataclasses.replace(result, verdict=done.verdict, report=str(done.paths.html))
 
 
 def _report(r: Any) -> None:

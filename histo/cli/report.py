@@ -11,19 +11,15 @@ others go on; exit 0 when all succeeded, 1 when some failed, 2 on a bad config o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from histo.aggregate import GradingConfig, assess_slide
-from histo.atomic import write_text
-from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
-from histo.status import edit_status, update_status
+
+if TYPE_CHECKING:
+    from histo.aggregate import GradingConfig
 
 STATUS_FIELDS = ["folder", "status", "verdict", "reason", "report", "seconds"]
 
@@ -55,13 +51,10 @@ def register(sub: Any) -> None:
 
 
 def resolve_grading(args: argparse.Namespace) -> GradingConfig:
-    """The grading config file plus --set overrides, validated."""
-    data = load_yaml(args.grading) if args.grading else {}
-    source = args.grading or "<defaults>"
-    if args.overrides:
-        data = apply_overrides(data, list(args.overrides))
-        source = f"{source} with --set overrides"
-    return GradingConfig.from_dict(data, source=source)
+    """The grading config of --grading plus --set overrides, validated."""
+    from histo.case import load_grading
+
+    return load_grading(args.grading, args.overrides)
 
 
 def expand_pred_dirs(paths: list[str]) -> list[Path]:
@@ -76,75 +69,13 @@ def expand_pred_dirs(paths: list[str]) -> list[Path]:
     return out
 
 
-def _parquet_meta(path: Path) -> dict[str, Any]:
-    """The "histo.predict" key-value metadata of tiles.parquet (contract C), or {}."""
-    try:
-        import pyarrow.parquet as pq
-
-        kv = pq.read_schema(path).metadata or {}
-        raw = kv.get(b"histo.predict")
-        return json.loads(raw) if raw else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _mpp(meta: dict[str, Any], pmeta: dict[str, Any], folder: Path) -> float:
-    for d in (meta, pmeta):
-        v = d.get("slide_mpp")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    raise HistoError(f"{folder}: prediction.json has no slide_mpp (the slide's level-0 µm/px)")
-
-
-def _card(meta: dict[str, Any], pmeta: dict[str, Any]) -> dict[str, Any]:
-    for key in ("model", "card", "model_card"):
-        if isinstance(meta.get(key), dict):
-            return meta[key]
-    return {"name": pmeta.get("model_name"), "weights_sha256": pmeta.get("model_weights_sha256"),
-            "tile_px": pmeta.get("tile_px"), "mpp": pmeta.get("mpp"), "classes": pmeta.get("classes", [])}
-
-
-def _slide_for(folder: Path, meta: dict[str, Any], slides: list[Path], n_folders: int) -> Path | None:
-    by_stem = {s.stem: s for s in slides}
-    if folder.name in by_stem:
-        return by_stem[folder.name]
-    if len(slides) == 1 and n_folders == 1:
-        return slides[0]
-    p = meta.get("slide")
-    if isinstance(p, str) and Path(p).is_file():
-        return Path(p)
-    return None
-
-
-def report_folder(folder: Path, out_dir: Path, cfg: GradingConfig, *, slides: list[Path], n_folders: int,
-                  ihc: list[str], geojson_tiles: bool, thumbnail_px: int = 1024) -> tuple[str, Path, Path | None]:
-    """Grade one prediction folder and write its report; returns (verdict, report.json path, slide used)."""
-    from histo.report import read_prediction, write_slide_report  # matplotlib loads only when reporting
-
-    tiles, mitoses, meta = read_prediction(folder)
-    pmeta = _parquet_meta(folder / "tiles.parquet")
-    mpp = _mpp(meta, pmeta, folder)
-    card = _card(meta, pmeta)
-    # a null mitoses.min_score is the card's threshold (the operating point histo train chose on validation)
-    cfg = cfg.for_model(card.get("mitosis_threshold"), source=f"{folder / 'prediction.json'}")
-    domain_method = (meta.get("domain") or {}).get("method") if isinstance(meta.get("domain"), dict) else None
-    dims = meta.get("slide_dimensions")
-    assessment = assess_slide(tiles, mitoses, mpp, cfg, tuple(dims) if dims else None,
-                              not_measured=meta.get("heads_not_run") or {}, domain_method=domain_method)
-    slide = _slide_for(folder, meta, slides, n_folders)
-    paths = write_slide_report(out_dir, assessment=assessment, tiles=tiles, mitoses=mitoses, slide=slide,
-                               card_summary=card, prediction_meta=meta, ihc=ihc or None,
-                               slide_name=folder.name, geojson_tiles=geojson_tiles,
-                               thumbnail_px=thumbnail_px)
-    verdict = json.loads(paths.json.read_text(encoding="utf-8"))["verdict"]["high_grade"]
-    return verdict, paths.json, slide
-
-
 def update_run_status(folder: Path, *, ok: bool, verdict: str, report: Path | None, reason: str) -> bool:
     """Set the re-graded slide's row in the run's status.csv (``folder``'s parent); True when a row was found.
 
     The row is the one `histo predict` wrote for the slide whose folder this is (matched by slide name);
     the table is changed under its lock, so rows other processes add meanwhile are kept."""
+    from histo.status import edit_status
+
     table = folder.parent / "status.csv"
     if not table.is_file():
         return False
@@ -168,6 +99,12 @@ def update_run_status(folder: Path, *, ok: bool, verdict: str, report: Path | No
 
 def run(args: argparse.Namespace) -> int:
     """Report every prediction folder; one status line each; exit 1 if any failed."""
+    import yaml
+
+    from histo.atomic import write_text
+    from histo.case import report_prediction
+    from histo.status import update_status
+
     cfg = resolve_grading(args)
     if not 64 <= args.thumbnail_px <= 8192:
         raise ConfigError(f"--thumbnail-px must be within 64..8192, got {args.thumbnail_px}")
@@ -192,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
         target = out_root / folder.name if out_root is not None else folder
         row: dict[str, Any] = {"folder": str(folder)}
         try:
-            verdict, json_path, slide = report_folder(folder, target, cfg, slides=slides, n_folders=len(folders),
-                                                      ihc=list(args.ihc), geojson_tiles=not args.no_tiles_geojson,
-                                                      thumbnail_px=args.thumbnail_px)
+            done = report_prediction(folder, target, cfg, slides=slides, n_folders=len(folders), ihc=list(args.ihc),
+                                     geojson_tiles=not args.no_tiles_geojson, thumbnail_px=args.thumbnail_px)
+            verdict, json_path, slide = done.verdict, done.paths.json, done.slide
             row.update(status="ok", verdict=verdict, reason="" if slide else "no slide file: heatmaps on white",
                        report=str(json_path))
             print(f"ok       {folder}: high grade {verdict.replace('_', ' ')} -> {json_path.with_name('report.html')}"

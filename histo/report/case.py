@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class CaseReportPaths:
     folder: Path
     json: Path
     html: Path
+    report: dict[str, Any] = field(default_factory=dict)  # what case_report.json holds
 
 
 def _he_digest(he: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def write_case_report(
     labels = [_link_label(Path(p)) for p in slide_html_paths]
     html_path = write_text(out / CASE_HTML, H.case_page(case, list(zip(labels, links))))
     json_path = write_text(out / CASE_JSON, json.dumps(case, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    return CaseReportPaths(out, json_path, html_path)
+    return CaseReportPaths(out, json_path, html_path, case)
 
 
 def _link_label(path: Path) -> str:

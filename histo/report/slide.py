@@ -49,6 +49,7 @@ class ReportPaths:
     html: Path
     geojson: Path
     images: dict[str, Path] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # what report.json holds, so callers need not re-read it
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,11 @@ def write_slide_report(
     slide_name: str | None = None,
     thumbnail_px: int = 1024,
     geojson_tiles: bool = True,
+    tta: Mapping[str, Any] | None = None,
 ) -> ReportPaths:
-    """Write report.json, report.html, annotations.geojson and images/*.png of one slide into out_dir."""
+    """Write report.json, report.html, annotations.geojson and images/*.png of one slide into out_dir.
+
+    ``tta``: the spread of the measurements over test-time flips and turns (histo.aggregate.tta.tta_spread)."""
     out = Path(out_dir)
     a = assessment.to_dict()
     mpp = float(assessment.measurements.mpp)
@@ -268,6 +272,7 @@ def write_slide_report(
         },
         "hotspot": hotspot,
         "domain": a.get("domain"),
+        "tta": dict(tta) if tta else {"enabled": False},
         "ihc": [json_safe({**item.data, "sentence": ihc_sentence(item.data)}) for item in ihc_inputs],
         "files": {
             "json": JSON_NAME, "html": HTML_NAME, "geojson": GEOJSON_NAME,
@@ -280,7 +285,7 @@ def write_slide_report(
     html_path = write_text(out / HTML_NAME, H.slide_page(report, figures, ihc_pngs))
     # report.json last: its presence means the report is complete
     json_path = write_text(out / JSON_NAME, _dump(report))
-    return ReportPaths(out, json_path, html_path, geojson_path, image_paths)
+    return ReportPaths(out, json_path, html_path, geojson_path, image_paths, report)
 
 
 def card_summary_dict(card: Any, prediction_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
