@@ -141,7 +141,9 @@ def plan_tiles(records: Sequence[FrameRecord], spec: InputSpec, stride_px: int, 
         pattern.append(np.full(len(x0), pat))
         necrosis.append(np.full(len(x0), nec))
         labelled.append(np.full(len(x0), mit))
-    cat = (lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape))
+    def cat(xs: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+        return np.concatenate(xs) if xs else np.zeros(shape)
+
     return PlannedTiles(kept, cat(index, (0,)).astype(np.int32), cat(xy, (0, 2)), cat(pattern, (0,)).astype(np.int64),
                         cat(necrosis, (0,)).astype(np.float32), cat(labelled, (0,)).astype(bool), points, problems)
 

@@ -194,7 +194,9 @@ class TileDataModule(pl.LightningDataModule):
             necrosis.append(table["necrosis"].to_numpy()[k])
             labelled.append(mit[k])
             points.extend(pts[i] for i in k)
-        cat = (lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape))
+        def cat(xs: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+            return np.concatenate(xs) if xs else np.zeros(shape)
+
         return SlideTileDataset(refs, cat(idx, (0,)), cat(boxes, (0, 4)), cat(pattern, (0,)), cat(necrosis, (0,)),
                                 cat(labelled, (0,)).astype(bool), points, maker)
 

@@ -279,7 +279,7 @@ def segment_nuclei(channel: np.ndarray, mpp: float, params: CellParams | None = 
     # Later rounds only look inside the clumps: work on their bounding box (plus a margin wider than the
     # opening and the distance-map smoothing) instead of the whole tile; the clumps are a small part of it.
     pad = max(int(round(0.5 / m)), 1) + 6
-    for rnd in range(p.clump_rounds + 1):
+    for _round in range(p.clump_rounds + 1):
         fg = _foreground(sm[box], level, m, max_px)
         if region is not None:
             fg &= region[box]

@@ -325,7 +325,7 @@ class ModelCard:
         """
         if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not math.isfinite(mpp) or mpp <= 0:
             raise ModelError(f"slide mpp must be a positive number, got {mpp!r}")
-        for name, s in self.scales.items():
+        for s in self.scales.values():
             rel = mpp / s.mpp - 1.0
             where = f"{s.mpp:g} µm/px" + (f" for its {'/'.join(s.heads)} head(s)" if self.multiscale else "")
             if rel > tolerance:

@@ -8,6 +8,7 @@ after an error, and a half-read image must not be served as if it were whole).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from struct import error as struct_error
 from typing import Protocol
@@ -92,10 +93,9 @@ class OpenSlideBackend:
         if self._tiles is not None:
             self._tiles.close()
             self._tiles = None
-        try:
+        # closing a broken handle may itself fail; the error returned below is the one that matters
+        with contextlib.suppress(Exception):
             self._osr.close()
-        except Exception:  # noqa: BLE001 - closing a broken handle may itself fail; the error below matters
-            pass
         return SlideReadError(
             f"{self.path}: reading {what} failed ({exc}); the file may be truncated or corrupt, re-copy it"
         )

@@ -366,7 +366,7 @@ def _card_extras(config: TrainConfig, runs: dict[str, _ScaleRun]) -> dict[str, A
         elif choice is not None:
             selection["validation"] = choice
     provenance: dict[str, Any] = {}
-    for name, run in runs.items():
+    for run in runs.values():
         provenance.update(head_provenance(config, run.module.heads, run.datamodule, run.metrics))
     return {"mitosis_threshold": threshold, "threshold_selection": selection, "provenance": provenance}
 
