@@ -38,6 +38,15 @@ def _context() -> Any:
     return _CTX
 
 
+def use_start_method(method: str, preload: list[str] | None = None) -> None:
+    """Choose how children start ('forkserver', 'spawn', or 'fork' from a single-threaded process) and, for
+    the fork server, which modules it imports once (e.g. histo.cli for a fuzzing harness)."""
+    global _CTX
+    _CTX = mp.get_context(method)
+    if method == "forkserver":
+        _CTX.set_forkserver_preload(_PRELOAD + list(preload or []))
+
+
 def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     import faulthandler
 
@@ -67,7 +76,9 @@ def run_isolated(fn: Callable[..., Any], *args: Any, label: str = "slide", timeo
     """fn(*args, **kwargs) in a child process: its return value, its exception re-raised, or SlideCrashError."""
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn, args, kwargs), daemon=True)
+    # Not a daemon: the work may itself start processes (reader pools, nested isolation); it is always
+    # joined or killed below.
+    proc = ctx.Process(target=_child, args=(child, fn, args, kwargs), daemon=False)
     proc.start()
     child.close()
     msg = None
