@@ -83,3 +83,24 @@ def test_unfinished_prediction_folder_is_one_named_error(tmp_path: Path) -> None
     (d / "tiles.parquet").write_bytes(b"not parquet")
     with pytest.raises(HistoError, match="cannot read the tile table"):
         read_prediction_tiles(d)
+
+
+def test_synth_writers_write_ordinary_file_modes(tmp_path: Path) -> None:
+    # they used mkstemp without histo.atomic and left mode-0600 files other users could not read
+    import os
+
+    from histo.synth.phantom.truth import write_json_atomic, write_parquet_atomic
+    from histo.synth.tiff_writer import write_pyramidal_tiff
+
+    old = os.umask(0o022)
+    try:
+        paths = [write_json_atomic(tmp_path / "s.json", {"a": 1}),
+                 write_parquet_atomic(tmp_path / "c.parquet", pd.DataFrame({"x": [1.0]})),
+                 write_pyramidal_tiff(tmp_path / "p.tiff", 64, 64, 0.5,
+                                      lambda x, y, w, h: np.full((h, w, 3), 200, np.uint8))]
+    finally:
+        os.umask(old)
+    for p in paths:
+        assert stat.S_IMODE(Path(p).stat().st_mode) == 0o644, p
+    assert json.loads((tmp_path / "s.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.parquet", "p.tiff", "s.json"]  # no temp files left

@@ -16,16 +16,16 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import imagecodecs
 import numpy as np
 import tifffile
 
+from histo.atomic import atomic_path
 from histo.errors import HistoError
 
 RenderTile = Callable[[int, int, int, int], np.ndarray]
@@ -99,44 +99,47 @@ def write_pyramidal_tiff(
     dims = pyramid_dimensions(width_px, height_px)
     px_per_cm = Fraction(10_000) / Fraction(repr(mpp))
     raw_bytes = sum(w * h * 3 for w, h in dims)
-    # Hidden name in the same folder so os.replace is an atomic rename on one filesystem.
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp"
     bar = _progress_bar(progress, width_px * height_px, out.name)
     try:
-        # TemporaryFile is unlinked at creation on POSIX, so even a killed run leaves no parked tiles behind.
-        with tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.levels.") as store, tifffile.TiffWriter(
-            tmp, bigtiff=raw_bytes > _BIGTIFF_THRESHOLD_BYTES
-        ) as tif:
-            pyramid = _Pyramid(dims, tile_px, jpeg_quality, store)
-            for level, (w, h) in enumerate(dims):
-                if level == 0:
-                    tiles = pyramid.level0_tiles(render_tile, chunk_px, bar)
-                else:
-                    tiles = pyramid.stored_tiles(level)
-                res = _resolution_rational(px_per_cm / 2**level)
-                tif.write(
-                    tiles,
-                    shape=(h, w, 3),
-                    dtype=np.uint8,
-                    tile=(tile_px, tile_px),
-                    compression="jpeg",
-                    photometric="rgb",
-                    subsampling=_JPEG_SUBSAMPLING,
-                    resolution=(res, res),
-                    resolutionunit="CENTIMETER",
-                    subfiletype=0 if level == 0 else 1,  # 1 = reduced-resolution version of page 0
-                    description=description if level == 0 else None,
-                    metadata=None,
-                    software="histo",
-                )
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(out) as tmp:  # hidden name in the same folder, renamed on success, ordinary file mode
+            _write_levels(tmp, dims, tile_px, chunk_px, jpeg_quality, px_per_cm, raw_bytes, render_tile, bar,
+                          description)
     finally:
         if bar is not None:
             bar.close()
     return out
+
+
+def _write_levels(tmp: Path, dims: list[tuple[int, int]], tile_px: int, chunk_px: int, jpeg_quality: int,
+                  px_per_cm: Fraction, raw_bytes: int, render_tile: RenderTile, bar: Any,
+                  description: str | None) -> None:
+    """Write every pyramid level into ``tmp`` (level 0 rendered, the others downsampled from it)."""
+    # TemporaryFile is unlinked at creation on POSIX, so even a killed run leaves no parked tiles behind.
+    with tempfile.TemporaryFile(dir=tmp.parent, prefix=f"{tmp.name}.levels.") as store, tifffile.TiffWriter(
+        tmp, bigtiff=raw_bytes > _BIGTIFF_THRESHOLD_BYTES
+    ) as tif:
+        pyramid = _Pyramid(dims, tile_px, jpeg_quality, store)
+        for level, (w, h) in enumerate(dims):
+            if level == 0:
+                tiles = pyramid.level0_tiles(render_tile, chunk_px, bar)
+            else:
+                tiles = pyramid.stored_tiles(level)
+            res = _resolution_rational(px_per_cm / 2**level)
+            tif.write(
+                tiles,
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile_px, tile_px),
+                compression="jpeg",
+                photometric="rgb",
+                subsampling=_JPEG_SUBSAMPLING,
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if level == 0 else 1,  # 1 = reduced-resolution version of page 0
+                description=description if level == 0 else None,
+                metadata=None,
+                software="histo",
+            )
 
 
 class _Pyramid:

@@ -7,14 +7,14 @@ copied from the spec, so it measures what the pixels show.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import shapely
 from shapely.geometry import mapping
+
+from histo.atomic import atomic_path, write_text
 
 from .case import Phantom
 from .cells import KIND_NAMES, MITOSIS, TUMOR_KINDS
@@ -219,28 +219,12 @@ def summary(ph: Phantom) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> Path:
-    """Write JSON via a temp file and rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON atomically (histo.atomic: temp file, rename, ordinary file mode)."""
+    return write_text(path, json.dumps(data, indent=1))
 
 
 def write_parquet_atomic(path: Path, df: pd.DataFrame) -> Path:
-    """Write a Parquet table via a temp file and rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Write a Parquet table atomically (histo.atomic: temp file, rename, ordinary file mode)."""
+    with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
