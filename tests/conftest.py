@@ -68,3 +68,8 @@ def blank_slide_path(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("slides") / "blank.tiff"
     return write_pyramidal_tiff(path, 1024, 1024, 0.25, render, tile_px=256, chunk_px=512)
+
+
+def pytest_configure(config) -> None:
+    """Markers of the optional suites (the browser test needs chromium + chromedriver + selenium)."""
+    config.addinivalue_line("markers", "browser: drives a real headless Chromium (histo view); .ci/run installs it")

@@ -168,8 +168,10 @@ def test_writes_are_refused(server):
 
 
 def test_binds_loopback_by_default(case_dir):
+    from histo.view import DEFAULT_HOST, DEFAULT_PORT
+
     args = build_parser().parse_args(["view", str(case_dir)])
-    assert args.host == "127.0.0.1" and args.port == 8765
+    assert args.host == "127.0.0.1" == DEFAULT_HOST and args.port == 8765 == DEFAULT_PORT
     srv = open_viewer([case_dir], port=0)
     try:
         assert srv.httpd.server_address[0] == "127.0.0.1"

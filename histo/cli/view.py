@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from histo.view import DEFAULT_HOST, DEFAULT_PORT
+# histo.view.server's defaults, repeated so that registering the command imports nothing heavy
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 
 
 def register(sub: Any) -> None:
