@@ -13,7 +13,7 @@ import histo
 from histo.errors import HistoError
 
 # Subcommand modules, each with register(subparsers) and run(args) -> int. Order = help order.
-_COMMANDS = ("demo", "info", "tile", "synth", "train", "predict", "report", "ihc", "case", "view", "cohort")
+_COMMANDS = ("demo", "info", "tile", "synth", "train", "predict", "report", "ihc", "case", "register", "view", "cohort")
 
 
 def build_parser() -> argparse.ArgumentParser:
