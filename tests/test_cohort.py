@@ -35,7 +35,7 @@ def test_one_row_per_case_and_slide_with_the_report_figures(cohort):
     case, slide, ihc = (df.iloc[i] for i in range(3))
     rep = json.loads((root / "cases" / "case1" / "he" / "case1_HE" / "report.json").read_text())
     m = rep["measurements"]
-    assert case["case_id"] == "case1" and case["slide"] == "test_slide"
+    assert case["case_id"] == "case1" and case["slide"] == "case1_HE"
     assert case["verdict"] == rep["verdict"]["high_grade"] == "yes"
     assert case["fnclcc_mitotic_score"] == rep["grading"]["mitotic_score"]["score"]
     assert case["fnclcc_necrosis_score"] == rep["grading"]["necrosis_score"]["score"]
