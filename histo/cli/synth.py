@@ -26,6 +26,10 @@ def register(sub: Any) -> None:
                    help="override the slide size in level-0 pixels (quick previews)")
     p.add_argument("--no-ihc", action="store_true", help="write the H&E slide only")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--ihc-transform", choices=("none", "random"), default="none",
+                   help="write the IHC slide under a known transform (random: any rotation, a flip half the time, "
+                        "±5%% scale, a shift, a mild smooth warp), recorded in summary.json ihc_transform")
+    p.add_argument("--transform-seed", type=int, default=0, help="seed of --ihc-transform random")
     p.set_defaults(run=run)
 
 
@@ -37,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.size_px is not None and min(args.size_px) < 64:
         raise ConfigError(f"--size-px must be at least 64 x 64, got {args.size_px[0]} x {args.size_px[1]}")
+    transformed = args.ihc_transform != "none" and not args.no_ihc
     out = make_phantom(Path(args.config), Path(args.out), seed=args.seed, workers=args.workers,
                        size_px=tuple(args.size_px) if args.size_px else None,
-                       ihc=False if args.no_ihc else None, progress=args.progress)
+                       ihc=False if (args.no_ihc or transformed) else None, progress=args.progress)
+    if transformed:
+        out = _transform_ihc(out, args)
     s = out.summary
     print(f"phantom {s['case']} (seed {s['seed']}, {s['width_px']} x {s['height_px']} px at {s['mpp']} µm/px) in {out.folder}")
     print(f"  H&E:     {out.he_path}")
@@ -56,3 +63,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"  time: build {t['build']:.1f} s, H&E {t['he']:.1f} s" + (f", IHC {t['ihc']:.1f} s" if "ihc" in t else "")
           + f", truth {t['truth']:.1f} s", file=sys.stderr)
     return 0
+
+
+def _transform_ihc(out: Any, args: argparse.Namespace) -> Any:
+    """Add the IHC slide under a random known transform to a phantom written without one."""
+    import dataclasses
+    import json
+
+    import numpy as np
+    import yaml
+
+    from histo.synth.phantom import spec_from_dict
+    from histo.synth.transform import IhcTransform, add_transformed_ihc
+
+    spec = spec_from_dict(yaml.safe_load(out.spec_path.read_text(encoding="utf-8")))
+    if not spec.ihc.enabled:
+        return out
+    tr = IhcTransform.random(np.random.default_rng(args.transform_seed), spec.mpp,
+                             (spec.slide_width_px, spec.slide_height_px))
+    ihc_path = add_transformed_ihc(out.folder, spec, tr, progress=args.progress)
+    summary = json.loads(out.summary_path.read_text(encoding="utf-8"))
+    return dataclasses.replace(out, ihc_path=ihc_path, ihc_geojson_path=out.folder / "truth_ihc.geojson", summary=summary)
