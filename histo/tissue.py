@@ -7,8 +7,11 @@ configuration behaves the same on a 2 µm/px thumbnail and on a 16 µm/px one.
 Method, in order (each step is a function below, each threshold a documented `TissueConfig` field):
 
 1. Smooth the RGB lightly: JPEG and sensor noise are per pixel, and every later test is per pixel.
-2. Estimate the glass colour from bright, unsaturated pixels (scanners put glass anywhere from ~215 to
-   ~250 grey, sometimes tinted); fall back to pure white when there is no glass in view.
+2. Estimate the glass colour from flat (untextured), unsaturated pixels, taking the brightest band of
+   them: scanners put glass anywhere from ~190 (Olympus grey) to ~250 grey, sometimes tinted, sometimes
+   darker towards the corners (vignetting), so the estimate is local (a coarse grid of cells, smoothly
+   interpolated) wherever a cell shows enough glass, and global elsewhere. With no glass in view (a
+   crop that is all tissue) the glass is taken as pure white.
 3. Optical density relative to that glass, per channel; the largest channel is the tissue signal. Taking
    the maximum (not the mean) keeps pale eosin (absorbs green), pale hematoxylin (absorbs red) and DAB
    (absorbs blue) alike, which is what makes one rule work for H&E and for IHC.
@@ -44,6 +47,7 @@ __all__ = [
     "detect_tissue",
     "load_tissue_config",
     "pen_mask",
+    "tissue_fraction_warning",
     "tissue_mask",
 ]
 
@@ -55,13 +59,21 @@ class TissueConfig:
     # Gaussian sigma (pixels) applied to the RGB before any per-pixel test. Noise is a pixel-scale
     # phenomenon whatever the mpp, so this one is in pixels on purpose.
     smooth_px: float = 1.0
-    # Glass estimate: pixels whose darkest channel is at least this grey and whose HSV saturation is at
-    # most background_max_saturation are glass candidates ...
-    background_min_grey: int = 215
+    # Glass estimate: pixels whose darkest channel is at least this grey, whose HSV saturation is at
+    # most background_max_saturation and whose local texture is at most background_max_texture are glass
+    # candidates; the brightest background_band grey levels of them are the glass. 150 admits the grey
+    # glass of Olympus scans (~190-210); texture, not brightness, is what tells glass from pale tissue.
+    background_min_grey: int = 150
     background_max_saturation: float = 0.10
+    background_max_texture: float = 3.0  # std of grey levels over background_texture_um (glass noise ~1)
+    # Texture is measured over a window this wide: several cells across, so pale tissue shows its
+    # structure at any mpp while glass stays flat (at 8 µm/px the window is 5 px).
+    background_texture_um: float = 40.0
+    background_band: float = 14.0
     # ... and their per-channel median is the glass colour when they cover at least this share of the
-    # image; otherwise (a tile full of tissue) the glass is taken as pure white.
-    background_min_fraction: float = 0.02
+    # image (5 %: a lumen or gap inside a crop full of tissue must not pass for the glass); otherwise the
+    # glass is taken as pure white.
+    background_min_fraction: float = 0.05
     # Tissue threshold on optical density above glass (max over R, G, B): Otsu, clamped to this range.
     # 0.04 is ~9 grey levels below glass at 240, well above smoothed noise (< 0.01); 0.08 still keeps the
     # pale, barely counterstained stroma of IHC slides (OD ~0.1), which a higher cap loses.
@@ -193,13 +205,72 @@ def _sample(values: np.ndarray, n: int = 250_000) -> np.ndarray:
     return flat[:: max(1, flat.size // n)]
 
 
-def _glass_rgb(px: _Pixels, cfg: TissueConfig) -> np.ndarray:
-    """Per-channel colour of the glass, or pure white when too little glass is in view."""
-    candidates = (px.mn >= cfg.background_min_grey) & (px.sat <= cfg.background_max_saturation)
-    picked = _sample(candidates)
-    if picked.mean() < cfg.background_min_fraction:
+def _glass_candidates(px: _Pixels, cfg: TissueConfig, mpp: float) -> np.ndarray:
+    """Flat, unsaturated, not dark pixels: what glass looks like whatever its grey level or tint."""
+    grey = (px.r + px.g + px.b) / 3.0
+    size = max(3, int(round(cfg.background_texture_um / mpp)) | 1)
+    mean = ndi.uniform_filter(grey, size, mode="nearest")
+    var = ndi.uniform_filter(grey * grey, size, mode="nearest") - mean * mean
+    flat = var <= cfg.background_max_texture**2
+    return (px.mn >= cfg.background_min_grey) & (px.sat <= cfg.background_max_saturation) & flat
+
+
+def _band_median(px: _Pixels, cand: np.ndarray, band: float) -> np.ndarray | None:
+    """Per-channel median of the brightest `band` grey levels of the candidate pixels (None when none)."""
+    mn = px.mn[cand]
+    if mn.size == 0:
+        return None
+    top = float(np.percentile(mn, 95))
+    keep = mn >= top - band
+    return np.array([np.median(ch[cand][keep]) for ch in (px.r, px.g, px.b)], dtype=np.float32)
+
+
+# The glass field is estimated on a grid of about this many cells a side; a cell needs this share of
+# glass candidates to have a local estimate of its own (vignetting), else it takes the global one.
+_GLASS_CELLS = 6
+_GLASS_CELL_MIN_FRACTION = 0.25
+
+
+def _glass_rgb(px: _Pixels, cfg: TissueConfig, mpp: float = 8.0) -> list[np.ndarray] | np.ndarray:
+    """Glass colour per channel: 3 values, or 3 H×W planes where it varies across the image; white if none."""
+    cand = _glass_candidates(px, cfg, mpp)
+    step = max(1, cand.size // 250_000)
+    if cand.ravel()[::step].mean() < cfg.background_min_fraction:
         return np.full(3, 255.0, dtype=np.float32)
-    return np.array([np.median(_sample(ch)[picked]) for ch in (px.r, px.g, px.b)], dtype=np.float32)
+    sub = (slice(None, None, max(1, int(np.sqrt(step)))),) * 2
+    small = _Pixels(*(getattr(px, f)[sub] for f in ("r", "g", "b", "mn", "sat", "val", "hue")))
+    glass = _band_median(small, cand[sub], cfg.background_band)
+    if glass is None:
+        return np.full(3, 255.0, dtype=np.float32)
+    h, w = cand.shape
+    cell = max(32, int(np.ceil(max(h, w) / _GLASS_CELLS)))
+    ny, nx = -(-h // cell), -(-w // cell)
+    if ny * nx == 1:
+        return glass
+    grid = np.empty((ny, nx, 3), np.float32)
+    local = False
+    for cy in range(ny):
+        for cx in range(nx):
+            box = (slice(cy * cell, (cy + 1) * cell), slice(cx * cell, (cx + 1) * cell))
+            c = cand[box]
+            est = None
+            if c.mean() >= _GLASS_CELL_MIN_FRACTION:
+                part = _Pixels(*(getattr(px, f)[box] for f in ("r", "g", "b", "mn", "sat", "val", "hue")))
+                est = _band_median(part, c, cfg.background_band)
+            # A cell may be darker than the global glass (vignetting) but never brighter than the brightest
+            # glass seen, and never far darker (that would be pale tissue passing for glass).
+            if est is not None and np.all(est >= glass - 45):
+                grid[cy, cx] = np.minimum(est, glass + 10)
+                local = True
+            else:
+                grid[cy, cx] = glass
+    if not local or np.abs(grid - glass).max() < 4:
+        return glass
+    planes = []
+    for ch in range(3):
+        up = ndi.zoom(grid[..., ch], (h / ny, w / nx), order=1, mode="nearest", grid_mode=True)
+        planes.append(np.ascontiguousarray(up[:h, :w], dtype=np.float32))
+    return planes
 
 
 def _absorbance_ratio(px: _Pixels, glass: np.ndarray) -> np.ndarray:
@@ -362,7 +433,7 @@ def tissue_mask(rgb: np.ndarray, mpp: float, config: TissueConfig | None = None)
     px_area_um2 = mpp * mpp
     px = _pixels(arr, cfg.smooth_px)
     pen = _pen(px, cfg.pen_min_um2 / px_area_um2) if cfg.remove_pen else np.zeros(arr.shape[:2], dtype=bool)
-    ratio = _absorbance_ratio(px, _glass_rgb(px, cfg))
+    ratio = _absorbance_ratio(px, _glass_rgb(px, cfg, mpp))
     del px
     # Pen is left out of the threshold statistics: a wide stroke would otherwise pull Otsu upwards.
     keep = ~_sample(pen)
@@ -432,3 +503,24 @@ def detect_tissue(slide: _Overview, mask_mpp: float = 8.0, config: TissueConfig 
         )
     mask = tissue_mask(rgb, mask_mpp, config)
     return TissueMask(mask=mask, mpp=mask_mpp, downsample=downsample, slide_dimensions=(width, height))
+
+
+# A whole slide (at least this many mm² of glass) covered almost entirely by "tissue", or holding only a
+# speck of it, is implausible: the glass colour was probably misjudged. Crops may be all tissue.
+_WHOLE_SLIDE_MIN_MM2 = 20.0
+_MAX_PLAUSIBLE_FRACTION = 0.85
+_MIN_PLAUSIBLE_TISSUE_MM2 = 0.05
+
+
+def tissue_fraction_warning(mask: TissueMask) -> str:
+    """A QC warning when the tissue fraction is implausible for a whole slide, else ''."""
+    slide_mm2 = mask.mask.size * mask.mpp * mask.mpp / 1e6
+    if slide_mm2 < _WHOLE_SLIDE_MIN_MM2:
+        return ""
+    if mask.fraction > _MAX_PLAUSIBLE_FRACTION:
+        return (f"implausible tissue fraction {mask.fraction:.0%} of a {slide_mm2:.0f} mm² slide: the glass may "
+                "have been taken for tissue; check tissue.png")
+    if 0 < mask.area_mm2 < _MIN_PLAUSIBLE_TISSUE_MM2:
+        return (f"implausible tissue area {mask.area_mm2:.3f} mm² on a {slide_mm2:.0f} mm² slide: tissue may "
+                "have been taken for glass; check tissue.png")
+    return ""

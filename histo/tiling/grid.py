@@ -19,7 +19,7 @@ from histo.atomic import atomic_path
 from histo.config import from_dict, load_yaml, to_dict
 from histo.errors import ConfigError
 from histo.slide import Slide
-from histo.tissue import TissueConfig, TissueMask, detect_tissue
+from histo.tissue import TissueConfig, TissueMask, detect_tissue, tissue_fraction_warning
 
 GRID_SCHEMA_VERSION = 1
 _META_KEY = b"histo.tilegrid"
@@ -240,6 +240,8 @@ def plan_grid(slide: Slide, config: TilingConfig | None = None, mask: TissueMask
         "grid_cols": ncols,
         "grid_rows": nrows,
         "tissue_area_mm2": mask.area_mm2,
+        "tissue_fraction": mask.fraction,
+        "tissue_warning": tissue_fraction_warning(mask),
         "histo_version": histo.__version__,
     }
     return TileGrid(table=table, slide=slide_metadata(slide), settings=settings), mask

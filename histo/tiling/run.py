@@ -135,6 +135,8 @@ def tile_slide(
     status = "ok" if len(grid) else "no_tissue"
     if not len(grid):
         reason = "; ".join(r for r in (reason, "no tissue detected: empty grid written") if r)
+    if grid.settings.get("tissue_warning"):
+        reason = "; ".join(r for r in (reason, f"QC: {grid.settings['tissue_warning']}") if r)
     return SlideResult(str(slide_path), slide_path.stem, status, len(grid), grid.settings["tissue_area_mm2"],
                        round(time.perf_counter() - t0, 3), reason, str(grid_path))
 
