@@ -43,7 +43,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, source: str = "<dict>",
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is any dataclass
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -101,7 +101,7 @@ def _deepcopy(d: Any) -> Any:
 
 def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, source, prefix=key + ".")
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -136,8 +136,8 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
         args = get_args(tp)
-        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
-            return {k: from_dict(args[1], v, source, prefix=f"{key}.{k}.") for k, v in value.items()}  # type: ignore[arg-type]
+        if len(args) == 2 and isinstance(args[1], type) and dataclasses.is_dataclass(args[1]):
+            return {k: from_dict(args[1], v, source, prefix=f"{key}.{k}.") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value

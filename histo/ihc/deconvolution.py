@@ -34,7 +34,12 @@ class StainEstimationError(HistoError):
     """Stain vectors could not be estimated from an image (too few stained pixels)."""
 
 
-def _unit(v: Sequence[float]) -> np.ndarray:
+def _vec3(v: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    a, b, c = (float(x) for x in v)
+    return a, b, c
+
+
+def _unit(v: Sequence[float] | np.ndarray) -> np.ndarray:
     a = np.asarray(v, dtype=np.float64)
     n = float(np.linalg.norm(a))
     if not np.isfinite(n) or n == 0.0:
@@ -53,7 +58,7 @@ class StainMatrix:
 
     @classmethod
     def from_vectors(
-        cls, hematoxylin: Sequence[float], dab: Sequence[float], source: str = "custom"
+        cls, hematoxylin: Sequence[float] | np.ndarray, dab: Sequence[float] | np.ndarray, source: str = "custom"
     ) -> StainMatrix:
         """Build a stain matrix from H and DAB OD vectors; the residual is their normalised cross product."""
         h = _unit(hematoxylin)
@@ -62,7 +67,7 @@ class StainMatrix:
         if np.linalg.norm(r) < 1e-6:
             raise HistoError(f"hematoxylin {tuple(h)} and DAB {tuple(d)} vectors are parallel")
         r = _unit(r)
-        return cls(tuple(map(float, h)), tuple(map(float, d)), tuple(map(float, r)), source)
+        return cls(_vec3(h), _vec3(d), _vec3(r), source)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -185,7 +190,7 @@ def deconvolve(
         bg = tuple(float(x) for x in _check_background(background_rgb))  # type: ignore[assignment]
     st = stains or ruifrok_hdab()
     if a.dtype == np.uint8:
-        return _deconvolve_lut(a, st, bg)  # type: ignore[arg-type]
+        return _deconvolve_lut(a, st, bg)
     od = rgb_to_od(a, bg)
     c = od.reshape(-1, 3) @ st.inverse.astype(np.float32)
     c = c.reshape(od.shape).astype(np.float32, copy=False)
@@ -196,7 +201,7 @@ def deconvolve(
         od_max=od.max(axis=-1),
         od_sum=od.sum(axis=-1),
         stains=st,
-        background_rgb=bg,  # type: ignore[arg-type]
+        background_rgb=bg,
     )
 
 

@@ -71,9 +71,9 @@ def match_cells(
     used_d: set[int] = set()
     used_g: set[int] = set()
     pairs = []
-    for _, _, i, j in cand:
-        if i not in used_d and j not in used_g:
-            used_d.add(i)
-            used_g.add(j)
-            pairs.append((i, j))
+    for _, _, det, gt in cand:
+        if det not in used_d and gt not in used_g:
+            used_d.add(det)
+            used_g.add(gt)
+            pairs.append((det, gt))
     return pairs

@@ -23,7 +23,7 @@ def check_thresholds(thresholds_od: Sequence[float]) -> tuple[float, float, floa
         raise HistoError(f"thresholds must be three numbers (1+, 2+, 3+), got {thresholds_od!r}") from None
     if len(t) != 3 or not all(np.isfinite(t)) or not (t[0] < t[1] < t[2]):
         raise HistoError(f"thresholds must be three strictly increasing finite numbers (1+, 2+, 3+), got {thresholds_od!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def classify_intensity(values: np.ndarray, thresholds_od: Sequence[float] = DEFAULT_THRESHOLDS_OD) -> np.ndarray:
@@ -35,7 +35,7 @@ def classify_intensity(values: np.ndarray, thresholds_od: Sequence[float] = DEFA
     return cls
 
 
-def h_score_from_counts(counts: Sequence[int]) -> float:
+def h_score_from_counts(counts: Sequence[int] | np.ndarray) -> float:
     """H-score (0–300) from the numbers of cells in classes 0, 1+, 2+, 3+."""
     c = np.asarray(counts, dtype=np.float64)
     if c.shape != (4,) or np.any(c < 0):

@@ -64,6 +64,7 @@ class HeatmapHead(nn.Module):
         )
         self.out = nn.Conv2d(width, 1, 1)
         # Mitoses are rare pixels: start the logits at the prior so early training is not swamped by negatives.
+        assert self.out.bias is not None  # nn.Conv2d(bias=True) above
         nn.init.constant_(self.out.bias, -math.log((1 - prior) / prior))
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> torch.Tensor:

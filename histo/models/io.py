@@ -65,10 +65,10 @@ def _check_fits(model: nn.Module, card: ModelCard) -> None:
     nets = scale_nets(model, card.scales)
     for name, spec in card.scales.items():
         net = nets[name]
-        if spec.backbone != net.backbone_name:  # type: ignore[union-attr]
+        if spec.backbone != net.backbone_name:
             raise ModelError(f"card backbone {spec.backbone!r} (scale {name!r}) does not match the model's "
                              f"{net.backbone_name!r}")
-        if spec.heads != net.heads_config:  # type: ignore[union-attr]
+        if spec.heads != net.heads_config:
             raise ModelError(f"card heads {spec.heads} (scale {name!r}) do not match the model's {net.heads_config}")
 
 

@@ -147,7 +147,7 @@ class MultiScaleNet(nn.Module):
         """Scale names in card order."""
         return list(self.nets.keys())
 
-    def forward(self, x: torch.Tensor, scale: str) -> dict[str, torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, scale: str) -> dict[str, torch.Tensor]:
         """Logits of the heads of ``scale`` for tiles read at that scale."""
         return self.nets[scale](x)
 

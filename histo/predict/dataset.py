@@ -85,7 +85,8 @@ class TileBatchDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         slide = self._slide_handle()
-        parts, index = [], []
+        parts: list[np.ndarray] = []
+        index: list[int] = []
         for first, x, y, n in self.batches[i]:
             parts.append(read_run(slide, x, y, n, self.tile_px, self.stride_px, self.mpp))
             index.extend(range(first, first + n))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from struct import error as struct_error
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -62,7 +62,7 @@ class OpenSlideBackend:
         self._openslide = openslide
         self.path = path
         try:
-            self._osr = openslide.OpenSlide(str(path))
+            self._osr: openslide.OpenSlide | None = openslide.OpenSlide(str(path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
             raise SlideOpenError(
                 f"{path}: OpenSlide does not recognise this file as a slide ({exc}); "
@@ -74,18 +74,23 @@ class OpenSlideBackend:
             ) from exc
         self._failed: str | None = None
         self.vendor = self._osr.properties.get("openslide.vendor", "unknown")
-        self.level_dimensions = [tuple(map(int, d)) for d in self._osr.level_dimensions]
+        self.level_dimensions: list[tuple[int, int]] = [(int(d[0]), int(d[1])) for d in self._osr.level_dimensions]
         self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
         self.properties = dict(self._osr.properties)
         self._tiles = _tiff_tiles(path, self.level_dimensions)
 
     def _check(self) -> None:
+        self._handle()
+
+    def _handle(self) -> Any:
+        """The open OpenSlide handle; SlideReadError once it is closed or failed."""
         if self._osr is None:
             raise SlideReadError(f"{self.path}: the slide handle is closed")
         if self._failed:
             raise SlideReadError(
                 f"{self.path}: an earlier read failed ({self._failed}); the handle was closed, open the slide again"
             )
+        return self._osr
 
     def _fail(self, what: str, exc: Exception) -> SlideReadError:
         # OpenSlide handles are in an error state after any failure: close it so it is never reused.
@@ -95,7 +100,8 @@ class OpenSlideBackend:
             self._tiles = None
         # closing a broken handle may itself fail; the error returned below is the one that matters
         with contextlib.suppress(Exception):
-            self._osr.close()
+            if self._osr is not None:
+                self._osr.close()
         return SlideReadError(
             f"{self.path}: reading {what} failed ({exc}); the file may be truncated or corrupt, re-copy it"
         )
@@ -128,7 +134,7 @@ class OpenSlideBackend:
         ds = self.level_downsamples[level]
         x0, y0 = int(round(lx * ds)), int(round(ly * ds))  # OpenSlide takes the origin in level-0 px
         try:
-            img = self._osr.read_region((x0, y0), int(level), (int(w), int(h)))
+            img = self._handle().read_region((x0, y0), int(level), (int(w), int(h)))
         except self._openslide.OpenSlideError as exc:
             raise self._fail(f"level {level} region x={lx} y={ly} w={w} h={h} (level px)", exc) from exc
         return rgba_to_rgb(np.asarray(img))
@@ -151,23 +157,22 @@ class OpenSlideBackend:
         return True
 
     def thumbnail(self, max_px: int) -> np.ndarray:
-        self._check()
+        osr = self._handle()
         try:
-            img = self._osr.get_thumbnail((max_px, max_px))
+            img = osr.get_thumbnail((max_px, max_px))
         except self._openslide.OpenSlideError as exc:
             raise self._fail("the thumbnail", exc) from exc
         return np.asarray(img.convert("RGB"))
 
     def associated_names(self) -> list[str]:
-        self._check()
-        return sorted(self._osr.associated_images.keys())
+        return sorted(self._handle().associated_images.keys())
 
     def associated_image(self, name: str) -> np.ndarray:
-        self._check()
-        if name not in self._osr.associated_images:
+        osr = self._handle()
+        if name not in osr.associated_images:
             raise KeyError(f"{self.path}: no associated image {name!r}; has {self.associated_names()}")
         try:
-            img = self._osr.associated_images[name]
+            img = osr.associated_images[name]
         except self._openslide.OpenSlideError as exc:
             raise self._fail(f"associated image {name!r}", exc) from exc
         return rgba_to_rgb(np.asarray(img.convert("RGBA")))
@@ -206,7 +211,7 @@ class ImageBackend:
                 self.format = img.format or "unknown"
                 self._dpi = img.info.get("dpi")
                 self._resolution_unit = None
-                self._arr = np.asarray(_to_rgb(img))
+                self._arr: np.ndarray | None = np.asarray(_to_rgb(img))
         except Image.DecompressionBombError as exc:
             raise SlideOpenError(
                 f"{path}: plain image too large to hold in memory ({exc}); convert it to a pyramidal TIFF"
@@ -260,6 +265,8 @@ class ImageBackend:
         return out
 
     def thumbnail(self, max_px: int) -> np.ndarray:
+        if self._arr is None:
+            raise SlideReadError(f"{self.path}: the slide handle is closed")
         img = Image.fromarray(self._arr)
         img.thumbnail((max_px, max_px), Image.Resampling.BOX)
         return np.asarray(img)
@@ -312,7 +319,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def _res_to_mpp(value: object, microns_per_unit: float) -> float | None:
     try:
-        num, den = value if isinstance(value, tuple) else (float(value), 1.0)
+        num, den = value if isinstance(value, tuple) else (float(value), 1.0)  # type: ignore[arg-type]  # a TIFF rational or number; anything else is the TypeError caught below
         res = float(num) / float(den)
     except (TypeError, ValueError, ZeroDivisionError):
         return None

@@ -167,6 +167,7 @@ class Slide:
             return "the file states no pixel size"
         mx = mx if mx is not None else my
         my = my if my is not None else mx
+        assert mx is not None and my is not None  # at least one was stated (checked above)
         lo, hi = MPP_PLAUSIBLE_UM
         if not (lo <= mx <= hi and lo <= my <= hi):
             return f"the file states {mx:g} x {my:g} µm/px, outside the plausible {lo:g}-{hi:g} µm/px"
@@ -189,6 +190,7 @@ class Slide:
         mx, my = self._backend.metadata_mpp()
         mx = mx if mx is not None else my
         my = my if my is not None else mx
+        assert mx is not None and my is not None  # _metadata_mpp_problem returned None: both are known
         return (mx + my) / 2.0
 
     @property

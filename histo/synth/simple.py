@@ -111,7 +111,7 @@ class SimpleTissue:
                     stroke[:] = False
                 elif tissue is not False:
                     stroke &= ~tissue
-                out[stroke] = self.pen_colour
+                out[stroke] = self.pen_colour  # type: ignore[assignment]  # set with pen_fraction > 0 (above)
         return out
 
     def tissue_truth(self, downsample: float = 1.0) -> np.ndarray:
@@ -377,9 +377,9 @@ def _tissue_texture(rng: np.random.Generator, period: int) -> np.ndarray:
     wins = (cover > 0) & (cover >= alpha[flat])
     colour = np.zeros((period * period, 3))
     colour[flat[wins]] = nucleus.reshape(-1, 3)[wins]
-    alpha = alpha.reshape(period, period)
-    colour = colour.reshape(period, period, 3)
-    rgb = rgb * (1.0 - alpha[:, :, None]) + colour * alpha[:, :, None]
+    alpha_2d = alpha.reshape(period, period)
+    colour_2d = colour.reshape(period, period, 3)
+    rgb = rgb * (1.0 - alpha_2d[:, :, None]) + colour_2d * alpha_2d[:, :, None]
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 

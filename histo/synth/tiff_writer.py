@@ -176,7 +176,7 @@ class _Pyramid:
                 subsampling=_JPEG_SUBSAMPLING,
             )
             if level == 0:
-                self.level0_out.append(data)
+                self.level0_out.append(bytes(data))
             else:
                 self.store.write(data)
                 self.parked[level].append((self.store_pos, len(data)))
@@ -348,7 +348,7 @@ def _convergents(value: Fraction) -> Iterator[Fraction]:
         num, den = den, rem
 
 
-def _progress_bar(enabled: bool, total: int, name: str) -> object | None:
+def _progress_bar(enabled: bool, total: int, name: str) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm  # imported lazily: only needed for interactive runs

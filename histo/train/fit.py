@@ -382,7 +382,7 @@ def make_card(net: nn.Module, config: TrainConfig, metrics: dict[str, float], **
     scales = {}
     for name, sc in sections.items():
         n = nets[name]
-        scales[name] = {"backbone": n.backbone_name, "heads": n.heads_config, "tile_px": sc.tile_px,  # type: ignore[union-attr]
+        scales[name] = {"backbone": n.backbone_name, "heads": n.heads_config, "tile_px": sc.tile_px,
                         "mpp": sc.mpp, "mean": list(sc.mean), "std": list(sc.std)}
     fields: dict[str, Any] = {"mitosis_threshold": m.mitosis_threshold, "mitosis_min_distance_um": m.mitosis_min_distance_um,
                               "preprocessing": {"stain_normalisation": training_normalisation(config)}}

@@ -69,7 +69,7 @@ class MultiTaskModule(pl.LightningModule):
             losses["mitosis"] = mitosis_loss(out["mitosis"], batch["mitosis_heatmap"], batch["mitosis_labelled"],
                                              self.loss_cfg.mitosis)
         total = sum(getattr(w, k) * v for k, v in losses.items())
-        losses["loss"] = total  # type: ignore[assignment]
+        losses["loss"] = total
         return losses
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ margin as wide as its widest blur, so any chunking of the slide gives the same p
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -91,7 +93,7 @@ class Textures:
         """Flat texel index (h, w) of each pixel of the box, displaced by (dx, dy) px when given."""
         ys = np.arange(y0, y0 + h, dtype=np.int64)[:, None]
         xs = np.arange(x0, x0 + w, dtype=np.int64)[None, :]
-        if dx is not None:
+        if dx is not None and dy is not None:
             xs = xs + np.floor(dx + 0.5).astype(np.int64)
             ys = ys + np.floor(dy + 0.5).astype(np.int64)
         return ((ys % _TEX) * _TEX + xs % _TEX).astype(np.int32)
@@ -191,8 +193,8 @@ class CellIndex:
         by0, by1 = max(int(y0 // _BUCKET), 0), min(int(y1 // _BUCKET), self.nby - 1)
         if bx0 > bx1 or by0 > by1:
             return np.zeros(0, np.int64)
-        idx = [np.arange(self.starts[by * self.nbx + bx0], self.starts[by * self.nbx + bx1 + 1]) for by in range(by0, by1 + 1)]
-        idx = np.concatenate(idx)
+        idx = np.concatenate([np.arange(self.starts[by * self.nbx + bx0], self.starts[by * self.nbx + bx1 + 1])
+                              for by in range(by0, by1 + 1)])
         c = self.cells
         sel = (c.x[idx] >= x0) & (c.x[idx] < x1) & (c.y[idx] >= y0) & (c.y[idx] < y1)
         return idx[sel]
@@ -222,7 +224,7 @@ class Renderer:
         self.patch_sigma_px = 2.2 * um
         a = spec.artefacts
         # Each slide carries its own artefacts (fields named per modality in the layout).
-        self.artefacts = {
+        self.artefacts: dict[str, dict[str, Any]] = {
             "he": {"prefix": "", "pen": a.pen_marks > 0, "blur": a.blur_patches > 0, "fold": a.folds > 0},
             "ihc": {"prefix": "ihc_", "pen": a.ihc_pen_marks > 0, "blur": a.ihc_blur_patches > 0, "fold": a.ihc_folds > 0},
         }
@@ -365,10 +367,10 @@ class Renderer:
             field = lay.fields[art["prefix"] + "fold"]
             if it.block(field).max() > 0:
                 fold = np.clip(it(field) / (3.0 / sp.mpp), 0, 1) * (lab > 0)
-                k = 1.0 + 0.95 * fold
-                c_h *= k
-                c_e *= k
-                c_d *= k
+                gain = 1.0 + 0.95 * fold
+                c_h *= gain
+                c_e *= gain
+                c_d *= gain
         od = stain.od(c_h, c_e, c_d)
         if art["pen"]:
             field = lay.fields[art["prefix"] + "pen"]
