@@ -216,8 +216,8 @@ def plan_grid(slide: Slide, config: TilingConfig | None = None, mask: TissueMask
     # tissue at the edge is not lost.
     ncols = max(1, math.ceil((W - tile0) / stride0) + 1) if tile0 < W else 1
     nrows = max(1, math.ceil((H - tile0) / stride0) + 1) if tile0 < H else 1
-    cols, rows = np.meshgrid(np.arange(ncols), np.arange(nrows))
-    cols, rows = cols.ravel(), rows.ravel()
+    col_grid, row_grid = np.meshgrid(np.arange(ncols), np.arange(nrows))
+    cols, rows = col_grid.ravel(), row_grid.ravel()
     xs, ys = cols * stride0, rows * stride0
     frac = tissue_fractions(mask, xs, ys, tile0, tile0)
     keep = frac >= g.min_tissue_fraction if g.min_tissue_fraction > 0 else np.ones_like(frac, bool)

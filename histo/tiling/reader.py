@@ -98,7 +98,8 @@ def _worker_slide(path: str, mpp_override: float | None) -> Slide:
 def run_job(job: ReadJob, slide: Slide | None = None) -> TileBatch:
     """Read one batch (in a worker, or in-process when `slide` is given)."""
     slide = slide or _worker_slide(job.slide_path, job.mpp_override)
-    parts, index = [], []
+    parts: list[np.ndarray] = []
+    index: list[int] = []
     for first, x, y, n in job.runs:
         parts.append(read_run(slide, x, y, n, job.tile_px, job.stride_px, job.mpp))
         index.extend(range(first, first + n))

@@ -196,7 +196,7 @@ def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingC
                     if zf is not None:
                         zf.writestr(names[i], blob)
                     else:
-                        (tmp_target / names[i]).write_bytes(blob)  # type: ignore[operator]
+                        (tmp_target / names[i]).write_bytes(blob)
             else:
                 index, qc = out.index, out.qc
             if qc:
@@ -204,7 +204,7 @@ def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingC
                     qc_cols.setdefault(k, np.full(n, np.nan, np.float32))[index] = v
             bar.update(len(index))
     if fmt != "none":
-        grid.table["file"] = [f"{target.name}/{nm}" for nm in names]  # type: ignore[union-attr]
+        grid.table["file"] = [f"{target.name}/{nm}" for nm in names]
     if qc_cols:
         for k, v in qc_cols.items():
             grid.table[k] = v
