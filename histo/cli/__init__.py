@@ -12,12 +12,15 @@ import sys
 import histo
 from histo.errors import HistoError
 
-# Subcommand modules, each with register(subparsers) and run(args) -> int. Order = help order.
+# Subcommand modules histo.cli.<name>, each with register(subparsers) and run(args) -> int; order = help order.
+# To add a command, add its name here. register() must stay cheap: import heavy libraries (torch, Lightning,
+# pandas, matplotlib) inside run(), so that `histo --help` and light commands start fast
+# (tests/test_cli_startup.py checks it).
 _COMMANDS = ("demo", "info", "tile", "synth", "train", "predict", "report", "ihc", "case", "register", "view", "cohort")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every available subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every available subcommand (or just ``only``, when it names one)."""
     parser = argparse.ArgumentParser(
         prog="histo",
         description="Histopathology slides: tiling, phantoms, models, grading and IHC (research use only).",
@@ -25,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"histo {histo.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in _COMMANDS:
+    for name in (only,) if only in _COMMANDS else _COMMANDS:
         try:
             module = importlib.import_module(f"histo.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -38,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `histo` console command."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in (["--version"], ["-V"]):  # no subcommand module is imported for this
+        print(f"histo {histo.__version__}")
+        return 0
+    # A command line naming a subcommand first only imports that subcommand's module (start-up time).
+    parser = build_parser(only=argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -23,10 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from histo.case.casefile import load_case  # noqa: F401 - `from histo.cli.case import load_case` keeps working
 from histo.errors import ConfigError, HistoError
 
 STATUS_FIELDS = ["case", "status", "verdict", "summary", "reason", "report", "seconds", "case_file"]
+
+
+def load_case(path: str | Path) -> Any:
+    """histo.case.load_case (kept here for callers of the CLI module; the library loads on first use)."""
+    from histo.case import load_case as _load_case
+
+    return _load_case(path)
 
 
 def register(sub: Any) -> None:

@@ -44,7 +44,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--size-px", type=int, default=DEMO_SIZE_PX, help=f"phantom edge in px at 0.25 µm/px (default {DEMO_SIZE_PX})")
     p.add_argument("--model", help="model folder to use instead of the shipped demo model")
-    p.add_argument("--workers", type=int, default=2, help="reader processes / tile workers (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes rendering phantoms and reading H&E tiles, and worker threads scoring IHC tiles "
+                        "(0 = in this process; default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 

@@ -20,14 +20,14 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from histo.case.ihc import IHCStatus
 from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
 from histo.isolate import probe_isolated
 
-STATUS_FIELDS = list(IHCStatus.__dataclass_fields__)
+if TYPE_CHECKING:
+    from histo.case import IHCStatus
 
 
 def register(sub: Any) -> None:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from histo.atomic import write_text
-    from histo.case import IHCOptions, score_ihc_slide
+    from histo.case import IHCOptions, IHCStatus, score_ihc_slide
     from histo.ihc import load_panel
     from histo.status import update_status
 
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
             row = IHCStatus(path.stem, str(path), "failed", f"unexpected {type(exc).__name__}: {exc}", spec.name)
         failed += row.status == "failed"
-        update_status(out / "status.csv", {row.slide: asdict(row)}, STATUS_FIELDS)
+        update_status(out / "status.csv", {row.slide: asdict(row)}, list(IHCStatus.__dataclass_fields__))
         _report(row)
     print(f"histo ihc: {len(slides) - failed} of {len(slides)} slides done, {failed} failed; status in {out / 'status.csv'}",
           file=sys.stderr)

@@ -6,8 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from histo.slide import open_slide
-
 
 def register(sub: Any) -> None:
     """Add the `info` subcommand."""
@@ -16,12 +14,15 @@ def register(sub: Any) -> None:
                                    "objective power, associated images.")
     p.add_argument("slide", help="slide or image file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px to use when the file lacks it")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for a slide whose file lacks it")
+    p.add_argument("--quiet", action="store_true", help="accepted as by every histo command (info shows no progress)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the slide description."""
+    from histo.slide import open_slide
+
     with open_slide(args.slide, mpp=args.mpp) as slide:
         info = slide.info()
     if args.json:

@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
                         "card / weights file of one (default: the default model shipped with histo; see its card)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per model call (default 64)")
-    p.add_argument("--workers", type=int, default=2, help="tile reader processes (0 = read in this process)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes reading tiles (0 = in this process; default 2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: a GPU when present)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
     p.add_argument("--overlap-px", type=int, default=0, help="tile overlap in model input px (default 0)")

@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--thumbnail-px", type=int, default=1024,
                    help="longest side of the thumbnail and heatmaps in pixels (default 1024)")
     p.add_argument("--no-tiles-geojson", action="store_true", help="leave per-tile objects out of annotations.geojson")
+    p.add_argument("--quiet", action="store_true", help="print failures and the summary line only")
     p.set_defaults(run=run)
 
 
@@ -134,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
             verdict, json_path, slide = done.verdict, done.paths.json, done.slide
             row.update(status="ok", verdict=verdict, reason="" if slide else "no slide file: heatmaps on white",
                        report=str(json_path))
-            print(f"ok       {folder}: high grade {verdict.replace('_', ' ')} -> {json_path.with_name('report.html')}"
-                  + ("" if slide else " (no slide file found: heatmaps drawn on white)"), file=sys.stderr)
+            if not args.quiet:
+                print(f"ok       {folder}: high grade {verdict.replace('_', ' ')} -> {json_path.with_name('report.html')}"
+                      + ("" if slide else " (no slide file found: heatmaps drawn on white)"), file=sys.stderr)
         except HistoError as exc:
             failed += 1
             row.update(status="failed", verdict="", reason=str(exc), report="")

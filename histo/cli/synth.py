@@ -21,11 +21,14 @@ def register(sub: Any) -> None:
     p.add_argument("-c", "--config", required=True, help="phantom spec YAML (e.g. configs/synth/demo_small.yaml)")
     p.add_argument("--out", required=True, help="output folder; the case goes in a subfolder named after it")
     p.add_argument("--seed", type=int, default=None, help="override the spec's seed")
-    p.add_argument("--workers", type=int, default=2, help="render processes (default 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="worker processes rendering the slides (0 or 1 = in this process; default 2)")
     p.add_argument("--size-px", type=int, nargs=2, metavar=("W", "H"), default=None,
                    help="override the slide size in level-0 pixels (quick previews)")
     p.add_argument("--no-ihc", action="store_true", help="write the H&E slide only")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # before --quiet, synth showed its bar only on request; --progress is kept so old scripts still run
+    p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ihc-transform", choices=("none", "random"), default="none",
                    help="write the IHC slide under a known transform (random: any rotation, a flip half the time, "
                         "±5%% scale, a shift, a mild smooth warp), recorded in summary.json ihc_transform")
@@ -37,14 +40,14 @@ def run(args: argparse.Namespace) -> int:
     """Build and write the phantom; print where the files are and the headline truth."""
     from histo.synth.phantom import make_phantom
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     if args.size_px is not None and min(args.size_px) < 64:
         raise ConfigError(f"--size-px must be at least 64 x 64, got {args.size_px[0]} x {args.size_px[1]}")
     transformed = args.ihc_transform != "none" and not args.no_ihc
     out = make_phantom(Path(args.config), Path(args.out), seed=args.seed, workers=args.workers,
                        size_px=tuple(args.size_px) if args.size_px else None,
-                       ihc=False if (args.no_ihc or transformed) else None, progress=args.progress)
+                       ihc=False if (args.no_ihc or transformed) else None, progress=not args.quiet)
     if transformed:
         out = _transform_ihc(out, args)
     s = out.summary
@@ -81,6 +84,6 @@ def _transform_ihc(out: Any, args: argparse.Namespace) -> Any:
         return out
     tr = IhcTransform.random(np.random.default_rng(args.transform_seed), spec.mpp,
                              (spec.slide_width_px, spec.slide_height_px))
-    ihc_path = add_transformed_ihc(out.folder, spec, tr, progress=args.progress)
+    ihc_path = add_transformed_ihc(out.folder, spec, tr, progress=not args.quiet)
     summary = json.loads(out.summary_path.read_text(encoding="utf-8"))
     return dataclasses.replace(out, ihc_path=ihc_path, ihc_geojson_path=out.folder / "truth_ihc.geojson", summary=summary)

@@ -12,19 +12,15 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from tqdm.auto import tqdm
-
-from histo.atomic import write_text
 from histo.cli.batch import report_problem
-from histo.config import apply_overrides, load_yaml
 from histo.errors import ConfigError, HistoError
-from histo.status import update_status
-from histo.tiling import SlideResult, TilingConfig, make_pool, tile_slide
 
-STATUS_FIELDS = [f.name for f in dataclasses.fields(SlideResult)]
+if TYPE_CHECKING:
+    from histo.tiling import SlideResult, TilingConfig
+
+# histo.tiling (scikit-image, pandas) loads in run(): every `histo` command builds this parser.
 
 
 def register(sub: Any) -> None:
@@ -43,7 +39,9 @@ def register(sub: Any) -> None:
                    help="override a config key, e.g. --set grid.mpp=1.0 (repeatable)")
     p.add_argument("--extract", choices=["png", "jpeg"], help="also write the tiles (shortcut for extract.format)")
     p.add_argument("--store", choices=["files", "zip"], help="tile images as files or one zip per slide")
-    p.add_argument("--workers", type=int, help="reader threads (0 = read in the calling thread)")
+    p.add_argument("--workers", type=int,
+                   help="worker threads reading tiles (processes with --set pool=process; 0 = in this process; "
+                        "default: the config's workers)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,6 +50,9 @@ def register(sub: Any) -> None:
 
 def resolve_config(args: argparse.Namespace) -> TilingConfig:
     """The config file plus --set overrides plus the shortcut flags, validated."""
+    from histo.config import apply_overrides, load_yaml
+    from histo.tiling import TilingConfig
+
     data = load_yaml(args.config) if args.config else {}
     source = args.config or "<defaults>"
     overrides = list(args.overrides)
@@ -67,6 +68,14 @@ def resolve_config(args: argparse.Namespace) -> TilingConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Tile every slide; one status row each; exit 1 if any failed."""
+    import yaml
+    from tqdm.auto import tqdm
+
+    from histo.atomic import write_text
+    from histo.status import update_status
+    from histo.tiling import SlideResult, make_pool, tile_slide_isolated
+
+    status_fields = [f.name for f in dataclasses.fields(SlideResult)]
     config = resolve_config(args)
     out = Path(args.out)
     slides = [Path(s) for s in args.slides]
@@ -84,14 +93,15 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(slides, desc="slides", unit="slide", disable=args.quiet or len(slides) < 2)
         for path in bar:
             try:
-                result = tile_slide(path, out, config, mpp_override=args.mpp, pool=pool,
-                                    overwrite=args.overwrite, progress=not args.quiet)
+                # issue 17: each slide is tiled in a child process, so a native crash costs only its row
+                result = tile_slide_isolated(path, out, config, mpp_override=args.mpp,
+                                             overwrite=args.overwrite, progress=not args.quiet)
             except HistoError as exc:
                 result = SlideResult(str(path), path.stem, "failed", reason=str(exc))
             except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
                 result = SlideResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
             failed += result.status == "failed"
-            update_status(out / "status.csv", {result.slide: dataclasses.asdict(result)}, STATUS_FIELDS)
+            update_status(out / "status.csv", {result.slide: dataclasses.asdict(result)}, status_fields)
             _report(result)
     finally:
         if pool is not None:

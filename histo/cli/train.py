@@ -15,8 +15,8 @@ import sys
 from typing import Any
 
 from histo.errors import ConfigError
-from histo.train import fit, load_train_config
-from histo.train.fit import check_data_files
+
+# Lightning and torch load in run(): every `histo` command builds this parser, only training needs them.
 
 
 def register(sub: Any) -> None:
@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the config, then train and export; prints where the model is."""
+    from histo.train import fit, load_train_config
+    from histo.train.fit import check_data_files
+
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"output.dir={args.out}")

@@ -11,12 +11,11 @@ dropped as they come; only one row per cell is kept.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -373,12 +372,9 @@ def _replace(work: _Work, **kw: Any) -> _Work:
 
 
 def _make_pool(workers: int, pool: str) -> Executor | None:
-    if workers <= 0:
-        return None
-    if pool == "thread":
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histo-ihc")
-    # spawn, not fork: a forked child would inherit the parent's slide handles and threads.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    from histo.workers import make_pool
+
+    return make_pool(workers, pool, name="histo-ihc")
 
 
 def _run_tiles(s: Slide, work: _Work, tiles: pd.DataFrame, workers: int, pool: str, progress: bool) -> list[dict]:

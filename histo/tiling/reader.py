@@ -11,10 +11,9 @@ never by the slide size.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +112,9 @@ def run_job(job: ReadJob, slide: Slide | None = None) -> TileBatch:
 
 def make_pool(workers: int, kind: str = "thread") -> Executor | None:
     """A reader pool of `workers` threads (default) or processes, None for workers == 0; reuse it across slides."""
-    if workers <= 0:
-        return None
-    if kind == "thread":
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histo-read")
-    if kind == "process":
-        # spawn, not fork: a forked child would inherit the parent's OpenSlide handles and threads.
-        return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-    raise ValueError(f"pool kind must be 'thread' or 'process', got {kind!r}")
+    from histo.workers import make_pool as _make_pool
+
+    return _make_pool(workers, kind, name="histo-read")
 
 
 def iter_batches(

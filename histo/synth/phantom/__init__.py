@@ -13,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import multiprocessing as mp
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from histo.atomic import write_text
 from histo.errors import ConfigError
 
 from .case import Phantom, build_phantom
@@ -84,10 +84,13 @@ class ChunkFeeder:
             (x, y, min(chunk_px, W - x), min(chunk_px, H - y)) for y in range(0, H, chunk_px) for x in range(0, W, chunk_px)
         )
         self.pending: deque[tuple[tuple[int, int, int, int], Future]] = deque()
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: Executor | None = None
         if workers > 1:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(ph.renderer,))
+            from histo.workers import make_pool
+
+            # fork: the workers get the renderer (large, read-only) without pickling it
+            self.pool = make_pool(workers, "process", start_method="fork", initializer=_init_worker,
+                                  initargs=(ph.renderer,))
             self.ahead = 2 * workers
             self._fill()
 
@@ -186,10 +189,7 @@ def make_phantom(
     gj = write_json_atomic(folder / "truth.geojson", geojson(ph, "he"))
     gji = write_json_atomic(folder / "truth_ihc.geojson", geojson(ph, "ihc")) if ihc_path else None
     cells_path = write_parquet_atomic(folder / "cells.parquet", cell_table(ph))
-    spec_path = folder / "spec.yaml"
-    tmp = folder / ".spec.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
-    tmp.replace(spec_path)
+    spec_path = write_text(folder / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     secs["truth"] = round(time.perf_counter() - t, 3)
     summ["timing_s"] = secs
     sp_path = write_json_atomic(folder / "summary.json", summ)
