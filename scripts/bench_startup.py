@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import make_slide  # noqa: E402 - the scripts folder is not a package
+from _bench import make_slide
 
 TARGETS_S = {"version": 1.0, "help": 1.5, "info": 2.0}
 
