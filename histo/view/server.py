@@ -59,7 +59,8 @@ class ViewerApp:
         out = []
         for i, (p, z) in enumerate(zip(self.panes, self.zooms)):
             out.append({"index": i, "title": p.title, "kind": p.kind, "width_px": z.width_px, "height_px": z.height_px,
-                        "mpp": z.mpp, "dzi": f"slide/{i}.dzi", "layers": [layer.meta() for layer in p.layers],
+                        "mpp": z.mpp, "dzi": f"slide/{i}.dzi",
+                        "tile_px": z.tile_px, "max_level": z.max_level, "layers": [layer.meta() for layer in p.layers],
                         "measurements": [[str(k), "n/a" if v is None else str(v)] for k, v in p.measurements]})
         return {"panes": out, "histo_version": histo.__version__, "command": self.command}
 
@@ -109,6 +110,7 @@ def make_handler(app: ViewerApp) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "histo-view"
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall per tile
 
         def do_GET(self) -> None:
             self._send(*app.respond(urlsplit(self.path).path), head=False)

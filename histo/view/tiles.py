@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import queue
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -17,6 +18,7 @@ from histo.slide import Slide, open_slide
 TILE_PX = 256
 JPEG_QUALITY = 80
 CACHE_TILES = 4096
+POOL_HANDLES = 4
 
 
 class DeepZoom:
@@ -24,19 +26,40 @@ class DeepZoom:
 
     def __init__(self, path: str | Path, mpp: float | None = None, tile_px: int = TILE_PX,
                  cache_tiles: int = CACHE_TILES) -> None:
+        self.path, self._mpp_arg = Path(path), mpp
         self.slide: Slide = open_slide(path, mpp=mpp)
         self.mpp = self.slide.mpp  # raises MppError naming the override when the file lacks it
         self.width_px, self.height_px = self.slide.dimensions
         self.tile_px = int(tile_px)
         self.max_level = max(0, math.ceil(math.log2(max(self.width_px, self.height_px, 1))))
-        # reads of one handle are serialised: not every backend promises thread safety
+        # a small pool of slide handles, each used by one request at a time (not every backend promises
+        # thread safety); the lock guards the cache and the pool's size
         self._lock = threading.Lock()
+        self._free: queue.LifoQueue[Slide] = queue.LifoQueue()
+        self._free.put(self.slide)
+        self._handles: list[Slide] = [self.slide]
         self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
         self._cache_tiles = int(cache_tiles)
 
     def close(self) -> None:
-        """Release the slide handle."""
-        self.slide.close()
+        """Release the slide handles."""
+        for h in self._handles:
+            h.close()
+
+    def _read(self, x: float, y: float, w: int, h: int, mpp: float) -> np.ndarray:
+        try:
+            handle = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = len(self._handles) < POOL_HANDLES
+                if grow:
+                    self._handles.append(handle := open_slide(self.path, mpp=self._mpp_arg))
+            if not grow:
+                handle = self._free.get()
+        try:
+            return handle.read(x, y, w, h, mpp=mpp)
+        finally:
+            self._free.put(handle)
 
     def dzi_xml(self) -> str:
         """The .dzi descriptor OpenSeadragon reads."""
@@ -65,8 +88,7 @@ class DeepZoom:
             raise HistoError(f"tile {col},{row} outside level {level} ({lw}x{lh} px)")
         w, h = min(self.tile_px, lw - x_px), min(self.tile_px, lh - y_px)
         ds = 2 ** (self.max_level - level)
-        with self._lock:
-            rgb = self.slide.read(x_px * ds, y_px * ds, w, h, mpp=self.mpp * ds)
+        rgb = self._read(x_px * ds, y_px * ds, w, h, mpp=self.mpp * ds)
         data = encode_jpeg(rgb)
         with self._lock:
             self._cache[key] = data
