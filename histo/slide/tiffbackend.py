@@ -114,6 +114,8 @@ class TiffFileBackend:
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, W), min(ly + h, H)
         if x1 <= x0 or y1 <= y0:
             return out
+        if not page.is_tiled and int(page.compression) == 1 and int(page.planarconfig) == 1:
+            return self._read_raw_rows(page, out, lx, ly, x0, y0, x1, y1)
         if page.is_tiled:
             sw, sh = int(page.tilewidth), int(page.tilelength)
         else:
@@ -130,6 +132,25 @@ class TiffFileBackend:
                 sx1, sy1 = min(x1, tx + seg.shape[1]), min(y1, ty + seg.shape[0])
                 if sx1 > sx0 and sy1 > sy0:
                     out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = seg[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+        return out
+
+    def _read_raw_rows(self, page: Any, out: np.ndarray, lx: int, ly: int, x0: int, y0: int, x1: int,
+                       y1: int) -> np.ndarray:
+        """Uncompressed strips: read only the asked rows and columns, whatever the strip size."""
+        W = int(page.imagewidth)
+        rps = max(1, int(page.rowsperstrip or page.imagelength))
+        dtype = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
+        px_bytes = self._spp * dtype.itemsize
+        row_bytes = W * px_bytes
+        for y in range(y0, y1):
+            strip = y // rps
+            offset = int(page.dataoffsets[strip]) + (y - strip * rps) * row_bytes + x0 * px_bytes
+            n = (x1 - x0) * px_bytes
+            data = os.pread(self._fd, n, offset)  # type: ignore[arg-type]
+            if len(data) != n:
+                raise SlideReadError(f"{self.path}: row {y} is truncated ({len(data)} of {n} bytes)")
+            row = np.frombuffer(data, dtype).reshape(1, x1 - x0, self._spp)
+            out[y - ly, x0 - lx : x1 - lx] = self._to_rgb8(row)[0]
         return out
 
     def _segment(self, page: Any, index: int, per_plane: int, planes: int) -> np.ndarray | None:

@@ -50,8 +50,11 @@ def page_problem(page: Any, file_size: int) -> str | None:
         seg_w, seg_h = w, max(1, min(rps, h))
     if seg_w <= 0 or seg_h <= 0:
         return f"declares tiles of {seg_w}x{seg_h} px"
-    if seg_w * seg_h * spp * bytes_per_sample > MAX_SEGMENT_BYTES and page.is_tiled:
-        return f"declares tiles of {seg_w}x{seg_h} px, too large to decode one at a time"
+    raw_strips = not page.is_tiled and int(page.compression) == 1  # read row by row, never whole
+    if seg_w * seg_h * spp * bytes_per_sample > MAX_SEGMENT_BYTES and not raw_strips:
+        what = "tiles" if page.is_tiled else "compressed strips"
+        return (f"stores {what} of {seg_w}x{seg_h} px ({seg_w * seg_h * spp * bytes_per_sample / 2**20:.0f} MB "
+                "decoded each), too large to decode one at a time; re-save it as a tiled TIFF")
     planes = spp if int(page.planarconfig) == 2 else 1
     expected = math.ceil(w / seg_w) * math.ceil(h / seg_h) * planes * max(1, int(getattr(page, "imagedepth", 1)))
     offsets, counts = page.dataoffsets, page.databytecounts
