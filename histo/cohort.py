@@ -129,7 +129,7 @@ def entry_row(e: Entry) -> dict[str, Any]:
             "fnclcc_necrosis_score": (g.get("necrosis_score") or {}).get("score"),
             "domain_status": dom.get("status"), "domain_in_domain_fraction": dom.get("in_domain_fraction"),
             "model_name": model.get("name"), "model_weights_sha256": model.get("weights_sha256"),
-            "histo_version": rep.get("histo_version"), "report": str(e.he_report.with_name("report.html")),
+            "histo_version": rep.get("histo_version"), "report": str(Path(e.he_report).with_name("report.html")) if e.he_report else None,
         })
         row.update(flatten(rep.get("measurements") or {}))
     ihc_items = [_read(d / "ihc.json") for d in e.ihc_dirs] if e.ihc_dirs else list(rep.get("ihc") or [])

@@ -58,7 +58,11 @@ class HpfRules:
     @property
     def resolved_area_mm2(self) -> float:
         """The HPF area in mm² after applying the preset."""
-        return float(self.area_mm2) if self.preset == "custom" else HPF_PRESETS_MM2[self.preset]
+        if self.preset != "custom":
+            return HPF_PRESETS_MM2[self.preset]
+        if self.area_mm2 is None:
+            raise ConfigError("hpf.area_mm2 must be set when hpf.preset is 'custom'")
+        return float(self.area_mm2)
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,7 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
 
 
 def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, source, key + ".")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

@@ -120,7 +120,7 @@ class PointCounter:
         self.order = np.argsort(bucket, kind="stable")
         self.starts = np.searchsorted(bucket[self.order], np.arange(self.nbx * self.nby + 1))
 
-    def inside(self, cx: np.ndarray, cy: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    def inside(self, cx: np.ndarray | float, cy: np.ndarray | float, px: np.ndarray, py: np.ndarray) -> np.ndarray:
         """Whether point (px, py) is in the window centred at (cx, cy); closed boundary."""
         # exact candidates put points on the boundary; the tolerance keeps them despite rounding
         half = self.size / 2.0 * (1.0 + 1e-12) + 1e-9
@@ -151,7 +151,7 @@ class PointCounter:
                 s = np.where(ok, self.starts[b], 0)
                 e = np.where(ok, self.starts[b + 1], 0)
                 spans.append((s, e))
-        n_pairs = sum(e - s for s, e in spans)
+        n_pairs = np.sum([e - s for s, e in spans], axis=0)
         start = 0
         while start < len(cx):
             cum = np.cumsum(n_pairs[start:])

@@ -14,6 +14,7 @@ from histo.aggregate.coverage import CoverageRaster, build_coverage
 from histo.aggregate.hotspot import CellRegion, Window, find_hotspot
 from histo.aggregate.necrosis import necrotic_tiles
 from histo.aggregate.tables import TableError, pattern_column, validate_mitosis_table, validate_mpp, validate_tile_table
+from histo.errors import ConfigError
 
 _UM2_PER_MM2 = 1e6
 
@@ -215,7 +216,10 @@ def _mitoses(
     clip_um: tuple[float, float, float, float],
 ) -> MitosisMeasurements:
     hpf = cfg.hpf_area_mm2
-    above = m["score"].to_numpy() >= cfg.mitoses.min_score
+    min_score = cfg.mitoses.min_score
+    if min_score is None:  # measure_slide resolves a null (the card's threshold) before it gets here
+        raise ConfigError("mitoses.min_score is null: resolve it with GradingConfig.for_model first")
+    above = m["score"].to_numpy() >= min_score
     x_um, y_um = m["x_um"].to_numpy()[above], m["y_um"].to_numpy()[above]
     owner = raster.owner_at(x_um / mpp, y_um / mpp)
     in_viable = np.zeros(len(owner), dtype=bool)
@@ -225,7 +229,7 @@ def _mitoses(
     has_tumour = viable_area > 0
     per_mm2 = count / viable_area if has_tumour else None
     return MitosisMeasurements(
-        min_score=cfg.mitoses.min_score,
+        min_score=min_score,
         n_detections=int(len(m)),
         n_above_threshold=int(above.sum()),
         count=count,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,7 +78,7 @@ def _figures(ds) -> int:
     return int(len(np.unique(pos, axis=0))) if len(pos) else 0
 
 
-def label_counts(parts: Sequence[tuple[str, str, object]], pattern_classes: Sequence[str]) -> pd.DataFrame:
+def label_counts(parts: Sequence[tuple[str, str, Any]], pattern_classes: Sequence[str]) -> pd.DataFrame:
     """Tiles per split, source, head and label; n_figures counts distinct mitotic figures on the mitosis 'positive' row."""
     rows = []
     for split, source, ds in parts:
@@ -87,7 +88,7 @@ def label_counts(parts: Sequence[tuple[str, str, object]], pattern_classes: Sequ
         necrosis = np.asarray(ds.necrosis)
         rows.append((split, source, "necrosis", "positive", int((necrosis == 1).sum()), 0))
         rows.append((split, source, "necrosis", "negative", int((necrosis == 0).sum()), 0))
-        lab = np.asarray(ds.mitosis_labelled, bool)
+        lab = np.asarray(ds.mitosis_labelled, np.bool_)
         n = np.asarray(ds.n_mitoses)
         rows.append((split, source, "mitosis", "positive", int((lab & (n > 0)).sum()), _figures(ds)))
         rows.append((split, source, "mitosis", "negative", int((lab & (n == 0)).sum()), 0))

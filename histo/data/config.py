@@ -205,7 +205,7 @@ class DataConfig:
         if (isinstance(self.slides, list) and not self.slides and self.tiles_csv is None and self.phantoms is None
                 and not self.frames and not self.images):
             raise ValueError("no data source: give 'slides', 'tiles_csv', 'phantoms', 'frames' or 'images'")
-        names = [s.name for s in (*self.frames, *self.images)]
+        names = [s.name for s in self.frames] + [s.name for s in self.images]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"source name {dup[0]!r} is used twice in frames/images: names must be unique")

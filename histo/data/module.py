@@ -14,7 +14,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomS
 
 from histo.annotations import label_tiles, read_geojson
 from histo.data.checks import label_counts, slide_label_problems
-from histo.data.config import DataConfig
+from histo.data.config import DataConfig, FrameSource, ImageSource
 from histo.data.datasets import ImageTileDataset, SlideRef, SlideTileDataset
 from histo.data.frames import FrameRecord, LabelProblem, read_frame_source, read_image_source
 from histo.data.image_tiles import FrameTileDataset, plan_tiles
@@ -50,7 +50,7 @@ class TileDataModule(pl.LightningDataModule):
     def __init__(self, config: DataConfig, input_spec: InputSpec):
         super().__init__()
         self.config, self.input_spec = config, input_spec
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets: dict[str, Any] = {}  # split -> a histo tile dataset or a ConcatDataset of them
         self.split_table: pd.DataFrame | None = None  # one row per slide / tile group: split, n_tiles
         self.parts: list[tuple[str, str, Dataset]] = []  # (split, source name, dataset) of every part of every split
         self.label_problems: list[LabelProblem] = []  # annotations left out: unknown class, outside, on glass
@@ -142,7 +142,8 @@ class TileDataModule(pl.LightningDataModule):
     def _frame_datasets(self, frames: list[FrameRecord], maker: SampleMaker, train: bool) -> list[FrameTileDataset]:
         """One FrameTileDataset per source of `frames`, tiled at the input spec (training stride only in train)."""
         cfg, t = self.config, self.input_spec.tile_px
-        sources = {s.name: s for s in (*cfg.frames, *cfg.images)}
+        sources: dict[str, FrameSource | ImageSource] = {s.name: s for s in cfg.frames}
+        sources.update({s.name: s for s in cfg.images})
         out = []
         for name in dict.fromkeys(f.source for f in frames):
             src = sources[name]
@@ -166,7 +167,13 @@ class TileDataModule(pl.LightningDataModule):
         grid_cfg = TilingConfig(grid=GridConfig(tile_px=spec.tile_px, mpp=spec.mpp, overlap_px=spec.tile_px - stride,
                                                 min_tissue_fraction=cfg.min_tissue_fraction,
                                                 mask_mpp=max(cfg.mask_mpp, spec.mpp)))
-        refs, idx, boxes, pattern, necrosis, labelled, points = [], [], [], [], [], [], []
+        refs: list[SlideRef] = []
+        idx: list[np.ndarray] = []
+        boxes: list[np.ndarray] = []
+        pattern: list[np.ndarray] = []
+        necrosis: list[np.ndarray] = []
+        labelled: list[np.ndarray] = []
+        points: list[np.ndarray] = []
         for r in recs:
             with open_slide(r.path, mpp=r.mpp) as slide:
                 grid, mask = plan_grid(slide, grid_cfg)
@@ -220,7 +227,7 @@ class TileDataModule(pl.LightningDataModule):
             return self._loader(ds, shuffle=True, drop_last=drop_last, generator=g)
         w = sample_weights(self._labels(ds, "pattern"), self._labels(ds, "necrosis"), self._labels(ds, "n_mitoses"),
                            cfg.balance, cfg.mitosis_oversample)
-        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), cfg.samples_per_epoch or len(ds),
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double).tolist(), cfg.samples_per_epoch or len(ds),
                                         replacement=True, generator=torch.Generator().manual_seed(cfg.seed))
         return self._loader(ds, sampler=sampler, drop_last=drop_last)
 
@@ -245,5 +252,6 @@ class TileDataModule(pl.LightningDataModule):
     def teardown(self, stage: str | None = None) -> None:
         """Close slide handles this process opened (workers' close with their process)."""
         for ds in self.datasets.values():
-            for p in ds.datasets if isinstance(ds, ConcatDataset) else [ds]:
+            parts: list[Any] = list(ds.datasets) if isinstance(ds, ConcatDataset) else [ds]
+            for p in parts:
                 p.close()

@@ -71,7 +71,7 @@ def build_transform(spec: dict[str, Any], key: str = "augment[0]") -> A.BasicTra
     cls = _HISTO_TRANSFORMS.get(name) or getattr(A, name, None)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
         raise ConfigError(f"'{key}': unknown transform {name!r} (an albumentations transform name or one of {sorted(_HISTO_TRANSFORMS)})")
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         bad = sorted(set(kwargs) - set(params))
         if bad:

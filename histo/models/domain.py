@@ -66,6 +66,9 @@ class DomainHead(nn.Module):
     Each distance is divided by its threshold and the score is the larger ratio.
     """
 
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(self, level_channels: tuple[int, ...] | list[int]) -> None:
         super().__init__()
         dims = {"texture_colour": 2 * int(level_channels[0]) + 6, "semantic": 2 * int(level_channels[-1])}

@@ -133,10 +133,11 @@ class MultiScaleNet(nn.Module):
         if not scales:
             raise ModelError("MultiScaleNet needs at least one scale")
         with_domain = set(domain)
-        self.nets = nn.ModuleDict({name: MultiTaskNet(backbone, heads, pretrained=pretrained, domain=name in with_domain)
-                                   for name, (backbone, heads) in scales.items()})
+        nets = {name: MultiTaskNet(backbone, heads, pretrained=pretrained, domain=name in with_domain)
+                for name, (backbone, heads) in scales.items()}
+        self.nets = nn.ModuleDict(nets)
         seen: dict[str, str] = {}
-        for name, net in self.nets.items():
+        for name, net in nets.items():
             for h in net.heads_config:
                 if h in seen:
                     raise ModelError(f"head {h!r} is fed by scales {seen[h]!r} and {name!r}: one scale per head")

@@ -82,7 +82,7 @@ def create_backbone(name: str, pretrained: bool | str | Path = False) -> tuple[B
         raise ModelError("pretrained=True is ambiguous; pass pretrained='imagenet' or a .safetensors path")
     imagenet = isinstance(pretrained, str) and pretrained == "imagenet"
     model = _REGISTRY[name](imagenet)
-    if pretrained not in (False, None, "imagenet"):
+    if isinstance(pretrained, (str, Path)) and pretrained != "imagenet":
         load_backbone_weights(model, Path(pretrained), name)
     return model, model.num_features
 
@@ -274,7 +274,7 @@ def _efficientnet_b0(imagenet: bool) -> Backbone:
 @register_backbone("convnext_tiny")
 def _convnext_tiny(imagenet: bool) -> Backbone:
     body = _torchvision("convnext_tiny", imagenet)
-    body.classifier[2] = nn.Identity()  # keep classifier.0 (LayerNorm2d): pooled features pass through it
+    body.classifier[2] = nn.Identity()  # type: ignore[operator,assignment]  # torchvision is untyped here; keep classifier.0 (LayerNorm2d): pooled features pass through it
     f = [f"features.{i}" for i in range(8)]
     stages = [f[0:2], f[2:4], f[4:6], f[6:8]]
     return TorchvisionBackbone(body, stages, (96, 192, 384, 768), classifier_keys=("classifier.2.",),

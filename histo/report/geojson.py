@@ -31,8 +31,8 @@ from histo.report.images import HOTSPOT_RGB, PATTERN_COLOURS, mitosis_px, tissue
 
 NECROSIS_CLASS = "Necrosis"
 MITOSIS_CLASS = "Mitosis"
-NECROSIS_RGB = [60, 60, 60]
-MITOSIS_RGB = [255, 0, 255]
+NECROSIS_RGB = (60, 60, 60)
+MITOSIS_RGB = (255, 0, 255)
 HOTSPOT_CLASS = "Mitotic hotspot"
 # decimals of the coordinates written (0.01 px); tile edges closer than one step are one edge
 _COORD_DECIMALS = 2

@@ -15,7 +15,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,8 +96,8 @@ def input_spec(config: TrainConfig, scale: str | None = None) -> Any:
     return InputSpec(
         tile_px=sc.tile_px,
         mpp=sc.mpp,
-        mean=tuple(sc.mean),
-        std=tuple(sc.std),
+        mean=(float(sc.mean[0]), float(sc.mean[1]), float(sc.mean[2])),
+        std=(float(sc.std[0]), float(sc.std[1]), float(sc.std[2])),
         mitosis_stride_px=heads["mitosis"]["stride_px"] if "mitosis" in heads else None,
         pattern_classes=list(heads.get("pattern", {}).get("classes", [])),
     )
@@ -268,8 +268,9 @@ def _fit_scale(config: TrainConfig, scale: str, run_dir: Path, version: int, mul
                          needs_val=any(str(m).startswith("val/") for m in monitors))
     module = build_module(config, scale=scale)
     sc = config.model.scale_sections()[scale]
-    ck_monitor, ck_mode = (sc.monitor, sc.mode) if sc.monitor else (config.checkpoint.monitor, config.checkpoint.mode)
-    es_monitor, es_mode = (sc.monitor, sc.mode) if sc.monitor else (config.early_stop.monitor, config.early_stop.mode)
+    # a scale's monitor comes with its mode (ScaleSection checks both are given or neither)
+    ck_monitor, ck_mode = (sc.monitor, sc.mode or "min") if sc.monitor else (config.checkpoint.monitor, config.checkpoint.mode)
+    es_monitor, es_mode = (sc.monitor, sc.mode or "min") if sc.monitor else (config.early_stop.monitor, config.early_stop.mode)
     ckpt = ModelCheckpoint(dirpath=sub / "checkpoints", filename="epoch{epoch:03d}-step{step:06d}",
                            auto_insert_metric_name=False, monitor=ck_monitor,
                            mode=ck_mode, save_top_k=config.checkpoint.save_top_k, save_last=True)
@@ -336,7 +337,7 @@ def _calibrate(config: TrainConfig, runs: dict[str, _ScaleRun]) -> dict[str, Any
     return domain_card(figures, pct)
 
 
-def _combine(nets: dict[str, nn.Module]) -> MultiScaleNet:
+def _combine(nets: Mapping[str, nn.Module]) -> MultiScaleNet:
     """One MultiScaleNet holding each scale's trained net (with its domain head when calibrated)."""
     combined = MultiScaleNet({k: (n.backbone_name, n.heads_config) for k, n in nets.items()},  # type: ignore[misc]
                              domain=[k for k, n in nets.items() if getattr(n, "domain", None) is not None])

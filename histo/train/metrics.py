@@ -54,6 +54,9 @@ class MitosisF1(Metric):
 
     full_state_update = False
     higher_is_better = True
+    tp: torch.Tensor  # states registered by add_state
+    fp: torch.Tensor
+    fn: torch.Tensor
 
     def __init__(self, radius_px: float, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -97,6 +100,9 @@ class MitosisF1Sweep(Metric):
     """
 
     full_state_update = False
+    tp: torch.Tensor  # per-threshold states registered by add_state
+    fp: torch.Tensor
+    fn: torch.Tensor
 
     def __init__(self, radius_px: float, thresholds: Sequence[float] = THRESHOLD_GRID, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -109,8 +115,8 @@ class MitosisF1Sweep(Metric):
     def update(self, pred_points: Sequence[torch.Tensor], true_points: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Match each tile's predictions (filtered per threshold) to its truth and add the counts."""
         counts = np.zeros((3, len(self.thresholds)), np.int64)
-        for p, t in zip(pred_points, true_points):
-            p = p.detach().float().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p, np.float64)
+        for pred, t in zip(pred_points, true_points):
+            p = pred.detach().float().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred, np.float64)
             p = p.reshape(-1, p.shape[-1]) if p.size else np.zeros((0, 3))
             for j, thr in enumerate(self.thresholds):
                 a, b, c = match_points(p[p[:, 2] >= thr] if len(p) else p, t, self.radius_px)

@@ -268,7 +268,7 @@ class Renderer:
         else:
             od = self._paint(it, X0, Y0, Wm, Hm, ihc, stain, art)
         glass = od is None
-        if glass:
+        if od is None:
             rgb = np.broadcast_to(stain.background.astype(np.float32), (Hm, Wm, 3)).copy()
         else:
             rgb = np.power(np.float32(10.0), -od, dtype=np.float32) * stain.background.astype(np.float32)
@@ -418,6 +418,7 @@ class Renderer:
                 body = s.body[ss].astype(np.float32)
                 shape = s.shape[ss].astype(np.float32)
                 key = body + shape + 0.5 * _proximity(s.half)[ss]  # nearest cell wins where bodies overlap
+                assert owner is not None  # this branch is the IHC one: owner was allocated above
                 mine = key > owner[sl]
                 owner[sl][mine] = key[mine]
                 d = float(c.dab_od[i]) * dab_scale

@@ -197,7 +197,7 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
         if key not in names:
             raise ConfigError(f"{source}: unknown key '{path}' (allowed: {', '.join(sorted(names))})")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, path, source)
         else:
             kwargs[key] = _coerce(value, hint, path, source)

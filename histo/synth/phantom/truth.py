@@ -141,7 +141,7 @@ def summary(ph: Phantom) -> dict:
     g = sp.grading
     t1, t2 = g.mitotic_score_thresholds_per_10hpf
     use_hotspot = g.mitotic_count_basis == "hotspot" and hotspot is not None
-    graded = hotspot if use_hotspot else per_10hpf
+    graded = hotspot if (hotspot is not None and use_hotspot) else per_10hpf
     mitotic_score = 1 if graded < t1 else (2 if graded < t2 else 3)
     n1, n2 = g.necrosis_score_thresholds_pct
     necrosis_score = 0 if necrosis_pct <= n1 else (1 if necrosis_pct < n2 else 2)
