@@ -84,9 +84,55 @@ def to_input(tiles: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor, dev
     return (x - offset) / scale
 
 
+# Test-time augmentation: the 8 symmetries of the square (4 turns, each with and without a mirror). A tile's
+# class and its mitoses do not depend on how the glass lay on the scanner, so every variant is as valid.
+TTA_TRANSFORMS = ("identity", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
+
+
+def _tta_params(name: str) -> tuple[bool, int]:
+    """(mirror first, quarter turns) of a TTA transform name."""
+    if name not in TTA_TRANSFORMS:
+        raise ConfigError(f"unknown TTA transform {name!r}; known: {', '.join(TTA_TRANSFORMS)}")
+    return name.startswith("flip"), TTA_TRANSFORMS.index(name) % 4
+
+
+def tta_forward_transform(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Apply TTA transform ``name`` to (N, C, H, W): mirror left-right (if flip), then turn by k quarters."""
+    flip, k = _tta_params(name)
+    if flip:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, k, dims=(2, 3)) if k else x
+
+
+def tta_inverse_transform(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Undo :func:`tta_forward_transform` on a (N, C, h, w) map (a heatmap back into the tile's own frame)."""
+    flip, k = _tta_params(name)
+    if k:
+        x = torch.rot90(x, -k, dims=(2, 3))
+    return torch.flip(x, dims=(3,)) if flip else x
+
+
+@dataclass
+class TtaOutputs:
+    """Per-variant outputs of a TTA run: what each flip/turn alone would have given (for the spread)."""
+
+    names: tuple[str, ...]
+    pattern: np.ndarray | None  # (V, N, C) float32
+    necrosis: np.ndarray | None  # (V, N) float32
+    points: np.ndarray  # (K, 5) float64: variant index, tile index, x, y, score (each variant's own heatmap peaks)
+
+    def variant_points(self, v: int) -> np.ndarray:
+        """(K, 4) tile index, x, y, score of variant ``v``."""
+        return self.points[self.points[:, 0] == v, 1:]
+
+
 @dataclass
 class InferenceOutput:
-    """Per-tile outputs in grid-table order, plus the mitosis points in tile pixels."""
+    """Per-tile outputs in grid-table order, plus the mitosis points in tile pixels.
+
+    With TTA, ``pattern``, ``necrosis`` and ``points`` are of the mean over the variants (probabilities and
+    heatmap averaged after undoing each flip/turn) and ``tta`` holds each variant's own outputs.
+    """
 
     n_tiles: int
     pattern: np.ndarray | None  # (N, C) float32 softmax probabilities
@@ -94,15 +140,36 @@ class InferenceOutput:
     ood: np.ndarray | None  # (N,) float32 ood_score (<= 1: like the training tiles) when the net has a domain head
     points: np.ndarray  # (K, 4) float64: tile index, x, y (input-tile px at the scale's mpp), score
     timings: dict[str, float] = field(default_factory=dict)
+    tta: TtaOutputs | None = None
+
+
+def _peaks(prob: torch.Tensor, floor: float, min_distance_px: float, stride: int,
+           idx: np.ndarray) -> list[np.ndarray]:
+    """Mitosis candidates (tile index, x, y, score) of a probability heatmap batch (N, 1, h, w)."""
+    hot = (prob.flatten(1).amax(1) >= floor - 1e-6).cpu().numpy()
+    if not hot.any():
+        return []
+    per_tile = heatmaps_to_points(prob[torch.from_numpy(hot).to(prob.device)], floor, min_distance_px, stride)
+    out = []
+    for i, pts in zip(idx[hot], per_tile):
+        if len(pts):
+            p = pts.cpu().numpy().astype(np.float64)
+            out.append(np.column_stack([np.full(len(p), i, np.float64), p]))
+    return out
 
 
 def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, device: torch.device, *,
-                  workers: int = 0, progress: bool = True, desc: str = "", scale: str | None = None) -> InferenceOutput:
+                  workers: int = 0, progress: bool = True, desc: str = "", scale: str | None = None,
+                  tta: bool = False) -> InferenceOutput:
     """Run ``model`` (already prepared for ``device``; the net of ``scale``) over every tile of ``dataset``.
 
     ``scale`` names the card's input scale the tiles were read at (default: the card's only or table scale).
-    Mitosis peaks are kept down to :func:`candidate_threshold`.
+    Mitosis peaks are kept down to :func:`candidate_threshold`. ``tta`` runs each tile under the 8 flips and
+    turns of :data:`TTA_TRANSFORMS` (8x the model time) and averages them; the domain score stays that of
+    the tile as read (the training domain was described on tiles as read).
     """
+    if tta:
+        return _run_tta(dataset, model, card, device, workers=workers, progress=progress, desc=desc, scale=scale)
     spec = card.scales[scale or card.table_scale]
     n = sum(r[3] for b in dataset.batches for r in b)
     heads = spec.heads
@@ -173,3 +240,70 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
     pts = np.concatenate(points) if points else np.zeros((0, 4), np.float64)
     return InferenceOutput(n_tiles=n, pattern=pattern, necrosis=necrosis, ood=ood if has_ood else None, points=pts,
                            timings=timings)
+
+
+def _run_tta(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, device: torch.device, *,
+             workers: int, progress: bool, desc: str, scale: str | None) -> InferenceOutput:
+    """:func:`run_inference` under the 8 TTA transforms: mean outputs plus every variant's own."""
+    spec = card.scales[scale or card.table_scale]
+    n = sum(r[3] for b in dataset.batches for r in b)
+    heads = spec.heads
+    names = TTA_TRANSFORMS
+    nv = len(names)
+    classes = list(heads.get("pattern", {}).get("classes", []))
+    pattern = np.full((nv + 1, n, len(classes)), np.nan, np.float32) if "pattern" in heads else None
+    necrosis = np.full((nv + 1, n), np.nan, np.float32) if "necrosis" in heads else None
+    ood = np.full(n, np.nan, np.float32)
+    has_ood = False
+    mean_points: list[np.ndarray] = []
+    var_points: list[np.ndarray] = []
+    offset, div = normaliser(spec, device)
+    cuda = device.type == "cuda"
+    dtype = amp_dtype(device)
+    autocast = torch.autocast("cuda", dtype=dtype) if cuda and dtype is not None else contextlib.nullcontext()
+    min_distance_px = card.mitosis_min_distance_um / spec.mpp
+    floor = candidate_threshold(card)
+    stride = int(heads["mitosis"]["stride_px"]) if "mitosis" in heads else 0
+    loader = make_loader(dataset, workers, pin_memory=cuda)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), tqdm(total=n, desc=f"{desc} (TTA x{nv})".strip(), unit="tile", leave=False,
+                                      disable=not progress) as bar:
+        for index, tiles in loader:
+            x = to_input(tiles, offset, div, device)
+            idx = index.numpy()
+            heat_sum: torch.Tensor | None = None
+            for v, name in enumerate(names):
+                with autocast:
+                    out = model(tta_forward_transform(x, name))
+                missing = [h for h in heads if h not in out]
+                if missing:
+                    raise ModelError(f"model {card.name!r} returned no {missing} output although its card declares "
+                                     f"head(s) {list(heads)} at this scale")
+                if v == 0 and "ood" in out:
+                    has_ood = True
+                    ood[idx] = out["ood"].float().cpu().numpy()
+                if pattern is not None:
+                    pattern[v, idx] = out["pattern"].float().softmax(1).cpu().numpy()
+                if necrosis is not None:
+                    necrosis[v, idx] = out["necrosis"].float().sigmoid().cpu().numpy()
+                if "mitosis" in heads:
+                    prob = tta_inverse_transform(out["mitosis"].float().sigmoid(), name)
+                    heat_sum = prob if heat_sum is None else heat_sum + prob
+                    for p in _peaks(prob, floor, min_distance_px, stride, idx):
+                        var_points.append(np.column_stack([np.full(len(p), v, np.float64), p]))
+            if heat_sum is not None:
+                mean_points.extend(_peaks(heat_sum / nv, floor, min_distance_px, stride, idx))
+            bar.update(len(idx))
+    if pattern is not None:
+        pattern[nv] = pattern[:nv].mean(0)
+    if necrosis is not None:
+        necrosis[nv] = necrosis[:nv].mean(0)
+    seconds = time.perf_counter() - t0
+    pts = np.concatenate(mean_points) if mean_points else np.zeros((0, 4), np.float64)
+    vpts = np.concatenate(var_points) if var_points else np.zeros((0, 5), np.float64)
+    variants = TtaOutputs(names=names, pattern=None if pattern is None else pattern[:nv],
+                          necrosis=None if necrosis is None else necrosis[:nv], points=vpts)
+    return InferenceOutput(n_tiles=n, pattern=None if pattern is None else pattern[nv],
+                           necrosis=None if necrosis is None else necrosis[nv], ood=ood if has_ood else None,
+                           points=pts, timings={"infer_s": round(seconds, 4), "tta_variants": float(nv)},
+                           tta=variants)

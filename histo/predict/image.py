@@ -12,7 +12,7 @@ from torch import nn
 from histo.errors import ConfigError, ModelError
 from histo.models import ModelCard
 from histo.predict.engine import candidate_threshold, resolve_device
-from histo.predict.scales import predict_scales
+from histo.predict.scales import TtaTables, predict_scales
 from histo.slide import Slide
 from histo.tiling import TilingConfig
 
@@ -35,6 +35,7 @@ class ImagePrediction:
     n_tiles: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     heads_not_run: dict[str, str] = field(default_factory=dict)  # head -> why: the image is too coarse for its scale
+    tta: TtaTables | None = None  # with tta=True: each flip/turn's own tiles and mitoses (long form)
 
     @property
     def counted_mitoses(self) -> pd.DataFrame:
@@ -44,7 +45,7 @@ class ImagePrediction:
 
 def predict_image(rgb: np.ndarray, mpp: float, model: nn.Module, card: ModelCard, *,
                   tiling: TilingConfig | None = None, batch_size: int = 64,
-                  device: str | torch.device = "auto") -> ImagePrediction:
+                  device: str | torch.device = "auto", tta: bool = False) -> ImagePrediction:
     """Tile probabilities and mitosis points of an H×W×3 uint8 RGB image at ``mpp`` µm/px.
 
     Heads whose scale is finer than the image (a 0.25 µm/px mitosis head on a 0.5 µm/px image) do not run:
@@ -54,6 +55,7 @@ def predict_image(rgb: np.ndarray, mpp: float, model: nn.Module, card: ModelCard
     Images of any size from 32 px work: tiles that hang over the right or bottom edge (or an image
     smaller than one tile) are padded with white, which reads as glass. For a frame that is all tissue
     pass ``tiling=TilingConfig(grid=GridConfig(min_tissue_fraction=0))`` to score every tile.
+    ``tta=True`` averages every tile over the 8 flips and turns (as `histo predict --tta`).
     """
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
@@ -67,7 +69,7 @@ def predict_image(rgb: np.ndarray, mpp: float, model: nn.Module, card: ModelCard
     dev = resolve_device(device)
     try:
         res = predict_scales(slide, slide.path, None, model, card, dev, tiling=tiling, batch_size=batch_size,
-                             in_process=True)
+                             in_process=True, tta=tta)
     except ModelError as exc:
         raise ModelError(f"image at {mpp:g} µm/px: {exc}") from exc
     finally:
@@ -75,6 +77,6 @@ def predict_image(rgb: np.ndarray, mpp: float, model: nn.Module, card: ModelCard
     return ImagePrediction(tiles=res.tiles, mitoses=res.mitoses, mpp=float(mpp),
                            mitosis_threshold=card.mitosis_threshold, n_tiles=res.n_tiles,
                            timings={**res.timings, "candidate_threshold": candidate_threshold(card)},
-                           heads_not_run=res.heads_not_run)
+                           heads_not_run=res.heads_not_run, tta=res.tta)
 
 

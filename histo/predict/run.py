@@ -15,7 +15,7 @@ import histo
 from histo.config import to_dict
 from histo.errors import ConfigError, ModelError
 from histo.models import ModelCard
-from histo.predict.engine import amp_dtype, candidate_threshold, resolve_device
+from histo.predict.engine import TTA_TRANSFORMS, amp_dtype, candidate_threshold, resolve_device
 from histo.predict.outputs import (
     SCHEMA,
     base_tiles_meta,
@@ -25,6 +25,7 @@ from histo.predict.outputs import (
     write_prediction,
 )
 from histo.predict.scales import predict_scales, scale_tiling
+from histo.prediction import TTA_MITOSES_FILE, TTA_TILES_FILE
 from histo.rerun import (
     RUN_SETTINGS_KEY,
     describe_changes,
@@ -77,14 +78,18 @@ def model_key(card: ModelCard, sha256: str) -> dict[str, Any]:
 
 
 def predict_run_settings(slide_path: str | Path, slide_mpp: float, config: TilingConfig, card: ModelCard,
-                         sha256: str) -> dict[str, Any]:
-    """What determines a slide's predictions: the slide file, its µm/px, the tiling and tissue settings, the model."""
-    return {
+                         sha256: str, tta: bool = False) -> dict[str, Any]:
+    """What determines a slide's predictions: the slide file, its µm/px, the tiling and tissue settings, the model
+    (and test-time augmentation, when on: a run without it keeps its old key)."""
+    settings = {
         "slide": file_fingerprint(slide_path),
         "mpp": float(slide_mpp),
         "tiling": {"grid": to_dict(config.grid), "tissue": to_dict(config.tissue)},
         "model": model_key(card, sha256),
     }
+    if tta:
+        settings["tta"] = list(TTA_TRANSFORMS)
+    return settings
 
 
 def domain_status(tiles: Any, card: ModelCard) -> dict[str, Any]:
@@ -112,6 +117,7 @@ def predict_slide(
     overlap_px: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    tta: bool = False,
 ) -> PredictResult:
     """Predict one slide into ``out_dir/<slide_stem>/``; raises HistoError (nothing written) when it cannot.
 
@@ -120,6 +126,8 @@ def predict_slide(
     its tile_px and mpp are always the card's; ``overlap_px`` overrides its overlap (default 0). A folder
     already finished with the same run key (``predict_run_settings``: slide file, its mpp, tiling, tissue and
     model) is 'skipped' unless ``overwrite``; one finished with another is redone, the reason naming what changed.
+    ``tta`` averages each tile over the 8 flips and turns and also writes each variant's tables
+    (tta_tiles.parquet, tta_mitoses.parquet), from which reports give the spread of the measurements.
     """
     t0 = time.perf_counter()
     slide_path = Path(slide_path)
@@ -133,7 +141,7 @@ def predict_slide(
     reason = ""
     with open_slide(slide_path, mpp=mpp) as slide:
         slide_mpp = slide.mpp  # MppError when unknown: before anything is written
-        settings = predict_run_settings(slide_path, slide_mpp, config, card, sha)
+        settings = predict_run_settings(slide_path, slide_mpp, config, card, sha, tta=tta)
         done = None if overwrite else read_done(slide_dir)
         if done is not None:
             changes = describe_changes(stored_settings(done), settings)
@@ -152,7 +160,8 @@ def predict_slide(
         dev = resolve_device(device)
         dims = slide.dimensions
         res = predict_scales(slide, slide_path, mpp, model, card, dev, tiling=tiling, overlap_px=overlap_px,
-                             batch_size=batch_size, workers=workers, progress=progress, desc=slide_path.stem)
+                             batch_size=batch_size, workers=workers, progress=progress, desc=slide_path.stem,
+                             tta=tta)
     timings: dict[str, float] = dict(res.timings)
     grid = res.grids[card.table_scale]
     t_write = time.perf_counter()
@@ -180,6 +189,8 @@ def predict_slide(
         "n_mitosis_candidates": len(mitoses),  # every peak kept, down to candidate_threshold
         "heads_not_run": res.heads_not_run,  # head -> why; such a head measured nothing (not zero)
         "domain": domain_status(tiles, card),
+        "tta": {"enabled": bool(tta), "transforms": list(TTA_TRANSFORMS) if tta else [],
+                "files": [TTA_TILES_FILE, TTA_MITOSES_FILE] if tta else []},
         "mitosis_candidate_threshold": candidate_threshold(card),
         "tiling": {k: grid.settings[k] for k in ("grid", "tissue", "stride_px", "tile_level0_px", "tissue_area_mm2")},
         "device": str(dev),
@@ -190,7 +201,9 @@ def predict_slide(
         "histo_version": histo.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_prediction(slide_dir, tiles, mitoses, base_tiles_meta(resolved, slide_mpp, card, sha, dims), prediction)
+    variants = (res.tta.tiles, res.tta.mitoses) if res.tta is not None else None
+    write_prediction(slide_dir, tiles, mitoses, base_tiles_meta(resolved, slide_mpp, card, sha, dims), prediction,
+                     tta=variants)
     timings["write_s"] = round(time.perf_counter() - t_write, 4)
     return PredictResult(str(slide_path), slide_path.stem, status, reason, len(tiles), n_counted,
                          round(time.perf_counter() - t0, 3), str(slide_dir), timings)

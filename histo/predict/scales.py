@@ -71,12 +71,27 @@ class ScalePrediction:
     n_tiles: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
     heads_not_run: dict[str, str] = field(default_factory=dict)  # head -> why (slide too coarse for its scale)
+    tta: TtaTables | None = None  # each TTA variant's own tables (None without --tta)
+
+
+@dataclass
+class TtaTables:
+    """What each test-time flip/turn alone gives, in long form (``variant`` names the transform).
+
+    ``tiles``: ``tile`` (row of the tile table), ``variant`` and that variant's probability columns.
+    ``mitoses``: ``variant`` plus the columns of the mitosis table, from that variant's own heatmap.
+    The main tables hold the mean over the variants; these give the spread of the measurements.
+    """
+
+    names: tuple[str, ...]
+    tiles: pd.DataFrame
+    mitoses: pd.DataFrame
 
 
 def infer_scales(slide_path: str | Path, mpp_override: float | None, grids: dict[str, TileGrid],
                  model: nn.Module, card: ModelCard, device: torch.device, *, batch_size: int, workers: int,
                  progress: bool, desc: str, slide: Slide | None = None,
-                 skip: frozenset[str] = frozenset()) -> dict[str, InferenceOutput | None]:
+                 skip: frozenset[str] = frozenset(), tta: bool = False) -> dict[str, InferenceOutput | None]:
     """Run each scale's net over its grid (None for an empty grid or a scale in ``skip``); ``slide`` reads in-process."""
     from histo.data.stain import normaliser_from_spec
 
@@ -92,7 +107,7 @@ def infer_scales(slide_path: str | Path, mpp_override: float | None, grids: dict
         label = f"{desc} {name}" if card.multiscale else desc
         try:
             out[name] = run_inference(dataset, net, card, device, workers=workers, progress=progress,
-                                      desc=label, scale=name)
+                                      desc=label, scale=name, tta=tta)
         finally:
             dataset.close()
     return out
@@ -129,6 +144,37 @@ def join_scales(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, 
     else:
         mitoses = mitoses_frame(np.zeros((0, 4)), grid.table, card.tile_px, slide_mpp, card.mitosis_min_distance_um)
     return tiles, mitoses
+
+
+def join_tta(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, InferenceOutput | None],
+             slide_mpp: float) -> TtaTables | None:
+    """Each TTA variant's tiles and mitoses joined like the mean's (None when the run had no TTA)."""
+    runs = {k: o for k, o in outputs.items() if o is not None}
+    if not runs or any(o.tta is None for o in runs.values()):
+        return None
+    names = next(iter(runs.values())).tta.names  # type: ignore[union-attr]
+    tiles_parts, mit_parts = [], []
+    for v, name in enumerate(names):
+        variant: dict[str, InferenceOutput | None] = {}
+        for k, o in outputs.items():
+            if o is None or o.tta is None:
+                variant[k] = None
+                continue
+            t = o.tta
+            variant[k] = InferenceOutput(n_tiles=o.n_tiles,
+                                         pattern=None if t.pattern is None else t.pattern[v],
+                                         necrosis=None if t.necrosis is None else t.necrosis[v],
+                                         ood=None, points=t.variant_points(v))
+        tiles, mitoses = join_scales(card, grids, variant, slide_mpp)
+        probs = tiles[[c for c in tiles.columns if c == "p_necrosis" or c.startswith(PATTERN_PREFIX)]].copy()
+        probs.insert(0, "variant", name)
+        probs.insert(0, "tile", np.arange(len(tiles), dtype=np.int64))
+        tiles_parts.append(probs)
+        mitoses = mitoses.copy()
+        mitoses.insert(0, "variant", name)
+        mit_parts.append(mitoses)
+    return TtaTables(names=tuple(names), tiles=pd.concat(tiles_parts, ignore_index=True),
+                     mitoses=pd.concat(mit_parts, ignore_index=True))
 
 
 def _join_ood(card: ModelCard, grids: dict[str, TileGrid], outputs: dict[str, InferenceOutput | None],
@@ -176,8 +222,12 @@ def _join_by_centre(coarse: pd.DataFrame, fine: pd.DataFrame, values: np.ndarray
 def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | None, model: nn.Module,
                    card: ModelCard, device: torch.device, *, tiling: TilingConfig | None = None,
                    overlap_px: int | None = None, batch_size: int = 64, workers: int = 0,
-                   progress: bool = False, desc: str = "", in_process: bool = False) -> ScalePrediction:
-    """Plan, infer and join every scale of ``card`` on an open ``slide`` (one code path for slides and arrays)."""
+                   progress: bool = False, desc: str = "", in_process: bool = False,
+                   tta: bool = False) -> ScalePrediction:
+    """Plan, infer and join every scale of ``card`` on an open ``slide`` (one code path for slides and arrays).
+
+    ``tta``: average each tile over the 8 flips and turns, and keep each variant's tables in ``.tta``.
+    """
     t0 = time.perf_counter()
     runnable, skipped = card.runnable_scales(slide.mpp)
     if not runnable:
@@ -186,7 +236,7 @@ def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | N
     timings = {"plan_s": round(time.perf_counter() - t0, 4)}
     outputs = infer_scales(slide_path, mpp_override, grids, model, card, device, batch_size=batch_size,
                            workers=0 if in_process else workers, progress=progress, desc=desc,
-                           slide=slide if in_process else None, skip=frozenset(skipped))
+                           slide=slide if in_process else None, skip=frozenset(skipped), tta=tta)
     infer = [o.timings.get("infer_s", 0.0) for o in outputs.values() if o is not None]
     timings["infer_s"] = round(float(sum(infer)), 4)
     for name, o in outputs.items():
@@ -195,6 +245,7 @@ def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | N
         if o is not None and "gpu_busy_fraction" in o.timings:
             timings[f"gpu_busy_fraction{'_' + name if card.multiscale else ''}"] = o.timings["gpu_busy_fraction"]
     tiles, mitoses = join_scales(card, grids, outputs, slide.mpp)
+    variants = join_tta(card, grids, outputs, slide.mpp) if tta else None
     not_run = {h: why for sc, why in skipped.items() for h in card.scales[sc].heads}
     for head in not_run:  # a head that did not run leaves no column: absent, never a zero or a guess
         if head == "necrosis":
@@ -203,8 +254,8 @@ def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | N
             tiles = tiles.drop(columns=[c for c in tiles.columns if c.startswith(PATTERN_PREFIX)])
     return ScalePrediction(tiles=tiles, mitoses=mitoses, grids=grids, n_tiles={k: len(g) for k, g in grids.items()
                                                                                if k not in skipped},
-                           timings=timings, heads_not_run=not_run)
+                           timings=timings, heads_not_run=not_run, tta=variants)
 
 
-__all__ = ["PATTERN_PREFIX", "ScalePrediction", "infer_scales", "join_scales", "plan_scales", "predict_scales",
-           "scale_tiling"]
+__all__ = ["PATTERN_PREFIX", "ScalePrediction", "TtaTables", "infer_scales", "join_scales", "join_tta", "plan_scales",
+           "predict_scales", "scale_tiling"]

@@ -81,6 +81,35 @@ def model_banner(model: Mapping[str, Any] | None) -> str:
     return ""
 
 
+_TTA_LABELS = {"mitoses_per_10hpf": "Mitoses per 10 HPF", "mitoses_per_mm2": "Mitoses per mm²",
+               "mitoses_count": "Mitoses counted", "necrosis_pct_of_tumour": "Necrosis, % of tumour",
+               "tumour_area_mm2": "Tumour area, mm²", "spindle_fraction": "Spindle-cell fraction of tumour"}
+
+
+def tta_section(tta: Mapping[str, Any] | None) -> str:
+    """The 'Test-time augmentation' section: each measurement's spread over the flips and turns ('' when off)."""
+    if not tta or not tta.get("enabled"):
+        return ""
+    rows = []
+    for key, label in _TTA_LABELS.items():
+        e = (tta.get("measurements") or {}).get(key)
+        if not e:
+            continue
+        rows.append(f"<tr><td>{esc(label)}</td><td>{esc(fmt_num(e.get('reported')))}</td>"
+                    f"<td>{esc(fmt_num(e['min']))} – {esc(fmt_num(e['max']))}</td><td>{esc(fmt_num(e['sd']))}</td></tr>")
+    votes = tta.get("high_grade_votes") or {}
+    vote_text = ", ".join(f"{esc(str(k).replace('True', 'high grade').replace('False', 'not high grade'))}: {n}"
+                          for k, n in votes.items())
+    stable = ("The verdict is the same under every flip and turn." if tta.get("verdict_stable") else
+              "The verdict changes with the orientation of the tiles: treat it as borderline.")
+    return (f"<h2>Test-time augmentation</h2><p>Every tile was scored under {esc(str(tta.get('n_variants')))} flips "
+            f"and turns; the figures above use their mean. Each variant alone, graded with the same rules, gives "
+            f"the spread below (the model's answers to the same tissue, not a confidence interval). "
+            f"Verdicts per variant: {vote_text}. {esc(stable)}</p>"
+            "<table><tr><th>Measurement</th><th>Reported (mean)</th><th>Range over variants</th><th>SD</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def domain_rows(domain: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
     """The report's 'Training domain' rows: status, fraction of tissue in domain, method, notes."""
     if not domain:
@@ -230,6 +259,7 @@ def slide_page(report: Mapping[str, Any], images: Sequence[tuple[bytes, str, str
         parts.append("<p>No hotspot: no mitosis was counted in viable tumour.</p>")
     parts.append("<h2>Measurements</h2>" + table(measurement_rows(report)))
     parts.append(f"<p class=\"small\">{esc(report['grading'].get('note', ''))}</p>")
+    parts.append(tta_section(report.get("tta")))
     if images:
         parts.append("<h2>Images</h2>")
         parts += [figure(png, caption, alt) for png, caption, alt in images]
