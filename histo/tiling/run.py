@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from histo.atomic import atomic_path
 from histo.config import to_dict
+from histo.leftovers import clean_stale_temps
 from histo.rerun import (
     RUN_SETTINGS_KEY,
     describe_changes,
@@ -121,6 +122,8 @@ def tile_slide(
             reason = redo_reason(changes) if changes else ""
         grid, mask = plan_grid(slide, config)
     slide_dir.mkdir(parents=True, exist_ok=True)
+    # A run killed with -9 leaves its temp outputs (137 PNGs in one case): this run replaces them.
+    clean_stale_temps(slide_dir, ["tiles", "tiles.zip", "tissue.png", "grid.parquet"])
     # An old grid must not vouch for the tiles and mask while they are being replaced.
     grid_path.unlink(missing_ok=True)
     _save_mask_png(mask.mask, slide_dir / "tissue.png")
