@@ -56,8 +56,10 @@ def write_case_folder(root: Path, slide_path: Path, registration: dict | None = 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory, test_slide_path) -> Path:
     """One case folder shared by the module's tests."""
-    reg = {"status": "ok", "quality": {"error_um": 4.2}, "moving_to_fixed_px": [[1, 0, 30.0], [0, 1, -20.0], [0, 0, 1]],
-           "fixed": {"dimensions": [2048, 1536]}}
+    # histo.register's registration.json: transform.affine_px maps fixed (H&E) px to moving (IHC) px
+    reg = {"status": "ok", "quality": {"estimated_error_um": 4.2},
+           "transform": {"affine_px": [[1, 0, -30.0], [0, 1, 20.0], [0, 0, 1]]},
+           "fixed": {"width_px": 2048, "height_px": 1536}}
     return write_case_folder(tmp_path_factory.mktemp("view"), test_slide_path, reg)
 
 

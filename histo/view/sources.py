@@ -264,20 +264,17 @@ def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
 
 
 def affine_of(reg: dict[str, Any]) -> np.ndarray | None:
-    """The 3×3 moving→fixed level-0 px matrix of a registration.json, when it states one."""
-    for key in ("moving_to_fixed_px", "affine_px", "matrix_px", "affine", "matrix"):
-        node = reg.get(key)
-        if node is None and isinstance(reg.get("transform"), dict):
-            node = reg["transform"].get(key)
-        if isinstance(node, dict):
-            node = node.get("matrix")
+    """The 3×3 moving (IHC) → fixed (H&E) level-0 px matrix of a registration.json (histo.register's
+    ``transform.affine_px`` maps fixed → moving, so it is inverted), or None when it states none."""
+    t = reg.get("transform") if isinstance(reg.get("transform"), dict) else {}
+    for node, fixed_to_moving in ((t.get("affine_px"), True), (reg.get("moving_to_fixed_px"), False)):
         if node is None:
             continue
         m = np.asarray(node, float)
         if m.shape == (2, 3):
             m = np.vstack([m, [0, 0, 1]])
-        if m.shape == (3, 3) and np.isfinite(m).all():
-            return m
+        if m.shape == (3, 3) and np.isfinite(m).all() and abs(np.linalg.det(m)) > 1e-12:
+            return np.linalg.inv(m) if fixed_to_moving else m
     return None
 
 
@@ -286,10 +283,13 @@ def registration_layer(reg: dict[str, Any], moving_dims: tuple[int, int]) -> tup
     quality = reg.get("quality") if isinstance(reg.get("quality"), dict) else {}
     err = next((quality.get(k) for k in ("error_um", "estimated_error_um", "tre_um") if quality.get(k) is not None),
                reg.get("error_um"))
+    if (reg.get("transform") or {}).get("field") if isinstance(reg.get("transform"), dict) else False:
+        quality = {**quality, "note": "non-rigid field not drawn"}
     rows: list[tuple[str, Any]] = [("Registration", reg.get("status", "unknown")),
                                    ("Registration error", "n/a" if err is None else f"{float(err):.1f} µm")]
     m = affine_of(reg)
-    fixed = (reg.get("fixed") or {}).get("dimensions") if isinstance(reg.get("fixed"), dict) else None
+    fr = reg.get("fixed") if isinstance(reg.get("fixed"), dict) else {}
+    fixed = fr.get("dimensions") or ([fr["width_px"], fr["height_px"]] if "width_px" in fr and "height_px" in fr else None)
     if m is None:
         return None, rows
     fw, fh = (fixed or moving_dims)[:2]
