@@ -152,12 +152,15 @@ def _fmt(v: Any) -> float | str:
 
 def score_ihc_slide(path: str | os.PathLike[str], spec: MarkerSpec, out_dir: str | os.PathLike[str], *,
                     tumour_tiles: str | os.PathLike[str] | None = None, grading: GradingConfig | None = None,
-                    options: IHCOptions | None = None) -> IHCSlideResult:
+                    options: IHCOptions | None = None,
+                    he_slide: str | os.PathLike[str] | None = None) -> IHCSlideResult:
     """Score one IHC slide into ``out_dir/<slide_stem>/``; a finished slide with the same run key is skipped.
 
     ``tumour_tiles`` is the H&E prediction (tiles.parquet, its folder, or a folder of prediction folders
     matched by slide stem) whose tumour, less the necrotic regions ``grading`` finds, is the counting
-    region; without it cells are counted in the tissue. Raises HistoError (nothing written) when it cannot."""
+    region; without it cells are counted in the tissue. With ``he_slide`` (the H&E the prediction was made
+    on) this slide is registered onto it first and the mask carried over (histo.register); a poor or failed
+    registration counts in all tissue and says so. Raises HistoError (nothing written) when it cannot."""
     from histo.ihc import score_slide, write_ihc_outputs
     from histo.slide import open_slide
 
@@ -187,7 +190,8 @@ def score_ihc_slide(path: str | os.PathLike[str], spec: MarkerSpec, out_dir: str
         tmask = tumour_mask_for(slide, tumour, opts, grading) if tumour is not None else None
         result = score_slide(slide, spec, analysis_mpp=opts.analysis_mpp, tumour_mask=tmask, stain=opts.stain,
                              workers=opts.workers, pool=opts.pool, progress=opts.progress,
-                             allow_frame_mismatch=opts.allow_frame_mismatch)
+                             allow_frame_mismatch=opts.allow_frame_mismatch,
+                             he_slide=he_slide if tmask is not None else None)
         summary = write_ihc_outputs(result, slide_dir, slide=slide, extra={"run_settings": settings})
     status = "no_tissue" if "no_tissue" in summary["qc"] else "ok"
     sentence = f"{reason} — {result.sentence}" if reason else result.sentence

@@ -93,7 +93,7 @@ def score_case_ihc(case: Case, panel: dict[str, MarkerSpec], he_prediction: str 
     ihc_opts = IHCOptions(mpp=case.mpp, workers=o.workers, overwrite=o.overwrite, progress=o.progress)
     # necrotic regions left out of the IHC count follow the case's grading rules
     return [score_ihc_slide(path, panel[marker], Path(out_dir) / marker, tumour_tiles=he_prediction,
-                            grading=grading, options=ihc_opts)
+                            grading=grading, options=ihc_opts, he_slide=case.he_path)
             for marker, path in case.ihc_paths.items()]
 
 

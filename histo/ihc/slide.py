@@ -231,6 +231,7 @@ def score_slide(
     ring_tissue_od: float | None = None,
     allow_frame_mismatch: bool = False,
     slide_mpp: float | None = None,
+    he_slide: Slide | str | Path | None = None,
 ) -> SlideIHCResult:
     """Score an IHC slide for one marker: per-cell DAB classes, % positive, H-score, the panel call and QC flags.
 
@@ -239,7 +240,9 @@ def score_slide(
     of tissue tiles, once per slide) or a StainMatrix. ``pool`` 'thread' or 'process' runs ``workers``
     tiles at once (0 = in this thread). A tumour mask made in another level-0 frame raises
     FrameMismatchError unless ``allow_frame_mismatch``. ``slide_mpp`` overrides the level-0 µm/px when
-    ``slide`` is a path.
+    ``slide`` is a path. With ``he_slide`` (the slide ``tumour_mask`` was made on), this slide is first
+    registered onto it (histo.register) and the mask carried over; a poor or failed registration counts
+    in all tissue instead, with a QC flag saying so; ``qc_values['registration']`` records the outcome.
 
     Resolution: ``analysis_mpp`` when given (finer than the slide: interpolated, flagged 'upsampled');
     else the marker's own ``analysis_mpp`` from the panel, but never finer than the slide's level 0
@@ -251,8 +254,24 @@ def score_slide(
     own = not isinstance(slide, Slide)
     s = open_slide(slide, mpp=slide_mpp) if own else slide
     try:
-        return _score(s, spec, analysis_mpp, tissue_mask, tumour_mask, stain, tile_px, margin_um, workers, pool,
-                      progress, mask_mpp, qc_params or QCParams(), ring_tissue_od, allow_frame_mismatch, t_start, timing)
+        reg_info, reg_flag = None, None
+        if tumour_mask is not None and he_slide is not None:
+            from histo.register.mapping import map_mask_onto
+
+            t0 = time.perf_counter()
+            mapped = map_mask_onto(tumour_mask, he_slide, s)
+            timing["registration"] = time.perf_counter() - t0
+            tumour_mask, reg_info = mapped.mask, mapped.registration
+            if mapped.message:
+                reg_flag = SlideQCFlag(f"registration_{reg_info['status']}", "warning",
+                                       float(reg_info.get("estimated_error_um") or float("nan")), 0.0, mapped.message)
+        result = _score(s, spec, analysis_mpp, tissue_mask, tumour_mask, stain, tile_px, margin_um, workers, pool,
+                        progress, mask_mpp, qc_params or QCParams(), ring_tissue_od, allow_frame_mismatch, t_start, timing)
+        if reg_info is not None:
+            result.qc_values["registration"] = reg_info
+            if reg_flag is not None:
+                result.qc.append(reg_flag)
+        return result
     finally:
         if own:
             s.close()

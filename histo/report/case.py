@@ -72,6 +72,8 @@ def _ihc_row(r: Mapping[str, Any]) -> dict[str, Any]:
         "h_score": r.get("h_score"), "pct_positive": r.get("pct_positive"), "n_cells": r.get("n_cells"),
         "counts": r.get("counts"), "region": r.get("region"), "qc": qc_names(r), "slide": r.get("slide"),
         "sentence": ihc_sentence(r),
+        # registration of this IHC slide onto the H&E (status, estimated error µm); None when not registered
+        "registration": (r.get("qc_values") or {}).get("registration") if isinstance(r.get("qc_values"), Mapping) else None,
     }
 
 
