@@ -21,6 +21,8 @@ from histo.ihc.result import CLASS_NAMES, SlideIHCResult
 GEOJSON_MAX_FEATURES = 50_000
 GEOJSON_SEED = 0
 CLASS_COLOURS = ((112, 112, 225), (255, 215, 0), (255, 140, 0), (200, 0, 0))  # 0, 1+, 2+, 3+ (as the phantom truth)
+#: % positive: pale yellow at 0 to dark red at 100 %, every step a saturated colour (none ends in grey)
+HEATMAP_CMAP = "YlOrRd"
 FILES = ("ihc_cells.parquet", "ihc_tiles.parquet", "ihc_cells.geojson", "ihc_heatmap.png", "ihc.json")
 
 
@@ -92,9 +94,19 @@ def heatmap_png(result: SlideIHCResult, path: Path, thumb_px: int = 1024, slide:
                 s.close()
     except Exception:  # noqa: BLE001 - the heatmap is still useful without the thumbnail (e.g. slide moved)
         thumb = None
-    if thumb is None:
+    blank = thumb is None
+    if blank:
         thumb = np.full((th, tw, 3), 255, np.uint8)
     heat = np.full(thumb.shape[:2], np.nan, np.float32)
+    # painted over tissue only: the glass inside a tile stays as scanned
+    tissue = np.ones(thumb.shape[:2], bool)
+    if not blank:
+        try:
+            from histo.tissue import tissue_mask
+
+            tissue = tissue_mask(thumb, result.slide_mpp / scale)
+        except Exception:  # noqa: BLE001 - an odd thumbnail: paint the whole tiles rather than nothing
+            pass
     t = result.tiles
     for x, y, w, h, p in zip(t["x"], t["y"], t["w"], t["h"], t["pct_positive"]):
         if not np.isfinite(p):
@@ -102,11 +114,12 @@ def heatmap_png(result: SlideIHCResult, path: Path, thumb_px: int = 1024, slide:
         c0, r0 = int(round(x * scale)), int(round(y * scale))
         c1, r1 = int(round((x + w) * scale)), int(round((y + h) * scale))
         heat[max(r0, 0):max(r1, r0 + 1), max(c0, 0):max(c1, c0 + 1)] = p
+    heat[~tissue] = np.nan
     fig = Figure(figsize=(8, 8 * thumb.shape[0] / max(thumb.shape[1], 1) + 0.8), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.imshow(thumb)
-    im = ax.imshow(np.ma.masked_invalid(heat), cmap="magma_r", vmin=0, vmax=100, alpha=0.55, interpolation="nearest")
+    im = ax.imshow(np.ma.masked_invalid(heat), cmap=HEATMAP_CMAP, vmin=0, vmax=100, alpha=0.65, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(f"{result.slide}: {result.sentence}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, label=f"% cells ≥ 1+ per tile ({result.region})")
