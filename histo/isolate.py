@@ -114,8 +114,19 @@ def run_isolated(fn: Callable[..., Any], *args: Any, label: str = "slide", timeo
         return msg[1]
     exc = msg[1]
     if isinstance(exc, MemoryError):
-        raise HistoError(f"{label}: out of memory; lower --workers or --batch-size (or process fewer slides at once)")
+        raise HistoError(f"{label}: {OUT_OF_MEMORY_ADVICE}")
     raise exc
+
+
+OUT_OF_MEMORY_ADVICE = ("out of memory: lower --workers or --batch-size (or process fewer slides at once) and rerun; "
+                        "finished slides are kept")
+
+
+def unexpected_reason(exc: BaseException) -> str:
+    """The status-row reason for an exception that no library code turned into a HistoError."""
+    if isinstance(exc, MemoryError):
+        return OUT_OF_MEMORY_ADVICE
+    return f"unexpected {type(exc).__name__}: {exc}"
 
 
 def probe(path: str, mpp: float | None = None, force_mpp: bool = False) -> dict[str, Any]:

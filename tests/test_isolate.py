@@ -94,3 +94,42 @@ def test_tile_rerun_removes_temp_outputs_of_a_killed_run(test_slide_path, tmp_pa
     assert result.status == "ok"
     assert not stale.exists() and not (slide_dir / ".tissue.png.k9z.tmp").exists()
     assert keep.exists()
+
+
+def test_out_of_memory_in_a_slide_says_what_to_do(test_slide_path, tmp_path, monkeypatch, fork_isolation):
+    from histo.cli import main
+    from histo.isolate import unexpected_reason
+    from histo.tiling import run as run_mod
+
+    assert "lower --workers or --batch-size" in unexpected_reason(MemoryError())
+
+    def plan(slide, config):
+        raise MemoryError()
+
+    monkeypatch.setattr(run_mod, "plan_grid", plan)
+    out = tmp_path / "out"
+    assert main(["tile", str(test_slide_path), "--out", str(out), "--quiet"]) == 1
+    row = next(csv.DictReader(open(out / "status.csv")))
+    assert "lower --workers or --batch-size" in row["reason"] and "unexpected" not in row["reason"]
+
+
+@pytest.mark.parametrize("mpp", ["-1", "0", "nan", "500"])
+def test_bad_mpp_gives_the_same_exit_code_in_info_and_tile(test_slide_path, tmp_path, mpp):
+    from histo.cli import main
+
+    code_info = main(["info", str(test_slide_path), "--mpp", mpp])
+    code_tile = main(["tile", str(test_slide_path), "--out", str(tmp_path / "o"), "--quiet", "--mpp", mpp])
+    assert code_info == code_tile == 2
+
+
+def test_far_mpp_is_refused_unless_forced_on_the_command_line(test_slide_path, tmp_path, capsys):
+    from histo.cli import main
+
+    assert main(["info", str(test_slide_path), "--mpp", "29"]) == 2
+    assert "--force-mpp" in capsys.readouterr().err
+    assert main(["info", str(test_slide_path), "--mpp", "29", "--force-mpp", "--json"]) == 0
+    assert '"mpp": 29.0' in capsys.readouterr().out
+    out = tmp_path / "o"
+    assert main(["tile", str(test_slide_path), "--out", str(out), "--quiet", "--mpp", "29"]) == 1
+    row = next(csv.DictReader(open(out / "status.csv")))
+    assert "116x the file's own" in row["reason"]

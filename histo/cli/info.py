@@ -15,15 +15,17 @@ def register(sub: Any) -> None:
     p.add_argument("slide", help="slide or image file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for a slide whose file lacks it")
+    p.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even when it is far (over 2.1x) from the µm/px the file states")
     p.add_argument("--quiet", action="store_true", help="accepted as by every histo command (info shows no progress)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the slide description."""
-    from histo.slide import open_slide
+    from histo.slide import mpp_argument, open_slide
 
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    with open_slide(args.slide, mpp=mpp_argument(args.mpp, args.force_mpp)) as slide:
         info = slide.info()
     if args.json:
         print(json.dumps(info))
@@ -37,6 +39,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"file:        {info['path']} ({info['file_size_bytes'] / 1e6:.1f} MB)",
         f"format:      {info['vendor']}",
+        f"read by:     {info.get('backend', '?')} ({info.get('backend_reason', '')})",
+        f"modality:    {info.get('modality', '?')} ({info.get('modality_reason', '')})",
         f"size:        {info['width_px']} x {info['height_px']} px",
     ]
     if info["mpp"] is not None:

@@ -38,6 +38,21 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, force_mpp
     return Slide(path, mpp=mpp, force_mpp=force_mpp)
 
 
+class ForcedMpp(float):
+    """An --mpp override the user forced: used even when far from the file's own µm/px (it travels to workers)."""
+
+
+def forced_mpp(mpp: float | None) -> float | None:
+    """`mpp` marked as forced (None stays None)."""
+    return None if mpp is None else ForcedMpp(mpp)
+
+
+def mpp_argument(mpp: float | None, force: bool = False) -> float | None:
+    """An --mpp command-line value: MppError when implausible (before any slide opens), marked forced on request."""
+    check_mpp_override(mpp)
+    return forced_mpp(mpp) if force else mpp
+
+
 def check_mpp_override(mpp: float | None) -> None:
     """Refuse (MppError) an --mpp value outside the plausible range before any slide is opened."""
     if mpp is not None:
@@ -49,8 +64,9 @@ class Slide:
 
     def __init__(self, path: str | os.PathLike[str], mpp: float | None = None, force_mpp: bool = False) -> None:
         self.path = Path(path)
+        force_mpp = bool(force_mpp) or isinstance(mpp, ForcedMpp)
         self._mpp_override = mpp
-        self._force_mpp = bool(force_mpp)
+        self._force_mpp = force_mpp
         if mpp is not None:
             _check_plausible(self.path, float(mpp), "the --mpp override")
         if not self.path.exists():
