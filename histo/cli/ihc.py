@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
-from histo.isolate import probe_isolated
+from histo.isolate import probe_isolated, unexpected_reason
 
 if TYPE_CHECKING:
     from histo.case import IHCStatus
@@ -45,6 +45,8 @@ def register(sub: Any) -> None:
                    help="H&E prediction tiles.parquet / prediction folder per slide, or one folder of prediction folders")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
+    p.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even when it is far (over 2.1x) from the µm/px the file states")
     p.add_argument("--analysis-mpp", type=float, default=None,
                    help="µm/px cells are analysed at (default: the marker's analysis_mpp in the panel, never finer "
                         "than the slide; else 0.5)")
@@ -82,6 +84,9 @@ def _tumour_sources(args: argparse.Namespace, slides: list[Path]) -> dict[str, P
 
 def run(args: argparse.Namespace) -> int:
     """Score every slide; one status row each; exit 1 if any failed."""
+    from histo.slide import mpp_argument
+
+    args.mpp = mpp_argument(args.mpp, args.force_mpp)  # issue 17: a bad --mpp exits 2 here as in `info`
     import yaml
     from tqdm.auto import tqdm
 
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         except HistoError as exc:
             row = IHCStatus(path.stem, str(path), "failed", str(exc), spec.name)
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
-            row = IHCStatus(path.stem, str(path), "failed", f"unexpected {type(exc).__name__}: {exc}", spec.name)
+            row = IHCStatus(path.stem, str(path), "failed", unexpected_reason(exc), spec.name)
         failed += row.status == "failed"
         update_status(out / "status.csv", {row.slide: asdict(row)}, list(IHCStatus.__dataclass_fields__))
         _report(row)

@@ -22,7 +22,7 @@ from typing import Any
 
 from histo.cli.batch import report_problem
 from histo.errors import ConfigError, HistoError
-from histo.isolate import probe_isolated
+from histo.isolate import probe_isolated, unexpected_reason
 
 # torch and the models are imported in run(): every `histo` command builds this parser, few need torch.
 
@@ -45,6 +45,8 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes reading tiles (0 = in this process; default 2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: a GPU when present)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
+    p.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even when it is far (over 2.1x) from the µm/px the file states")
     p.add_argument("--overlap-px", type=int, default=0, help="tile overlap in model input px (default 0)")
     p.add_argument("--min-tissue-fraction", type=float,
                    help="share of a tile that must be tissue (default: the tiling default, 0.5)")
@@ -76,6 +78,9 @@ def _tiling(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Predict this rank's share of the slides; one status row each; exit 1 if any failed."""
+    from histo.slide import mpp_argument
+
+    args.mpp = mpp_argument(args.mpp, args.force_mpp)  # issue 17: a bad --mpp exits 2 here as in `info`
     from tqdm.auto import tqdm
 
     from histo.models import describe_model, load_model, resolve_model
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         except HistoError as exc:
             result = PredictResult(str(path), path.stem, "failed", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
-            result = PredictResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
+            result = PredictResult(str(path), path.stem, "failed", reason=unexpected_reason(exc))
         if grading is not None and result.status != "failed":
             result = _write_report(result, path, grading)
         failed += result.status == "failed"

@@ -43,6 +43,8 @@ def register(sub: Any) -> None:
                    help="worker threads reading tiles (processes with --set pool=process; 0 = in this process; "
                         "default: the config's workers)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
+    p.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even when it is far (over 2.1x) from the µm/px the file states")
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -68,11 +70,15 @@ def resolve_config(args: argparse.Namespace) -> TilingConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Tile every slide; one status row each; exit 1 if any failed."""
+    from histo.slide import mpp_argument
+
+    args.mpp = mpp_argument(args.mpp, args.force_mpp)  # issue 17: a bad --mpp exits 2 here as in `info`
     import yaml
     from tqdm.auto import tqdm
 
     from histo.atomic import write_text
     from histo.status import update_status
+    from histo.isolate import unexpected_reason
     from histo.tiling import SlideResult, make_pool, tile_slide_isolated
 
     status_fields = [f.name for f in dataclasses.fields(SlideResult)]
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             except HistoError as exc:
                 result = SlideResult(str(path), path.stem, "failed", reason=str(exc))
             except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch
-                result = SlideResult(str(path), path.stem, "failed", reason=f"unexpected {type(exc).__name__}: {exc}")
+                result = SlideResult(str(path), path.stem, "failed", reason=unexpected_reason(exc))
             failed += result.status == "failed"
             update_status(out / "status.csv", {result.slide: dataclasses.asdict(result)}, status_fields)
             _report(result)
