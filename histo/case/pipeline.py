@@ -49,6 +49,7 @@ class CaseOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     overwrite: bool = False  # redo finished steps
     progress: bool = False  # progress bars
+    tta: bool = False  # test-time augmentation of the H&E model (8 flips and turns; the report gives the spread)
 
 
 @dataclass
@@ -79,7 +80,7 @@ def predict_he(case: Case, model: Any, card: ModelCard, out_dir: str | os.PathLi
 
     o = options or CaseOptions()
     return predict_slide(case.he_path, model, card, out_dir, batch_size=o.batch_size, workers=o.workers,
-                         device=o.device, mpp=case.mpp, overwrite=o.overwrite, progress=o.progress)
+                         device=o.device, mpp=case.mpp, overwrite=o.overwrite, progress=o.progress, tta=o.tta)
 
 
 def score_case_ihc(case: Case, panel: dict[str, MarkerSpec], he_prediction: str | os.PathLike[str],

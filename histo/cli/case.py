@@ -59,6 +59,9 @@ def register(sub: Any) -> None:
                         "(0 = in this process; default 2)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--overwrite", action="store_true", help="redo finished steps")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation of the H&E model: 8 flips and turns (8x the model time); the slide "
+                        "report gives the spread of each measurement")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"histo {args.command}: {describe_model(card, model_path, how)}", file=sys.stderr)
     options = CaseOptions(batch_size=args.batch_size, workers=args.workers, device=args.device,
-                          overwrite=args.overwrite, progress=not args.quiet)
+                          overwrite=args.overwrite, progress=not args.quiet, tta=args.tta)
     return run_cases([Path(c) for c in args.cases], Path(args.out), model=model, card=card, grading=grading,
                      panel=panel, options=options)
 
