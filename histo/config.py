@@ -1,8 +1,10 @@
 """Validated YAML configs: nested frozen dataclasses hold the defaults; loading checks every key and type.
 
 Each module declares its settings as a dataclass next to the code that uses them (one place for
-defaults); this module only turns YAML into those dataclasses, or raises ConfigError naming the key and
-the file.
+defaults); this module is the one loader that turns YAML into those dataclasses (`load_yaml`,
+`from_dict`), applies `--set key.sub=value` overrides (`apply_overrides`, `merge`) and writes them back
+(`to_dict`), or raises ConfigError naming the key and the file. Range checks that a type cannot express
+stay beside each dataclass (its `__post_init__` or the module's own check after `from_dict`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -24,9 +27,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from a file; ConfigError when the file is missing or not a mapping."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: cannot read config: file not found")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
     if data is None:
@@ -41,7 +46,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, source: str = "<dict>",
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is any dataclass
     unknown = sorted(set(data) - set(fields))
@@ -70,7 +75,20 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+def merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge nested `overrides` into a copy of `data`; a None override removes the key (its default applies)."""
+    out = _deepcopy(data)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        elif v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _deepcopy(v)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str = "--set") -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested mapping, returning a new mapping."""
     out = _deepcopy(data)
     for item in overrides:
@@ -99,6 +117,9 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
+_LIST_OF = {str: "strings", float: "numbers", int: "integers", bool: "true/false values"}
+
+
 def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
     origin = get_origin(tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -118,8 +139,8 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{source}: '{key}' has an invalid value {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{source}: '{key}' must be one of {list(allowed)}, got {value!r}")
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            raise ConfigError(f"{source}: '{key}' must be one of {', '.join(map(str, allowed))}, got {value!r}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
@@ -130,7 +151,13 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
                 raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {len(value)}")
             return tuple(_convert(v, a, source, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         inner = args[0] if args else Any
-        items = [_convert(v, inner, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        if inner in _LIST_OF:  # a list of plain values: name the list and what its items must be
+            try:
+                items = [_convert(v, inner, source, f"{key}[{i}]") for i, v in enumerate(value)]
+            except ConfigError:
+                raise ConfigError(f"{source}: '{key}' must be a list of {_LIST_OF[inner]}, got {value!r}") from None
+        else:
+            items = [_convert(v, inner, source, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -151,7 +178,7 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be float, got {value!r} (the value must be a number)")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -1,16 +1,13 @@
-"""The grading configuration: dataclasses holding every default, and the validating YAML loader."""
+"""The grading configuration: dataclasses holding every default and the range checks; histo.config loads it."""
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from histo.config import from_dict, load_yaml, to_dict
 from histo.errors import ConfigError
 
 CONFIG_VERSION = 1
@@ -147,7 +144,7 @@ class GradingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON friendly) of the resolved config."""
-        return _to_plain(dataclasses.asdict(self))
+        return to_dict(self)
 
     def for_model(self, mitosis_threshold: float | None, source: str = "the prediction") -> GradingConfig:
         """This config with ``mitoses.min_score`` resolved: the model card's threshold when it is null."""
@@ -162,7 +159,7 @@ class GradingConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> GradingConfig:
         """Build and validate a config from a mapping; missing keys take their defaults."""
-        cfg = _build(cls, data, source, "")
+        cfg = from_dict(cls, data, source)
         _check_values(cfg, source)
         return cfg
 
@@ -171,85 +168,7 @@ def load_grading_config(path: str | Path | None = None) -> GradingConfig:
     """Load and validate a grading YAML file; None gives the built-in defaults."""
     if path is None:
         return GradingConfig()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read grading config ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return GradingConfig.from_dict({} if data is None else data, source=str(path))
-
-
-def _to_plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "top level"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{where}' must be a mapping, got {_type_name(data)} {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise ConfigError(
-                f"{source}: unknown key '{prefix}{key}' (allowed here: {', '.join(names)})"
-            )
-    kwargs = {}
-    for name in names:
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], source, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _build(tp, value, source, key + ".")
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, source, key)
-    if origin is Literal:
-        if value not in args:
-            allowed = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: key '{key}' must be one of {allowed}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: key '{key}' must be a list of strings, got {value!r}")
-        return tuple(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: key '{key}' must be true or false, got {_type_name(value)} {value!r}")
-        return value
-    # bool is an int subclass in Python; a YAML 'yes' where a number belongs is a mistake
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: key '{key}' must be a number, got {_type_name(value)} {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: key '{key}' must be an integer, got {_type_name(value)} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: key '{key}' must be a string, got {_type_name(value)} {value!r}")
-        return value
-    raise TypeError(f"unsupported config field type {tp!r} for {key}")  # programming error, not user input
+    return GradingConfig.from_dict(load_yaml(path), source=str(path))
 
 
 def _check_values(cfg: GradingConfig, source: str) -> None:

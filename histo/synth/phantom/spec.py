@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-from histo.config import load_yaml
+from histo.config import from_dict, load_yaml, merge, to_dict
 from histo.errors import ConfigError
 
 
@@ -27,7 +26,7 @@ class TumorSpec:
 
     fraction_of_tissue: float = 0.55
     fascicular_fraction: float = 0.6  # of the tumour area; the rest is haphazard
-    haphazard_stroma: str = "hyalinised"  # hyalinised | myxoid
+    haphazard_stroma: Literal["hyalinised", "myxoid"] = "hyalinised"
     region_scale_um: float = 600.0  # size of tumour islands and of the fascicular/haphazard patches
     fascicle_width_um: float = 45.0  # width of one fascicle (band of aligned cells)
     orientation_scale_um: float = 900.0  # how far a fascicle sweeps before it turns
@@ -77,13 +76,13 @@ class IHCSpec:
 
     enabled: bool = True
     marker: str = "ALK"
-    compartment: str = "cytoplasmic"  # cytoplasmic | nuclear | membranous
-    class_fractions: tuple = (0.1, 0.2, 0.3, 0.4)  # of tumour cells in classes 0, 1+, 2+, 3+
+    compartment: Literal["cytoplasmic", "nuclear", "membranous"] = "cytoplasmic"
+    class_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)  # of tumour cells in classes 0, 1+, 2+, 3+
     # A tumour cell's truth class is where its DAB optical density (the mean chromogen OD painted in its
     # stained compartment, on the glass) lies between these lower bounds of 1+, 2+ and 3+: the same
     # convention and default bounds as histo's marker panel (configs/markers/panel.yaml).
-    class_bounds_od: tuple = (0.2, 0.4, 0.6)
-    class_dab_od: tuple = (0.0, 0.3, 0.5, 0.8)  # typical DAB OD of each class (inside its band)
+    class_bounds_od: tuple[float, ...] = (0.2, 0.4, 0.6)
+    class_dab_od: tuple[float, ...] = (0.0, 0.3, 0.5, 0.8)  # typical DAB OD of each class (inside its band)
     positive_pct_min: float = 10.0  # marker call: positive when % positive cells >= this
 
 
@@ -118,8 +117,8 @@ class GradingSpec:
     """Parameters of the default grading rules the summary's verdict follows."""
 
     hpf_mm2: float = 0.237
-    mitotic_score_thresholds_per_10hpf: tuple = (10.0, 20.0)  # score 1 below the first, 3 at or above the second
-    necrosis_score_thresholds_pct: tuple = (0.0, 50.0)  # score 0 at none, 1 below 50 %, 2 at or above
+    mitotic_score_thresholds_per_10hpf: tuple[float, ...] = (10.0, 20.0)  # score 1 below the first, 3 at or above the second
+    necrosis_score_thresholds_pct: tuple[float, ...] = (0.0, 50.0)  # score 0 at none, 1 below 50 %, 2 at or above
     # high grade when mitoses >= this per 10 HPF (FNCLCC mitotic score >= 2) ... (same numbers as the
     # default grading rules in configs/grading/default.yaml: grading.high_grade)
     high_grade_min_mitoses_per_10hpf: float = 10.0
@@ -165,81 +164,10 @@ class PhantomSpec:
 
     def to_dict(self) -> dict:
         """The resolved spec as plain YAML-able data (loads back to an equal spec)."""
-        d = _plain(dataclasses.asdict(self))
+        d = to_dict(self)
         for ax in ("width", "height"):
             d.pop(f"{ax}_um" if d[f"{ax}_px"] is not None else f"{ax}_px")
         return d
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
-_CHOICES = {
-    "tumor.haphazard_stroma": ("hyalinised", "myxoid"),
-    "ihc.compartment": ("cytoplasmic", "nuclear", "membranous"),
-}
-
-
-def _build(cls: type, data: Any, where: str, source: str) -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(f"{source}: unknown key '{path}' (allowed: {', '.join(sorted(names))})")
-        hint = hints[key]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, path, source)
-        else:
-            kwargs[key] = _coerce(value, hint, path, source)
-    obj = cls(**kwargs)
-    return obj
-
-
-def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
-    """Check one leaf value against its annotation."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None and type(None) in args:
-        return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        hint = next(a for a in args if a is not type(None))
-    bad = ConfigError(f"{source}: '{path}' must be {getattr(hint, '__name__', hint)}, got {value!r}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad
-        choices = _CHOICES.get(path)
-        if choices and value not in choices:
-            raise ConfigError(f"{source}: '{path}' must be one of {', '.join(choices)}, got {value!r}")
-        return value
-    if hint is tuple:
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
-        ):
-            raise ConfigError(f"{source}: '{path}' must be a list of numbers, got {value!r}")
-        return tuple(float(x) for x in value)
-    raise bad  # pragma: no cover - every annotation above is handled
 
 
 def _check_values(spec: PhantomSpec, source: str) -> None:
@@ -323,7 +251,7 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> PhantomSpec:
     """Validate a spec mapping (as read from YAML) into a PhantomSpec; ConfigError names the key and source."""
     if data is None:
         data = {}
-    spec = _build(PhantomSpec, data, "", source)
+    spec = from_dict(PhantomSpec, data, source)
     if spec.width_px is not None and "width_um" in data:
         raise ConfigError(f"{source}: give 'width_um' or 'width_px', not both")
     if spec.height_px is not None and "height_um" in data:
@@ -337,21 +265,8 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> PhantomSpec:
     p = Path(path)
     data = load_yaml(p)
     if overrides:
-        data = merge_overrides(data, overrides)
+        data = merge(data, overrides)
     return spec_from_dict(data, str(p))
-
-
-def merge_overrides(data: dict, overrides: dict) -> dict:
-    """Deep-merge `overrides` into a copy of `data`; a None override removes the key (falls back to default)."""
-    out = dict(data)
-    for k, v in overrides.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_overrides(out[k], v)
-        elif v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
 
 
 def replace_size(spec: PhantomSpec, width_px: int, height_px: int) -> PhantomSpec:

@@ -1,0 +1,58 @@
+"""One config loader: every YAML config of histo goes through histo.config (same checks, same messages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from histo.aggregate import config as grading_config
+from histo.config import apply_overrides, from_dict, merge
+from histo.errors import ConfigError
+from histo.synth.phantom import spec as phantom_spec
+
+
+@dataclass(frozen=True)
+class _Inner:
+    kind: Literal["a", "b"] = "a"
+    values: tuple[float, ...] = (1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class _Outer:
+    name: str = "x"
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_grading_and_phantom_configs_use_the_one_loader() -> None:
+    # no private copies of the YAML-to-dataclass machinery are left beside the dataclasses
+    for module in (grading_config, phantom_spec):
+        assert not hasattr(module, "_build") and not hasattr(module, "_convert") and not hasattr(module, "_coerce")
+    assert not hasattr(phantom_spec, "merge_overrides")
+
+
+def test_list_of_plain_values_names_the_list() -> None:
+    with pytest.raises(ConfigError, match=r"'inner\.values' must be a list of numbers, got \[1, 'two'\]"):
+        from_dict(_Outer, {"inner": {"values": [1, "two"]}}, "c.yaml")
+
+
+def test_literal_lists_its_choices_and_refuses_bools() -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml: 'inner\.kind' must be one of a, b, got 'c'"):
+        from_dict(_Outer, {"inner": {"kind": "c"}}, "c.yaml")
+
+
+def test_phantom_spec_takes_set_overrides_like_every_config() -> None:
+    data = apply_overrides({}, ["tumor.haphazard_stroma=myxoid", "mpp=0.5"])
+    spec = phantom_spec.spec_from_dict(data, "--set")
+    assert spec.tumor.haphazard_stroma == "myxoid" and spec.mpp == 0.5
+    with pytest.raises(ConfigError, match=r"'tumor\.haphazard_stroma' must be one of hyalinised, myxoid"):
+        phantom_spec.spec_from_dict(apply_overrides({}, ["tumor.haphazard_stroma=wavy"]), "--set")
+
+
+def test_merge_is_deep_copies_and_none_restores_the_default() -> None:
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 4}
+    out = merge(base, {"a": {"b": 2}, "d": None})
+    assert out == {"a": {"b": 2, "c": [1, 2]}}
+    out["a"]["c"].append(3)
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 4}
