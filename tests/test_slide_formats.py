@@ -193,3 +193,29 @@ def test_overview_of_single_level_slide_reads_bounded_blocks(tmp_path, monkeypat
         assert max(seen) <= (1024 + 2) ** 2  # never the whole 4096² level at once
         th = s.thumbnail(100)
         assert max(th.shape[:2]) == 100 and max(seen) <= (1024 + 2) ** 2
+
+
+def test_uncompressed_single_strip_tiff_is_read_row_by_row(tmp_path, monkeypatch):
+    import os as _os
+
+    img = np.full((1200, 1600, 3), 238, np.uint8)
+    img[400:800, 500:900] = (200, 120, 170)
+    path = tmp_path / "raw.tif"
+    tifffile.imwrite(path, img, rowsperstrip=1200, photometric="rgb", resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER", tile=None)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1 and not tif.pages[0].is_tiled
+    sizes = []
+    real_pread = _os.pread
+
+    def spy(fd, n, off):
+        sizes.append(n)
+        return real_pread(fd, n, off)
+
+    monkeypatch.setattr("histo.slide.route.PLAIN_IMAGE_MAX_PX", 1_000_000)  # as if it were a 100k² scan
+    with open_slide(path) as s:
+        assert s.backend == "tifffile" and "strip" in s.backend_reason
+        monkeypatch.setattr("histo.slide.tiffbackend.os.pread", spy)
+        region = s.read(600, 500, 100, 100, 0.5)
+        assert np.abs(region.astype(int) - (200, 120, 170)).max() == 0
+    assert sizes and max(sizes) <= 100 * 3  # one row of the asked columns at a time, not the 5.8 MB strip
