@@ -118,7 +118,8 @@ def test_html_is_self_contained_escaped_and_states_the_verdict(example):
     assert "slide &lt;A&amp;B&gt;" in html and NAME not in html
     assert "DAB &lt;weak&gt;" in html and "<weak>" not in html  # IHC QC messages are escaped too
     assert "ALK positive (H-score 180; 72 % of tumour cells ≥ 1+)." in html
-    assert len(re.findall(r"<img ", html)) == 4
+    # 4 maps + the hotspot close-up + one gallery crop per mitosis counted in the hotspot (30)
+    assert len(re.findall(r"<img ", html)) == 4 + 1 + 30
 
 
 # -- GeoJSON ------------------------------------------------------------------------------------------------

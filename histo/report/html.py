@@ -39,6 +39,12 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}
 .small{font-size:.85em;color:#555}ul.reasons li{margin:.3em 0}
+.gallery{display:flex;flex-wrap:wrap;gap:6px}.gallery figure{margin:0;width:100px;font-size:.8em;text-align:center}
+.gallery img{width:96px;height:96px;border:1px solid #999;image-rendering:auto}code{background:#f4f4f4;padding:0 .3em}
+@media print{@page{size:A4;margin:12mm}body{max-width:none;margin:0;padding:0;font-size:9.5pt;line-height:1.25}
+h2{margin-top:.8em;break-after:avoid}figure,table,.verdict,.gallery figure{break-inside:avoid}
+figure img{max-height:85mm;width:auto}.gallery figure{width:19mm}.gallery img{width:18mm;height:18mm}
+td,th{padding:.1em .3em}.disclaimer{padding:.2em .4em}.noprint{display:none}}
 """
 
 
@@ -238,8 +244,22 @@ def esc_count(c: Any) -> str:
     return "n/a" if c is None else str(int(c))
 
 
+def gallery_section(items: Sequence[Any], n_counted: int | None, crop_um: float = 64.0) -> str:
+    """Every mitosis counted in the hotspot: a crop each with its score, best first."""
+    if n_counted is None:
+        return ""
+    if not items:
+        return "<h2>Mitoses counted in the hotspot</h2><p>None.</p>"
+    more = "" if n_counted <= len(items) else f" (the {len(items)} best shown of {n_counted})"
+    figs = "".join(f'<figure><img src="{data_uri(it.png)}" alt="mitosis {esc(fmt_num(it.score, 2))}">'
+                   f"<figcaption>{esc(fmt_num(it.score, 2))}</figcaption></figure>" for it in items)
+    return (f"<h2>Mitoses counted in the hotspot</h2><p>{n_counted} mitoses{esc(more)}, sorted by score; each crop is "
+            f"{esc(fmt_num(crop_um, 0))} µm wide, centred on the detection.</p><div class=\"gallery\">{figs}</div>")
+
+
 def slide_page(report: Mapping[str, Any], images: Sequence[tuple[bytes, str, str]],
-               ihc_images: Sequence[bytes | None] = ()) -> str:
+               ihc_images: Sequence[bytes | None] = (), *, gallery: Sequence[Any] = (),
+               n_counted: int | None = None, view_cmd: str | None = None) -> str:
     """The slide report page: verdict with evidence, measurements, images, IHC, model card, provenance."""
     s, v = report["slide"], report["verdict"]
     parts = [f'<p class="verdict v-{esc(v["high_grade"])}">{esc(v["line"])}</p>']
@@ -263,6 +283,10 @@ def slide_page(report: Mapping[str, Any], images: Sequence[tuple[bytes, str, str
     if images:
         parts.append("<h2>Images</h2>")
         parts += [figure(png, caption, alt) for png, caption, alt in images]
+    parts.append(gallery_section(gallery, n_counted))
+    if view_cmd:
+        parts.append(f"<p>Check every count against the slide: <code>{esc(view_cmd)}</code> opens it in a local "
+                     "viewer with these overlays (or import annotations.geojson into QuPath).</p>")
     if report.get("ihc"):
         parts.append("<h2>Immunohistochemistry</h2>")
         ihc_imgs = list(ihc_images) + [None] * len(report["ihc"])

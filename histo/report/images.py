@@ -41,6 +41,7 @@ class Canvas:
     background: np.ndarray  # (H, W, 3) uint8
     sx: float  # canvas px per level-0 px along x
     sy: float
+    mpp: float | None = None  # level-0 µm/px: when known, every map gets a scale bar
 
     @property
     def width_px(self) -> int:
@@ -95,14 +96,16 @@ class RenderedImage:
 
 
 def make_canvas(thumbnail: np.ndarray | None, slide_dimensions: tuple[int, int] | None, tiles: pd.DataFrame,
-                max_px: int = 1024) -> Canvas:
-    """A canvas from a slide thumbnail and the slide's level-0 size, or a white page spanning the tiles."""
+                max_px: int = 1024, mpp: float | None = None) -> Canvas:
+    """A canvas from a slide thumbnail and the slide's level-0 size, or a white page spanning the tiles.
+
+    ``mpp`` (level-0 µm/px) puts a scale bar on every map drawn on it."""
     if thumbnail is not None:
         if slide_dimensions is None:
             raise HistoError("a thumbnail needs the slide's level-0 dimensions to map tiles onto it")
         thumb = np.ascontiguousarray(thumbnail[..., :3], dtype=np.uint8)
         w0, h0 = slide_dimensions
-        return Canvas(thumb, thumb.shape[1] / w0, thumb.shape[0] / h0)
+        return Canvas(thumb, thumb.shape[1] / w0, thumb.shape[0] / h0, mpp)
     if slide_dimensions is not None:
         w0, h0 = slide_dimensions
     elif len(tiles):
@@ -112,7 +115,7 @@ def make_canvas(thumbnail: np.ndarray | None, slide_dimensions: tuple[int, int] 
         w0 = h0 = float(max_px)
     scale = max_px / max(w0, h0)
     w, h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-    return Canvas(np.full((h, w, 3), 255, np.uint8), w / w0, h / h0)
+    return Canvas(np.full((h, w, 3), 255, np.uint8), w / w0, h / h0, mpp)
 
 
 def _boxes(tiles: pd.DataFrame, canvas: Canvas) -> tuple[np.ndarray, ...]:
@@ -212,6 +215,7 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
     """Place a composed map in a titled PNG with a colourbar (cmap, vmin, vmax, label) or a legend."""
     rgb = rgb.copy()
     box = _draw_hotspot(rgb, canvas, hotspot) if hotspot is not None else None
+    bar = draw_scale_bar(rgb, canvas.mpp / canvas.sx) if canvas.mpp else None
     mh, mw = rgb.shape[:2]
     side = _LEGEND_PX if (colourbar or legend) else 0
     width, height = mw + side, max(mh + _TITLE_PX, 220 if side else 0)
@@ -228,6 +232,10 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
         fig.text(max(c0, 2), top + 4 if above else height - _TITLE_PX - r1 - 4, hotspot.label, transform=px,
                  va="bottom" if above else "top", ha="left", fontsize=8, color="black",
                  bbox={"facecolor": "white", "edgecolor": (0, 1, 1), "alpha": 0.85, "pad": 1.5})
+    if bar is not None:
+        length_um, bx0, by = bar
+        fig.text(bx0, height - _TITLE_PX - by + 5, scale_label(length_um), transform=px, va="bottom", ha="left",
+                 fontsize=8, color="black", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     if colourbar is not None:
         cmap, vmin, vmax, label = colourbar
         cb_h = min(mh, height - _TITLE_PX) * 0.8
@@ -243,6 +251,27 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
     fig.savefig(buf, format="png", dpi=_DPI, facecolor="white")
     png = compact_png(buf.getvalue())
     return RenderedImage(png, width, height, 0, _TITLE_PX, canvas.sx, canvas.sy)
+
+
+def scale_label(length_um: float) -> str:
+    """'500 µm', '2 mm'."""
+    return f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
+
+
+def draw_scale_bar(rgb: np.ndarray, um_per_px: float) -> tuple[float, int, int] | None:
+    """Draw a round-length black bar (white-edged) at the bottom left, in place; (length µm, left x, top y) or None."""
+    h, w = rgb.shape[:2]
+    if w < 40 or h < 20 or not um_per_px > 0:
+        return None
+    length_um = nice_max(um_per_px * w / 5) if um_per_px * w / 5 > 0 else 1.0
+    if length_um / um_per_px > w * 0.4:  # nice_max rounds up: keep the bar inside the map
+        length_um /= 2 if str(int(length_um))[0] != "2" else 2.5
+    n = max(1, round(length_um / um_per_px))
+    t = max(3, round(min(h, w) / 150))
+    x0, y0 = max(6, w // 40), h - max(8, h // 30) - t
+    rgb[y0 - 1 : y0 + t + 1, x0 - 1 : x0 + n + 1] = 255
+    rgb[y0 : y0 + t, x0 : x0 + n] = 0
+    return length_um, x0, y0
 
 
 def compact_png(png: bytes, colours: int = 256) -> bytes:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -201,10 +202,12 @@ def write_slide_report(
             _check_slide_matches(slide, dims, tiles)
             thumb = slide.thumbnail(thumbnail_px)
             name = slide_name or slide.name
+            extras = _hotspot_pictures(slide, tiles, mitoses, mpp, cfg, _hotspot(a, mpp, dims))
             slide_info = {"name": name, "path": str(slide.path), "mpp": mpp, "dimensions": list(dims),
                           "vendor": slide.vendor}
         else:
             dims, thumb = None, None
+            extras = {}
             name = slide_name or (Path(str(meta["slide"])).stem if meta.get("slide") else "slide")
             slide_info = {"name": name, "path": str(meta["slide"]) if meta.get("slide") else None, "mpp": mpp,
                           "dimensions": None, "vendor": None}
@@ -214,7 +217,7 @@ def write_slide_report(
 
     hotspot = _hotspot(a, mpp, dims)
     hs_box = None if hotspot is None else I.HotspotBox.from_report(hotspot, mpp, hotspot_label(hotspot))
-    canvas = I.make_canvas(thumb, dims, tiles, max_px=thumbnail_px)
+    canvas = I.make_canvas(thumb, dims, tiles, max_px=thumbnail_px, mpp=mpp)
     rendered: dict[str, tuple[I.RenderedImage, str]] = {}
     if thumb is not None:
         rendered["thumbnail"] = (I.thumbnail_image(canvas, title=f"{name}", hotspot=hs_box),
@@ -282,10 +285,27 @@ def write_slide_report(
     report = json_safe(report)
     validate_report(report)
     figures = [(img.png, caption, key) for key, (img, caption) in rendered.items()]
-    html_path = write_text(out / HTML_NAME, H.slide_page(report, figures, ihc_pngs))
+    if extras.get("closeup"):
+        figures.insert(1 if thumb is not None else 0, (extras["closeup"], "Close-up of the hotspot window; magenta "
+                                                       "rings: the mitoses it counted.", "hotspot close-up"))
+    html_path = write_text(out / HTML_NAME, H.slide_page(report, figures, ihc_pngs, gallery=extras.get("gallery", []),
+                                                         n_counted=extras.get("n_counted"),
+                                                         view_cmd=f"histo view {shlex.quote(str(out))}"))
     # report.json last: its presence means the report is complete
     json_path = write_text(out / JSON_NAME, _dump(report))
     return ReportPaths(out, json_path, html_path, geojson_path, image_paths, report)
+
+
+def _hotspot_pictures(slide: Slide, tiles: pd.DataFrame, mitoses: pd.DataFrame | None, mpp: float, cfg: Any,
+                      hotspot: dict[str, Any] | None) -> dict[str, Any]:
+    """The gallery of mitoses counted in the hotspot and its close-up, read from the slide ({} without a hotspot)."""
+    from histo.report import gallery as G
+
+    if hotspot is None:
+        return {}
+    counted = G.counted_in_hotspot(tiles, mitoses, mpp, cfg, hotspot)
+    return {"gallery": G.gallery(slide, counted, mpp), "n_counted": len(counted),
+            "closeup": G.closeup(slide, hotspot, counted, mpp, f"Hotspot: {hotspot_label(hotspot)}")}
 
 
 def card_summary_dict(card: Any, prediction_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
