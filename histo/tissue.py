@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage as ndi
 
-from histo.config import load_yaml
+from histo.config import from_dict, load_yaml
 from histo.errors import ConfigError, HistoError
 
 __all__ = [
@@ -121,18 +121,11 @@ class TissueConfig:
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> TissueConfig:
         """Build a config from a mapping; an unknown key or a bad value is a ConfigError naming it and source."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: tissue config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ConfigError(
-                    f"{source}: unknown tissue config key {key!r} (known: {', '.join(sorted(known))})"
-                )
         try:
-            return cls(**d)
+            return from_dict(cls, d, source)
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith(f"{source}: ") else f"{source}: {msg}") from None
 
 
 def load_tissue_config(path: str | Path) -> TissueConfig:

@@ -56,3 +56,14 @@ def test_merge_is_deep_copies_and_none_restores_the_default() -> None:
     assert out == {"a": {"b": 2, "c": [1, 2]}}
     out["a"]["c"].append(3)
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 4}
+
+
+def test_tissue_config_reports_like_every_config() -> None:
+    from histo.tissue import TissueConfig
+
+    with pytest.raises(ConfigError, match=r"^t\.yaml: unknown key 'closing_radius' \(allowed here: .*closing_um"):
+        TissueConfig.from_dict({"closing_radius": 8}, source="t.yaml")
+    with pytest.raises(ConfigError, match=r"^t\.yaml: 'remove_pen' must be true or false, got 'yes'"):
+        TissueConfig.from_dict({"remove_pen": "yes"}, source="t.yaml")
+    with pytest.raises(ConfigError, match=r"^t\.yaml: .*min_od"):  # range checks keep naming the file
+        TissueConfig.from_dict({"min_od": 0.2, "max_od": 0.1}, source="t.yaml")
