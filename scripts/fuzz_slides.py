@@ -27,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -212,6 +213,13 @@ def main() -> int:
     examples: list[dict[str, str]] = []
     runs = 0
     skipped = 0
+    done = 0
+    interrupted = False
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # `timeout` stops the run: still print what was measured
     try:
         for v in range(args.variants):
             src, extra, cmds = sources[v % len(sources)]
@@ -241,11 +249,14 @@ def main() -> int:
                                      "verdict": verdict, "detail": (escaped or tail)[-800:]})
             if not args.keep:
                 shutil.rmtree(vdir, ignore_errors=True)
+            done += 1
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({
-        "variants": args.variants, "runs": runs, "ok": counts["ok"], "clean_errors": counts["clean"],
+        "variants": done, "variants_asked": args.variants, "interrupted": interrupted, "runs": runs, "ok": counts["ok"], "clean_errors": counts["clean"],
         "unexpected": counts["unexpected"], "hangs": counts["hang"], "per_command": per_cmd,
         "skipped_predict_ihc_after_info_refused": skipped,
         "sources": [s[0].name for s in sources], "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),

@@ -219,3 +219,13 @@ def test_uncompressed_single_strip_tiff_is_read_row_by_row(tmp_path, monkeypatch
         region = s.read(600, 500, 100, 100, 0.5)
         assert np.abs(region.astype(int) - (200, 120, 170)).max() == 0
     assert sizes and max(sizes) <= 100 * 3  # one row of the asked columns at a time, not the 5.8 MB strip
+
+
+@pytest.mark.real_data
+def test_real_dicom_openslide_refuses_is_not_a_supported_dicom_wsi(real_data, tmp_path):
+    data = (real_data / "formats" / "openslide-python_boxes_0.dcm").read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[:1500])  # a DICOM OpenSlide detects but cannot read
+    with pytest.raises(SlideOpenError, match="not a supported DICOM WSI") as exc:
+        open_slide(path)
+    assert "corrupt or unreadable" not in str(exc.value)

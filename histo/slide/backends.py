@@ -69,6 +69,12 @@ class OpenSlideBackend:
                 "check that it is a whole-slide image and not truncated"
             ) from exc
         except openslide.OpenSlideError as exc:
+            if _is_dicom(path):
+                raise SlideOpenError(
+                    f"{path}: not a supported DICOM WSI (OpenSlide: {exc}); OpenSlide reads VL Whole Slide "
+                    "Microscopy Image series with all their .dcm files in one folder; if this is one, the file "
+                    "may be damaged"
+                ) from exc
             raise SlideOpenError(
                 f"{path}: the slide is corrupt or unreadable ({exc}); re-copy or re-export it from the scanner"
             ) from exc
@@ -349,3 +355,13 @@ def _tiff_tiles(path: Path, level_dimensions: list[tuple[int, int]]) -> TiffTile
     except Exception:  # noqa: BLE001 - the fast path is optional; OpenSlide still reads the file
         return None
     return tiles if tiles.has_any() else None
+
+
+def _is_dicom(path: Path) -> bool:
+    """True when the file has the DICOM preamble signature ("DICM" at byte 128)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"

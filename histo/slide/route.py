@@ -14,21 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from histo.errors import SlideOpenError
+from histo.slide.backends import _is_dicom as is_dicom
 from histo.slide.tiffcheck import check_tiff, is_tiff
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 WSI_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".czi", ".svslide", ".qptiff"}
 # A plain image is decoded whole into memory: keep it well below the 1.5 GB a run may use.
 PLAIN_IMAGE_MAX_PX = 120_000_000
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _tiff_kind(path: Path) -> tuple[str | None, str]:
@@ -80,7 +72,7 @@ def open_backend(path: Path) -> tuple[Any, str, str]:
         raise SlideOpenError(f"{path}: cannot read the file ({exc})") from exc
     if fmt is not None:
         return OpenSlideBackend(path), "openslide", f"OpenSlide recognises it as {fmt}"
-    if _is_dicom(path):
+    if is_dicom(path):
         raise SlideOpenError(
             f"{path}: not a supported DICOM WSI: the file is DICOM, but OpenSlide reads only VL Whole Slide "
             "Microscopy Image series (all the series' .dcm files in one folder); export the slide as DICOM WSI "
