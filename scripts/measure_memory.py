@@ -29,7 +29,7 @@ def _tiles(n: int, tile: int = 256):
     """Tiles of a glass slide with a band of pink tissue, row by row (never the whole image in memory)."""
     rng = np.random.default_rng(0)
     for ty in range(0, n, tile):
-        for tx in range(0, n, tile):
+        for _tx in range(0, n, tile):
             t = np.full((tile, tile, 3), 238, np.uint8)
             if n // 3 <= ty < 2 * n // 3:
                 t[:] = (200, 120, 170)

@@ -73,7 +73,7 @@ def test_tile_batch_goes_on_after_a_slide_crashes_in_native_code(test_slide_path
     out = tmp_path / "out"
     code = main(["tile", *slides, "--out", str(out), "--quiet"])
     assert code == 1
-    rows = {r["name"]: r for r in csv.DictReader(open(out / "status.csv"))}
+    rows = {r["name"]: r for r in csv.DictReader((out / "status.csv").read_text().splitlines())}
     assert rows["a"]["status"] == "ok" and rows["c"]["status"] == "ok"
     assert rows["bad"]["status"] == "failed"
     assert "crashed (signal 6" in rows["bad"]["reason"]
@@ -109,7 +109,7 @@ def test_out_of_memory_in_a_slide_says_what_to_do(test_slide_path, tmp_path, mon
     monkeypatch.setattr(run_mod, "plan_grid", plan)
     out = tmp_path / "out"
     assert main(["tile", str(test_slide_path), "--out", str(out), "--quiet"]) == 1
-    row = next(csv.DictReader(open(out / "status.csv")))
+    row = next(csv.DictReader((out / "status.csv").read_text().splitlines()))
     assert "lower --workers or --batch-size" in row["reason"] and "unexpected" not in row["reason"]
 
 
@@ -131,5 +131,5 @@ def test_far_mpp_is_refused_unless_forced_on_the_command_line(test_slide_path, t
     assert '"mpp": 29.0' in capsys.readouterr().out
     out = tmp_path / "o"
     assert main(["tile", str(test_slide_path), "--out", str(out), "--quiet", "--mpp", "29"]) == 1
-    row = next(csv.DictReader(open(out / "status.csv")))
+    row = next(csv.DictReader((out / "status.csv").read_text().splitlines()))
     assert "116x the file's own" in row["reason"]

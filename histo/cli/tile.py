@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from histo.atomic import write_text
-    from histo.status import update_status
     from histo.isolate import unexpected_reason
+    from histo.status import update_status
     from histo.tiling import SlideResult, make_pool, tile_slide_isolated
 
     status_fields = [f.name for f in dataclasses.fields(SlideResult)]
