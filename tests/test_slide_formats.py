@@ -229,3 +229,17 @@ def test_real_dicom_openslide_refuses_is_not_a_supported_dicom_wsi(real_data, tm
     with pytest.raises(SlideOpenError, match="not a supported DICOM WSI") as exc:
         open_slide(path)
     assert "corrupt or unreadable" not in str(exc.value)
+
+
+def test_qptiff_opens_with_tifffile(tmp_path):
+    desc = ('<?xml version="1.0" encoding="utf-8"?>\r\n<PerkinElmer-QPI-ImageDescription><DescriptionVersion>2'
+            '</DescriptionVersion><ImageType>FullResolution</ImageType></PerkinElmer-QPI-ImageDescription>')
+    img = np.full((512, 512, 3), 240, np.uint8)
+    img[100:300, 100:300] = (180, 90, 60)
+    path = tmp_path / "scan.qptiff"
+    tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb", compression="jpeg", description=desc,
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    with open_slide(path) as s:
+        assert (s.vendor, s.backend) == ("qptiff", "tifffile") and "qptiff" in s.backend_reason
+        assert s.mpp == pytest.approx(0.5)
+        assert np.abs(s.read(150, 150, 32, 32, 0.5).astype(int) - (180, 90, 60)).max() <= 6

@@ -59,9 +59,12 @@ def open_backend(path: Path) -> tuple[Any, str, str]:
     if tiff:
         check_tiff(path)
         kind, what = _tiff_kind(path)
-        if kind in ("ome", "qptiff"):
-            return (TiffFileBackend(path, "ome-tiff" if kind == "ome" else "qptiff"), "tifffile",
+        if kind == "ome":
+            return (TiffFileBackend(path, "ome-tiff"), "tifffile",
                     f"{what}: tifffile reads its pyramid and its µm/px (OME PhysicalSizeX/Y), OpenSlide does not")
+        if kind == "qptiff":
+            return (TiffFileBackend(path, "qptiff"), "tifffile",
+                    f"{what}: tifffile reads its pyramid and its µm/px (resolution tags), OpenSlide does not")
         if kind == "deep":
             return TiffFileBackend(path, "tiff"), "tifffile", f"{what}: read tile by tile with tifffile"
     try:
