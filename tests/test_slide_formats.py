@@ -243,3 +243,14 @@ def test_qptiff_opens_with_tifffile(tmp_path):
         assert (s.vendor, s.backend) == ("qptiff", "tifffile") and "qptiff" in s.backend_reason
         assert s.mpp == pytest.approx(0.5)
         assert np.abs(s.read(150, 150, 32, 32, 0.5).astype(int) - (180, 90, 60)).max() <= 6
+
+
+def test_planar_rgb_ome_tiff_reads_in_colour(tmp_path):
+    img = np.full((3, 512, 512), 240, np.uint8)
+    img[:, 100:300, 100:300] = np.array([200, 120, 170], np.uint8)[:, None, None]
+    path = tmp_path / "planar.ome.tif"
+    tifffile.imwrite(path, img, ome=True, tile=(256, 256), compression="zlib",
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    with open_slide(path) as s:
+        assert s.backend == "tifffile" and s.modality == "brightfield"
+        assert tuple(s.read(150, 150, 4, 4, 0.5)[0, 0]) == (200, 120, 170)

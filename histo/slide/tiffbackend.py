@@ -56,9 +56,11 @@ class TiffFileBackend:
         series = tif.series[0]
         size = self.path.stat().st_size
         self._pages: list[Any] = []
+        self._rgb_pages: list[list[Any]] = []  # per level: the R, G, B pages of a planar RGB, else []
         self.level_dimensions: list[tuple[int, int]] = []
         for lv in series.levels:
             page = lv.pages[0]
+            page = page.aspage() if hasattr(page, "aspage") else page
             if page is None or not hasattr(page, "imagewidth"):
                 continue
             problem = page_problem(page, size)
@@ -68,6 +70,14 @@ class TiffFileBackend:
             if self.level_dimensions and (dims[0] > self.level_dimensions[-1][0] or dims[1] > self.level_dimensions[-1][1]):
                 continue  # not a pyramid level (a label or macro image stored after the levels)
             self._pages.append(page)
+            pages = [q.aspage() if hasattr(q, "aspage") else q for q in list(lv.pages)[:3] if q is not None]
+            for q in pages[1:]:
+                problem = page_problem(q, size)
+                if problem is not None:
+                    raise SlideOpenError(f"{self.path}: corrupt TIFF: a channel page {problem}; re-copy or re-export it")
+            same = all(int(q.imagewidth) == dims[0] and int(q.imagelength) == dims[1] for q in pages)
+            self._rgb_pages.append(pages if int(page.samplesperpixel) == 1 and len(pages) == 3 and same
+                                   and len(lv.pages) == 3 else [])
             self.level_dimensions.append(dims)
         if not self._pages:
             raise SlideOpenError(f"{self.path}: the TIFF holds no readable image level")
@@ -124,7 +134,12 @@ class TiffFileBackend:
         planes = self._spp if int(page.planarconfig) == 2 else 1
         for r in range(y0 // sh, (y1 - 1) // sh + 1):
             for c in range(x0 // sw, (x1 - 1) // sw + 1):
-                seg = self._segment(page, r * across + c, across * down, planes)
+                if self._rgb_pages[level]:  # planar RGB: one page per colour channel
+                    parts = [self._segment(q, r * across + c, across * down, 1, raw=True)
+                             for q in self._rgb_pages[level]]
+                    seg = None if any(p is None for p in parts) else self._to_rgb8(np.concatenate(parts, axis=-1))
+                else:
+                    seg = self._segment(page, r * across + c, across * down, planes)
                 if seg is None:
                     continue
                 tx, ty = c * sw, r * sh
@@ -153,7 +168,7 @@ class TiffFileBackend:
             out[y - ly, x0 - lx : x1 - lx] = self._to_rgb8(row)[0]
         return out
 
-    def _segment(self, page: Any, index: int, per_plane: int, planes: int) -> np.ndarray | None:
+    def _segment(self, page: Any, index: int, per_plane: int, planes: int, raw: bool = False) -> np.ndarray | None:
         """One decoded tile or strip as h×w×3 uint8, or None for a sparse (never written) one."""
         parts = []
         for p in range(planes):
@@ -170,7 +185,7 @@ class TiffFileBackend:
             seg = np.asarray(seg)
             parts.append(seg.reshape(seg.shape[-3:]))
         arr = parts[0] if planes == 1 else np.concatenate(parts, axis=-1)
-        return self._to_rgb8(arr)
+        return arr if raw else self._to_rgb8(arr)
 
     def _to_rgb8(self, arr: np.ndarray) -> np.ndarray:
         if arr.dtype != np.uint8:
@@ -234,7 +249,7 @@ def _modality_hint(tif: Any, series: Any, channels: int, spp: int) -> str | None
     if spp >= 3 and channels in (3, 4):
         return "brightfield"
     if channels != 3:
-        return "fluorescence"
+        return "fluorescence"  # one grey channel, or many: fluorescence layouts, not brightfield RGB
     return None
 
 
