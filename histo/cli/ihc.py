@@ -9,8 +9,10 @@ failed slide is reported and the batch goes on. Exit 0 when every slide is done,
 
 --tumour-tiles gives the counting region from H&E predictions (contract C tiles.parquet): one path per
 slide (a tiles.parquet or a prediction folder), or one folder holding a prediction folder per H&E slide,
-matched by slide stem (<stem>, or <case>_HE for an IHC slide named <case>_IHC_<marker>). The H&E and IHC
-slides must share a level-0 frame (phantom pairs do; serial sections need registration, not done here).
+matched by slide stem (<stem>, or <case>_HE for an IHC slide named <case>_IHC_<marker>). Each IHC slide is
+registered onto the H&E slide its prediction was made on (prediction.json's ``slide``; --he-slide overrides it)
+before the tumour mask is carried over; when that H&E file is not found the slides must share a level-0 frame
+and ihc.json says registration was not possible.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def register(sub: Any) -> None:
     p.add_argument("--panel", help="marker panel YAML (default: configs/markers/panel.yaml)")
     p.add_argument("--tumour-tiles", nargs="+", metavar="PATH",
                    help="H&E prediction tiles.parquet / prediction folder per slide, or one folder of prediction folders")
+    p.add_argument("--he-slide", nargs="+", metavar="PATH",
+                   help="the H&E slide(s) the --tumour-tiles predictions were made on, registered onto before the "
+                        "tumour mask is used: one for all slides or one per slide (default: the path prediction.json "
+                        "records)")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not register onto the H&E: the tumour map must be in the IHC slide's own frame")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides whose file lacks it")
     p.add_argument("--force-mpp", action="store_true",
@@ -82,6 +90,23 @@ def _tumour_sources(args: argparse.Namespace, slides: list[Path]) -> dict[str, P
                       f"got {len(paths)}")
 
 
+def _he_slides(args: argparse.Namespace, slides: list[Path]) -> dict[str, Path | None]:
+    """Slide stem → the H&E slide given with --he-slide (None: the one its prediction records)."""
+    he = [Path(p) for p in (args.he_slide or [])]
+    if he and not args.tumour_tiles:
+        raise ConfigError("--he-slide needs --tumour-tiles (it is the slide those predictions were made on)")
+    if he and args.no_register:
+        raise ConfigError("--he-slide and --no-register contradict each other")
+    if len(he) not in (0, 1, len(slides)):
+        raise ConfigError(f"--he-slide takes one H&E slide for all or one per slide ({len(slides)}); got {len(he)}")
+    missing = [str(p) for p in he if not p.is_file()]
+    if missing:
+        raise ConfigError(f"--he-slide: {', '.join(missing)} not found")
+    if not he:
+        return {s.stem: None for s in slides}
+    return {s.stem: he[0] if len(he) == 1 else h for s, h in zip(slides, he if len(he) > 1 else he * len(slides))}
+
+
 def run(args: argparse.Namespace) -> int:
     """Score every slide; one status row each; exit 1 if any failed."""
     from histo.slide import mpp_argument
@@ -107,9 +132,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"two slides share the name {s.stem!r} ({seen[s.stem]} and {s}); outputs are named by slide")
         seen[s.stem] = s
     sources = _tumour_sources(args, slides)
+    he_slides = _he_slides(args, slides)
     options = IHCOptions(mpp=args.mpp, analysis_mpp=args.analysis_mpp, stain=args.stain,
                          non_spindle_class=args.non_spindle_class, necrosis_min_p=args.necrosis_min_p,
-                         allow_frame_mismatch=args.allow_frame_mismatch, workers=args.workers, pool=args.pool,
+                         allow_frame_mismatch=args.allow_frame_mismatch, register=not args.no_register,
+                         workers=args.workers, pool=args.pool,
                          overwrite=args.overwrite, progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     for path in bar:
         try:
             probe_isolated(path)  # issue 17: a slide that crashes native code fails alone
-            row = score_ihc_slide(path, spec, out, tumour_tiles=sources[path.stem], options=options).status
+            row = score_ihc_slide(path, spec, out, tumour_tiles=sources[path.stem], options=options,
+                                  he_slide=he_slides[path.stem]).status
         except HistoError as exc:
             row = IHCStatus(path.stem, str(path), "failed", str(exc), spec.name)
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch

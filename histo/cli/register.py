@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
     p.add_argument("--landmarks", default=None,
                    help="CSV with header X,Y of points on MOVING (level-0 px); writes landmarks_in_fixed.csv")
     p.add_argument("--no-nonrigid", action="store_true", help="stop after the affine step")
+    p.add_argument("--quiet", action="store_true", help="only the status line (no reasons on stderr)")
     p.set_defaults(run=run)
 
 
@@ -45,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
             f"Dice {q['dice']:.3f}, estimated error {'n/a' if err is None else f'{err:.1f} µm'}"
             f" [{reg.timing_s['total']:.1f} s]; {path}")
     print(line)
-    if q.get("reasons"):
+    if q.get("reasons") and not args.quiet:
         print("  " + "; ".join(q["reasons"]), file=sys.stderr)
     return 1 if reg.status == "failed" else 0

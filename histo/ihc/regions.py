@@ -3,7 +3,8 @@
 Masks are :class:`histo.tissue.TissueMask` objects in the level-0 frame of the slide they were made for
 (``slide_dimensions``), at a coarse ``mpp``. The H&E and the IHC slide of a case are assumed to share that
 frame: true for phantom pairs (rendered from one layout), NOT in general for real serial sections, which
-are cut, mounted and scanned separately and need registration — registration is not part of histo.
+are cut, mounted and scanned separately and need registration (histo.register, which histo.ihc.score_slide
+runs when given the H&E slide, before this check).
 :func:`check_frame` refuses a mask whose frame differs from the IHC slide's by more than a few per cent
 unless the caller says the mismatch is accepted (then the mask is stretched to the IHC frame, which is
 only right when the sections differ by scale and origin alone).
@@ -75,7 +76,7 @@ def check_frame(mask: TissueMask, slide_dimensions: Sequence[int], *, allow_fram
         raise FrameMismatchError(
             f"the {what} was made for a {mdims[0]}x{mdims[1]} px slide but this slide is {dims[0]}x{dims[1]} px "
             f"({100 * mism:.1f}% apart, tolerance {100 * FRAME_TOLERANCE:g}%): the H&E and IHC slides do not share a "
-            "level-0 frame. Serial sections need registration, which histo does not do; pass "
+            "level-0 frame. Serial sections are registered when the H&E slide is found (histo ihc --he-slide); pass "
             "allow_frame_mismatch=True (--allow-frame-mismatch) only if the two scans differ by scale alone"
         )
     if mdims == dims:
@@ -151,8 +152,7 @@ def tumour_mask_from_tiles(
     if reach_x > dims[0] + slack_x or reach_y > dims[1] + slack_y or float(np.min(x)) < -slack_x or float(np.min(y)) < -slack_y:
         raise FrameMismatchError(
             f"the tiles reach {reach_x:.0f}x{reach_y:.0f} px but the slide is {dims[0]}x{dims[1]} px: the tile "
-            "table was made on a slide with another level-0 frame (serial sections need registration, which "
-            "histo does not do)"
+            "table was made on a slide with another level-0 frame"
         )
     probs = tiles_df[[PATTERN_PREFIX + c for c in classes]].to_numpy(np.float64)
     top = np.asarray(classes, dtype=object)[np.argmax(probs, axis=1)]
