@@ -227,6 +227,7 @@ def ihc_section(ihc: Mapping[str, Any], heatmap_png: bytes | None = None) -> str
         ("Region", ihc.get("region")),
         ("Compartment", ihc.get("compartment")),
         ("QC flags", ", ".join(qc_names(ihc)) or "none"),
+        ("Registration onto the H&E", registration_text((ihc.get("qc_values") or {}).get("registration"))),
         ("Slide", ihc.get("slide")),
     ]
     body = [f"<h3>{esc(ihc.get('marker', '?'))}</h3><p>{esc(ihc_sentence(ihc))}</p>", table(rows)]
@@ -237,6 +238,20 @@ def ihc_section(ihc: Mapping[str, Any], heatmap_png: bytes | None = None) -> str
     if heatmap_png is not None:
         body.append(figure(heatmap_png, f"{ihc.get('marker')}: positivity per tile", f"{ihc.get('marker')} heatmap"))
     return "".join(body)
+
+
+def registration_text(reg: Any) -> str:
+    """An IHC slide's registration onto the H&E in words: status, estimated error and what the mask was."""
+    if not isinstance(reg, Mapping):
+        return "not registered"
+    status, err = str(reg.get("status", "?")), reg.get("estimated_error_um")
+    err_s = f", estimated error {fmt_num(err, 1)} µm" if isinstance(err, (int, float)) else ""
+    if status == "ok":
+        how = "frames agree" if str(reg.get("applied", "")).startswith("identity") else "tumour mask carried over"
+        return f"ok{err_s} ({how})"
+    if status == "not_registered":
+        return "not possible (H&E slide not found): the tumour mask was used in this slide's own frame"
+    return f"{status}{err_s}: the tumour mask was not used; counted in all tissue"
 
 
 def esc_count(c: Any) -> str:
@@ -337,11 +352,12 @@ def case_page(case: Mapping[str, Any], slide_links: Sequence[tuple[str, str]]) -
         ]))
     if case.get("ihc"):
         parts.append("<h2>Immunohistochemistry</h2><table><tr><th>Marker</th><th>Call</th><th>H-score</th>"
-                     "<th>% ≥ 1+</th><th>Cells</th><th>Region</th><th>QC</th><th>Reason</th></tr>")
+                     "<th>% ≥ 1+</th><th>Cells</th><th>Region</th><th>Registration</th><th>QC</th><th>Reason</th></tr>")
         for r in case["ihc"]:
             parts.append(f"<tr><td>{esc(r['marker'])}</td><td>{esc(r['call'])}</td><td class=\"num\">{esc(fmt_num(r.get('h_score')))}</td>"
                          f"<td class=\"num\">{esc(fmt_num(r.get('pct_positive')))}</td><td class=\"num\">{esc(r.get('n_cells'))}</td>"
-                         f"<td>{esc(r.get('region'))}</td><td>{esc(', '.join(r.get('qc') or []) or 'none')}</td>"
+                         f"<td>{esc(r.get('region'))}</td><td>{esc(registration_text(r.get('registration')))}</td>"
+                         f"<td>{esc(', '.join(r.get('qc') or []) or 'none')}</td>"
                          f"<td>{esc(r.get('reason'))}</td></tr>")
         parts.append("</table>")
     if slide_links:
