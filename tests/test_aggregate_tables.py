@@ -72,7 +72,9 @@ def test_import_pulls_in_no_heavy_or_sibling_modules():
     code = (
         "import sys, histo.aggregate; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'openslide', 'scipy', 'skimage') "
-        "or (m.startswith('histo.') and not m.startswith(('histo.aggregate', 'histo.errors')))]; "
+        # histo.config (the one YAML loader) and histo.inputs (shared constants) are leaves like histo.errors
+        "or (m.startswith('histo.') and not m.startswith(('histo.aggregate', 'histo.errors', 'histo.config', "
+        "'histo.inputs')))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from histo.config import from_dict, load_yaml, to_dict
 from histo.errors import ConfigError
+from histo.inputs import DEFAULT_PATTERN_CLASSES
 
 CONFIG_VERSION = 1
 
@@ -21,7 +22,7 @@ HPF_PRESETS_MM2: dict[str, float] = {"field22_40x": 0.237, "fnclcc": 0.1734}
 class TileRules:
     """How a tile's scores become classes."""
 
-    pattern_classes: tuple[str, ...] = ("none", "fascicular", "haphazard")
+    pattern_classes: tuple[str, ...] = DEFAULT_PATTERN_CLASSES
     non_spindle_class: str = "none"
     tumour_min_p: float = 0.5
     necrosis_min_p: float = 0.5  # a tile at or above this seeds a necrotic region

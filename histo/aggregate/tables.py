@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from histo.errors import HistoError, MppError
+from histo.inputs import mpp_is_plausible, mpp_range_text
 
 TILE_BOX_COLUMNS = ("x", "y", "w", "h")
 MITOSIS_COLUMNS = ("x_um", "y_um", "score")
@@ -88,9 +88,9 @@ def validate_mpp(mpp: float) -> float:
     if isinstance(mpp, bool) or not isinstance(mpp, (int, float, np.floating, np.integer)):
         raise MppError(f"level-0 mpp must be a number (µm per pixel), got {type(mpp).__name__} {mpp!r}")
     mpp = float(mpp)
-    # 0.05–100 µm/px spans every scanner objective down to overview images; outside it is a unit mistake
-    if not math.isfinite(mpp) or not 0.05 <= mpp <= 100.0:
-        raise MppError(f"level-0 mpp {mpp} µm/px is implausible (expected 0.05–100; typical 0.25 at 40x, 0.5 at 20x)")
+    if not mpp_is_plausible(mpp):
+        raise MppError(f"level-0 mpp {mpp} µm/px is implausible (expected {mpp_range_text()}; typical 0.25 at 40x, "
+                       "0.5 at 20x)")
     return mpp
 
 

@@ -10,6 +10,7 @@ from histo.annotations import LabelMap
 from histo.config import from_dict, load_yaml
 from histo.data.transforms import build_pipeline
 from histo.errors import ConfigError
+from histo.inputs import mpp_is_plausible, mpp_range_text
 
 Split = Literal["train", "val", "test", "auto"]
 
@@ -128,8 +129,8 @@ def _check_source(s: Any) -> None:
 
     if not s.name:
         raise ValueError("a source needs a non-empty name")
-    if not 0.05 <= s.mpp <= 100:
-        raise ValueError(f"mpp must be a plausible µm/px in [0.05, 100], got {s.mpp}")
+    if not mpp_is_plausible(s.mpp):
+        raise ValueError(f"mpp must be a plausible µm/px in {mpp_range_text()}, got {s.mpp}")
     for key in ("group_regex", *(("prefix_regex",) if hasattr(s, "prefix_regex") else ())):
         try:
             re.compile(getattr(s, key))

@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from histo.errors import ConfigError
+from histo.inputs import InputSpec  # the one record of a model input (re-exported: histo.data.InputSpec)
 
 MAX_POINTS = 32  # mitosis points kept per tile in "mitosis_points" (the heatmap keeps all)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model eats: tile edge and µm/px, RGB normalisation, heatmap stride, pattern class order."""
-
-    tile_px: int
-    mpp: float
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    mitosis_stride_px: int | None = 4
-    pattern_classes: list[str] = field(default_factory=lambda: ["none", "fascicular", "haphazard"])
-
-    def __post_init__(self) -> None:
-        if self.tile_px < 8:
-            raise ConfigError(f"InputSpec: tile_px must be at least 8, got {self.tile_px}")
-        if not self.mpp > 0:
-            raise ConfigError(f"InputSpec: mpp must be positive, got {self.mpp}")
-        s = self.mitosis_stride_px
-        if s is not None and (s < 1 or self.tile_px % s):
-            raise ConfigError(f"InputSpec: mitosis_stride_px {s} must divide tile_px {self.tile_px}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError("InputSpec: mean and std need 3 values each, std positive")
-
-    @classmethod
-    def from_card(cls, card: Any) -> InputSpec:
-        """The input spec of a histo.models.ModelCard."""
-        return cls(tile_px=card.tile_px, mpp=card.mpp, mean=tuple(card.mean), std=tuple(card.std),
-                   mitosis_stride_px=card.mitosis_stride_px, pattern_classes=list(card.classes))
 
 
 def heatmap_target(points_px: np.ndarray, tile_px: int, stride_px: int, sigma_cells: float = 1.0) -> np.ndarray:

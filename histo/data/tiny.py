@@ -10,7 +10,7 @@ import yaml
 
 from histo.data.config import DataConfig, data_config_from_dict
 from histo.data.module import TileDataModule
-from histo.data.sample import InputSpec
+from histo.inputs import DEFAULT_PATTERN_CLASSES, InputSpec
 
 # A small, busy phantom: every pattern, necrosis, and enough mitoses that small tiles hold some.
 TINY_SPEC = {
@@ -45,7 +45,7 @@ def tiny_data_config(cache_dir: str | Path, *, n_slides: int = 2, size_px: tuple
 
 
 def tiny_datamodule(cache_dir: str | Path, *, tile_px: int = 64, mpp: float = 1.0, mitosis_stride_px: int | None = 4,
-                    pattern_classes: Sequence[str] = ("none", "fascicular", "haphazard"), n_slides: int = 2,
+                    pattern_classes: Sequence[str] = DEFAULT_PATTERN_CLASSES, n_slides: int = 2,
                     size_px: tuple[int, int] = (1536, 1536), **data: Any) -> TileDataModule:
     """A prepared and set-up TileDataModule over tiny phantoms (written once into `cache_dir`, then reused)."""
     cfg = tiny_data_config(cache_dir, n_slides=n_slides, size_px=size_px, **data)

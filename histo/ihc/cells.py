@@ -35,6 +35,7 @@ from histo.ihc.compartments import (
     membrane_band,
 )
 from histo.ihc.deconvolution import StainMaps
+from histo.inputs import mpp_is_plausible, mpp_range_text
 
 NUCLEAR_CHANNELS = ("hematoxylin+dab", "hematoxylin", "od_sum")
 COMPARTMENTS = ("nucleus", "cytoplasm", "membrane", "cell")
@@ -110,8 +111,8 @@ def _check_mpp(mpp: float) -> float:
         m = float(mpp)
     except (TypeError, ValueError):
         raise MppError(f"mpp must be a number of µm per pixel, got {mpp!r}") from None
-    if not np.isfinite(m) or not 0.05 <= m <= 50.0:
-        raise MppError(f"mpp {mpp!r} µm/px is implausible for a cell-level IHC image (expected 0.05–50)")
+    if not mpp_is_plausible(m):
+        raise MppError(f"mpp {mpp!r} µm/px is implausible for a cell-level IHC image (expected {mpp_range_text()})")
     return m
 
 

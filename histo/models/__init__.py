@@ -1,8 +1,8 @@
 """Plain nn.Module models: backbone registry, task heads, MultiTaskNet, model card and model files."""
 
-from histo.models.card import IMAGENET_MEAN, IMAGENET_STD, SCHEMA_VERSION, ModelCard, ScaleSpec, config_digest
+from histo.inputs import DEFAULT_PATTERN_CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from histo.models.card import SCHEMA_VERSION, ModelCard, ScaleSpec, config_digest
 from histo.models.heads import (
-    DEFAULT_PATTERN_CLASSES,
     ClassificationHead,
     HeatmapHead,
     LogitHead,

@@ -24,12 +24,11 @@ from typing import Any
 
 from histo import __version__ as _HISTO_VERSION
 from histo.errors import ModelError
+from histo.inputs import IMAGENET_MEAN, IMAGENET_STD, MPP_PLAUSIBLE_UM, mpp_is_plausible, mpp_range_text
 from histo.models.multitask import HEAD_NAMES, resolve_heads
 
 SCHEMA_VERSION = 2
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MPP_RANGE = (0.05, 100.0)  # a plausible µm/px of a model input
+MPP_RANGE = MPP_PLAUSIBLE_UM  # a plausible µm/px of a model input (the one range of histo.inputs)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Card fields that change how a model is applied; they are bound to the weights at export (see binding()).
@@ -447,8 +446,8 @@ def _scale(raw: Any, p: str, source: str, fail: Any, number: Any) -> ScaleSpec:
     if isinstance(tile_px, bool) or not isinstance(tile_px, int) or tile_px <= 0:
         fail(f"{p}.tile_px", f"must be a positive integer, got {tile_px!r}")
     mpp = number(f"{p}.mpp", raw["mpp"])
-    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:
-        fail(f"{p}.mpp", f"must be a plausible µm/px in [{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}], got {mpp!r}")
+    if not mpp_is_plausible(mpp):
+        fail(f"{p}.mpp", f"must be a plausible µm/px in {mpp_range_text()}, got {mpp!r}")
     norm = []
     for name in ("mean", "std"):
         v = raw[name]

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from histo.inputs import IMAGENET_MEAN, IMAGENET_STD
+
 METHOD = "mahalanobis_texture_colour+semantic"
 REFERENCES = (
     "Lee K, Lee K, Lee H, Shin J. A simple unified framework for detecting out-of-distribution samples and "
@@ -76,8 +78,8 @@ class DomainHead(nn.Module):
             self.register_buffer(f"{name}_mean", torch.zeros(d))
             self.register_buffer(f"{name}_precision", torch.eye(d))
             self.register_buffer(f"{name}_threshold", torch.ones(()))
-        self.register_buffer("input_mean", torch.tensor([0.485, 0.456, 0.406]))
-        self.register_buffer("input_std", torch.tensor([0.229, 0.224, 0.225]))
+        self.register_buffer("input_mean", torch.tensor(IMAGENET_MEAN))  # calibrate() sets the scale's own
+        self.register_buffer("input_std", torch.tensor(IMAGENET_STD))
 
     def features(self, x: torch.Tensor, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
         """The statistics the distances are measured on, in the order of STATISTICS."""

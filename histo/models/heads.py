@@ -11,8 +11,6 @@ from torch import nn
 
 from histo.errors import ModelError
 
-DEFAULT_PATTERN_CLASSES = ("none", "fascicular", "haphazard")
-
 
 class ClassificationHead(nn.Module):
     """Pooled features ``(N, F)`` → class logits ``(N, C)``."""

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from histo.errors import ModelError
+from histo.inputs import DEFAULT_PATTERN_CLASSES
 from histo.models.domain import DomainHead
-from histo.models.heads import DEFAULT_PATTERN_CLASSES, ClassificationHead, HeatmapHead, LogitHead
+from histo.models.heads import ClassificationHead, HeatmapHead, LogitHead
 from histo.models.registry import create_backbone
 
 HEAD_NAMES = ("pattern", "necrosis", "mitosis")

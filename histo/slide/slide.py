@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 
 from histo.errors import MppError, SlideOpenError
+from histo.inputs import MPP_PLAUSIBLE_UM
 from histo.slide.backends import Backend
 from histo.slide.route import IMAGE_SUFFIXES, open_backend
 
-# A level-0 pixel size outside this range is not a brightfield scan (72-dpi TIFF defaults give 352 µm/px).
-MPP_PLAUSIBLE_UM = (0.02, 30.0)
+# A level-0 pixel size outside MPP_PLAUSIBLE_UM is not a brightfield scan (72-dpi TIFF defaults give 352 µm/px).
 # Pixels must be square to within this share; scanners write the same value twice.
 _MPP_ANISOTROPY_TOL = 0.05
 # A level serves a target mpp if its pixels are at most this much larger than asked (rounding in headers).

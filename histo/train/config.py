@@ -18,6 +18,7 @@ import yaml
 
 from histo.config import apply_overrides, from_dict, load_yaml, to_dict
 from histo.errors import ConfigError, ModelError
+from histo.inputs import mpp_is_plausible, mpp_range_text
 from histo.models import IMAGENET_MEAN, IMAGENET_STD, config_digest, list_backbones, resolve_heads
 
 
@@ -50,8 +51,8 @@ def _check_input(tile_px: int, mpp: float, std: tuple[float, float, float], pret
         raise ValueError("pretrained: true is ambiguous; use false, imagenet, or a path to .safetensors")
     if tile_px < 32 or tile_px % 32:
         raise ValueError(f"tile_px must be a multiple of 32 (the backbone stride), got {tile_px}")
-    if not 0.05 <= mpp <= 100:
-        raise ValueError(f"mpp must be a plausible µm/px in [0.05, 100], got {mpp}")
+    if not mpp_is_plausible(mpp):
+        raise ValueError(f"mpp must be a plausible µm/px in {mpp_range_text()}, got {mpp}")
     if min(std) <= 0:
         raise ValueError(f"std must be positive, got {list(std)}")
 
