@@ -254,3 +254,16 @@ def test_planar_rgb_ome_tiff_reads_in_colour(tmp_path):
     with open_slide(path) as s:
         assert s.backend == "tifffile" and s.modality == "brightfield"
         assert tuple(s.read(150, 150, 4, 4, 0.5)[0, 0]) == (200, 120, 170)
+
+
+@pytest.mark.real_data
+def test_svs_whose_metadata_raises_inside_openslide_is_a_slide_open_error(real_data, tmp_path):
+    """Fuzz find (seed 0, variant 24): bit flips that make openslide-python's properties raise KeyError."""
+    data = bytearray((real_data / "formats" / "openslide-python_small.svs").read_bytes())
+    for i, bit in [(40, 8), (120, 32), (125, 128), (288, 6), (765, 128), (838, 2), (852, 32), (1201, 32),
+                   (1329, 16), (1410, 16), (1700, 4), (1708, 1), (2477, 8)]:
+        data[i] ^= bit
+    path = tmp_path / "flipped.svs"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SlideOpenError, match="flipped.svs"):
+        open_slide(path)

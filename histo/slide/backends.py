@@ -79,10 +79,15 @@ class OpenSlideBackend:
                 f"{path}: the slide is corrupt or unreadable ({exc}); re-copy or re-export it from the scanner"
             ) from exc
         self._failed: str | None = None
-        self.vendor = self._osr.properties.get("openslide.vendor", "unknown")
-        self.level_dimensions: list[tuple[int, int]] = [(int(d[0]), int(d[1])) for d in self._osr.level_dimensions]
-        self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
-        self.properties = dict(self._osr.properties)
+        try:
+            self.vendor = self._osr.properties.get("openslide.vendor", "unknown")
+            self.level_dimensions: list[tuple[int, int]] = [(int(d[0]), int(d[1])) for d in self._osr.level_dimensions]
+            self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
+            self.properties = dict(self._osr.properties)
+        except Exception as exc:  # noqa: BLE001 - a damaged header can make any metadata call fail
+            self._osr.close()
+            raise SlideOpenError(f"{path}: the slide's metadata is unreadable ({type(exc).__name__}: {exc}); "
+                                 "the file is corrupt, re-copy or re-export it") from exc
         self._tiles = _tiff_tiles(path, self.level_dimensions)
 
     def _check(self) -> None:

@@ -8,12 +8,16 @@ with a `SlideOpenError` naming the file, so neither OpenSlide nor tifffile ever 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 from histo.errors import SlideOpenError
+
+# tifffile logs every damaged tag it skips as a warning on stderr; histo reports the file's problem itself.
+logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Decoded bytes per stored byte above which a file is refused as a decompression bomb. Flat JPEG tiles
