@@ -21,6 +21,7 @@ import pandas as pd
 
 from histo.atomic import atomic_path, write_text
 from histo.errors import HistoError
+from histo.prediction import MITOSES_FILE, TILES_FILE, read_tiles
 
 COHORT_CSV, COHORT_PARQUET, COHORT_HTML = "cohort.csv", "cohort.parquet", "cohort.html"
 TABLE_CSVS = ("tiles.csv", "mitoses.csv", "cells.csv")
@@ -155,7 +156,10 @@ def cohort_frame(entries: list[Entry]) -> pd.DataFrame:
     cols = list(LEAD_COLUMNS)
     for r in rows:
         cols += [c for c in r if c not in cols]
-    return _arrow_safe(pd.DataFrame(rows, columns=cols))
+    df = pd.DataFrame(rows, columns=cols)
+    # a list (say a hotspot box) that is null in one report: its numbered columns hold it, not a null twin
+    stray = [c for c in cols if f"{c}_0" in cols and df[c].isna().all()]
+    return _arrow_safe(df.drop(columns=stray))
 
 
 def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -228,6 +232,13 @@ def cohort_html(df: pd.DataFrame, entries: list[Entry]) -> str:
             f"<script>{_SORT_JS}</script></body></html>\n")
 
 
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise HistoError(f"{path}: cannot read ({exc})") from exc
+
+
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -258,16 +269,16 @@ def export_tables(entries: list[Entry], out: Path) -> dict[str, Path]:
         if e.he_report is not None:
             pred = e.he_report.parent
             slide = pred.name
-            for name, file in (("tiles.csv", "tiles.parquet"), ("mitoses.csv", "mitoses.parquet")):
+            for name, file in (("tiles.csv", TILES_FILE), ("mitoses.csv", MITOSES_FILE)):
                 if (pred / file).is_file():
-                    t = pd.read_parquet(pred / file)
+                    t = read_tiles(pred)[0] if file == TILES_FILE else _read_parquet(pred / file)
                     t.insert(0, "slide", slide)
                     t.insert(0, "case_id", e.case_id)
                     parts[name].append(t)
         for d in e.ihc_dirs:
             if (d / "ihc_cells.parquet").is_file():
                 info = _read(d / "ihc.json")
-                c = pd.read_parquet(d / "ihc_cells.parquet")
+                c = _read_parquet(d / "ihc_cells.parquet")
                 c.insert(0, "marker", info.get("marker"))
                 c.insert(0, "slide", d.name)
                 c.insert(0, "case_id", e.case_id)

@@ -79,3 +79,21 @@ def test_no_report_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["cohort", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no finished report" in capsys.readouterr().err
+
+
+def test_a_null_hotspot_box_leaves_no_stray_column(tmp_path, test_slide_path):
+    """A report without a hotspot box (box_um null) next to one with a box: only the four corner columns."""
+    a = write_prediction_folder(tmp_path / "run" / "a", test_slide_path, tiles_table(), mitoses_table())
+    b = write_prediction_folder(tmp_path / "run" / "b", test_slide_path, tiles_table(), mitoses_table(n_cluster=3))
+    for folder in (a, b):
+        assert main(["report", "--thumbnail-px", "64", str(folder), *SMALL_HPF]) == 0
+    rep = json.loads((b / "report.json").read_text())
+    assert rep["measurements"]["mitoses"]["hotspot"]["box_um"] is not None
+    rep["measurements"]["mitoses"]["hotspot"]["box_um"] = None
+    (b / "report.json").write_text(json.dumps(rep))
+    assert main(["cohort", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    df = pd.read_parquet(tmp_path / "out" / "cohort.parquet")
+    box = [c for c in df.columns if c.startswith("mitoses_hotspot_box_um")]
+    assert box == [f"mitoses_hotspot_box_um_{i}" for i in range(4)]
+    assert df[box].iloc[0].notna().all() and df[box].iloc[1].isna().all()
+    assert list(pd.read_csv(tmp_path / "out" / "cohort.csv").columns) == list(df.columns)

@@ -20,6 +20,7 @@ def register(sub: Any) -> None:
     p.add_argument("--csv", action="store_true",
                    help="also write tiles.csv, mitoses.csv and cells.csv: every row's tile, mitosis and IHC cell "
                         "tables stacked, with case_id and slide columns")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success (errors only)")
     p.set_defaults(run=run)
 
 
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from histo.cohort import write_cohort
 
     paths = write_cohort(args.dirs, args.out, csv_tables=args.csv)
+    if args.quiet:
+        return 0
     import pandas as pd
 
     n = len(pd.read_parquet(paths["parquet"], columns=["kind"]))

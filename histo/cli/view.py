@@ -22,6 +22,7 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to bind (default {DEFAULT_HOST}: this machine only; another address exposes the "
                         "slides to the network)")
+    p.add_argument("--quiet", action="store_true", help="print only the URL")
     p.set_defaults(run=run)
 
 
@@ -33,7 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"histo view: warning: listening on {args.host}: anyone who can reach it can see these slides",
               file=sys.stderr)
-    print(f"histo view: {server.url}  ({len(server.app.panes)} slide(s); Ctrl-C stops)", flush=True)
+    if args.quiet:
+        print(server.url, flush=True)
+    else:
+        print(f"histo view: {server.url}  ({len(server.app.panes)} slide(s); Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

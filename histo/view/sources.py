@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from histo.errors import HistoError
+from histo.prediction import PATTERN_PREFIX, PREDICTION_FILE, load_prediction
 
 RASTER_MAX_PX = 2048
 RASTER_PX_PER_TILE = 4
@@ -81,7 +82,7 @@ def load_panes(paths: list[str | os.PathLike[str]]) -> list[Pane]:
             panes.append(Pane(p.stem, "slide", p, None))
         elif (p / "case_report.json").is_file():
             panes += case_panes(p)
-        elif (p / "prediction.json").is_file():
+        elif (p / PREDICTION_FILE).is_file():
             panes.append(prediction_pane(p))
         elif (p / "ihc.json").is_file():
             panes.append(ihc_pane(p))
@@ -95,7 +96,7 @@ def load_panes(paths: list[str | os.PathLike[str]]) -> list[Pane]:
 
 def case_panes(case_dir: Path) -> list[Pane]:
     """The H&E prediction pane first, then one pane per IHC slide of a case folder."""
-    he = sorted(d for d in (case_dir / "he").glob("*") if (d / "prediction.json").is_file())
+    he = sorted(d for d in (case_dir / "he").glob("*") if (d / PREDICTION_FILE).is_file())
     ihc = sorted(d for d in (case_dir / "ihc").glob("*/*") if (d / "ihc.json").is_file())
     if not he and not ihc:
         raise HistoError(f"{case_dir}: a case folder without he/<slide>/prediction.json or ihc/<marker>/<slide>/ihc.json")
@@ -146,13 +147,9 @@ def _raster_layer(lid: str, name: str, tiles: pd.DataFrame, dims: tuple[int, int
 def prediction_pane(folder: Path) -> Pane:
     """A prediction folder's slide with tissue, pattern, necrosis, mitoses and hotspot layers."""
     from histo.aggregate import GradingConfig, necrotic_mask
-    from histo.predict.outputs import PATTERN_PREFIX, load_prediction
     from histo.report import images as I
 
-    try:
-        tiles, mitoses, meta = load_prediction(folder)
-    except FileNotFoundError as exc:
-        raise HistoError(str(exc)) from exc
+    tiles, mitoses, meta = load_prediction(folder)  # PredictionFolderError is a HistoError
     report = _read_json(folder / "report.json") if (folder / "report.json").is_file() else None
     slide = _slide_path(folder, meta.get("slide"))
     mpp = float(meta["slide_mpp"])
