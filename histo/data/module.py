@@ -45,7 +45,7 @@ def sample_weights(pattern: np.ndarray, necrosis: np.ndarray, n_mitoses: np.ndar
 
 
 class TileDataModule(pl.LightningDataModule):
-    """Tiles for training and evaluation, split by slide, as batches of contract B (see histo.data)."""
+    """Tiles for training and evaluation, split by slide, as batches of training samples (docs/formats.md)."""
 
     def __init__(self, config: DataConfig, input_spec: InputSpec):
         super().__init__()

@@ -1,4 +1,4 @@
-"""From an RGB tile and its labels to one training sample of contract B (normalised tensor, targets, points)."""
+"""From an RGB tile and its labels to one training sample (docs/formats.md: normalised tensor, targets, points)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Array level (everything takes an RGB array or its :class:`StainMaps` and an explicit ``mpp``) and slide
 level: :func:`score_slide` scores a whole IHC slide for one marker (tiles read with a margin, cells counted
-once, in a tumour mask or the tissue), :func:`write_ihc_outputs` writes contract D (ihc.json and friends),
+once, in a tumour mask or the tissue), :func:`write_ihc_outputs` writes ihc.json and friends (docs/formats.md),
 :func:`tumour_mask_from_tiles` turns H&E tile predictions into the counting region.
 """
 

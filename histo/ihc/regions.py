@@ -113,7 +113,7 @@ def tumour_mask_from_tiles(
     necrotic: np.ndarray | None = None,
     mask_mpp: float = 8.0,
 ) -> TissueMask:
-    """Tumour mask (level-0 frame of the H&E slide) from a prediction tile table (contract C tiles.parquet).
+    """Tumour mask (level-0 frame of the H&E slide) from a prediction tile table (tiles.parquet of a prediction folder, docs/formats.md).
 
     A tile is viable tumour when its most probable pattern class is a spindle class (not
     ``non_spindle_class``) and ``p_necrosis < necrosis_min_p``; the mask is the union of those tiles'

@@ -1,4 +1,4 @@
-"""The result of scoring one IHC slide: cell and tile tables, the score, the call, QC flags and contract D's dict."""
+"""The result of scoring one IHC slide: cell and tile tables, the score, the call, QC flags and the ihc.json dict."""
 
 from __future__ import annotations
 
@@ -159,5 +159,5 @@ class SlideIHCResult:
         })
 
     def to_dict(self) -> dict[str, Any]:
-        """Same as :attr:`summary` (contract D)."""
+        """Same as :attr:`summary` (ihc.json, docs/formats.md)."""
         return self.summary

@@ -1,4 +1,4 @@
-"""Slide inference: tiles read on the fly → model → tile probabilities and mitosis points (contract C)."""
+"""Slide inference: tiles read on the fly → model → tile probabilities and mitosis points (the prediction folder of docs/formats.md)."""
 
 from histo.predict.dataset import TileBatchDataset, make_loader, plan_batches
 from histo.predict.distributed import RankInfo, rank_info, shard

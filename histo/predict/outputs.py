@@ -140,7 +140,7 @@ def dedup_points(x: np.ndarray, y: np.ndarray, score: np.ndarray, min_distance: 
 
 def base_tiles_meta(slide: str, slide_mpp: float, card: ModelCard, sha256: str,
                     slide_dimensions: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The tiles.parquet metadata of contract C (slide_dimensions: level-0 px, for frame checks by histo ihc)."""
+    """The tiles.parquet metadata (docs/formats.md; slide_dimensions: level-0 px, for frame checks by histo ihc)."""
     return {"slide": slide, "slide_mpp": slide_mpp,
             "slide_dimensions": list(slide_dimensions) if slide_dimensions else None, "model_name": card.name, "model_weights_sha256": sha256,
             "tile_px": card.tile_px, "mpp": card.mpp, "classes": card.classes, "histo_version": histo.__version__}

@@ -1,4 +1,4 @@
-"""`predict_slide`: one slide → tile probabilities and mitosis points in OUT/<slide_stem>/ (contract C)."""
+"""`predict_slide`: one slide → tile probabilities and mitosis points in OUT/<slide_stem>/ (docs/formats.md)."""
 
 from __future__ import annotations
 

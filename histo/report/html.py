@@ -231,7 +231,7 @@ def ihc_section(ihc: Mapping[str, Any], heatmap_png: bytes | None = None) -> str
         ("Slide", ihc.get("slide")),
     ]
     body = [f"<h3>{esc(ihc.get('marker', '?'))}</h3><p>{esc(ihc_sentence(ihc))}</p>", table(rows)]
-    # contract D lists flag names in qc and their messages in qc_details; older dicts put dicts in qc
+    # ihc.json lists flag names in qc and their messages in qc_details; older dicts put dicts in qc
     for f in [*(ihc.get("qc") or []), *(ihc.get("qc_details") or [])]:
         if isinstance(f, Mapping) and f.get("message"):
             body.append(f"<p class=\"small\">QC {esc(f.get('name'))}: {esc(f['message'])}</p>")

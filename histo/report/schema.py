@@ -9,7 +9,7 @@ One H&E slide. Keys (all present; ``null`` where marked):
   vendor: str|null}``.
 - ``model``: the model card summary ``{name, backbone, classes: [str], tile_px, mpp, weights_sha256|null,
   metrics: {name: float}}`` (values null when the prediction folder did not record them).
-- ``prediction``: the ``prediction.json`` of contract C, verbatim, or null.
+- ``prediction``: the folder's ``prediction.json`` (docs/formats.md), verbatim, or null.
 - ``assessment_schema_version``: int; ``measurements``, ``grading``, ``grading_config``: the three parts of
   ``histo.aggregate.SlideAssessment.to_dict()`` verbatim (areas mm², coordinates µm from the slide origin).
 - ``grading_config_sha256``: sha256 of the grading config as canonical JSON (sorted keys), to tell runs apart.

@@ -242,7 +242,7 @@ def high_grade_summary(assessment: Mapping[str, Any]) -> str:
     return f"High grade: {verdict_word(verdict)} ({'; '.join(parts)})."
 
 
-# -- IHC (contract D ihc.json dicts) -------------------------------------------------------------------------
+# -- IHC (ihc.json dicts, docs/formats.md) ----------------------------------------------------------------------
 
 def marker_key(name: str) -> str:
     """Marker name folded for matching: 'S-100' and 's100' are the same marker."""

@@ -23,7 +23,7 @@ METRIC_NAMES = ("val/pattern_bacc", "val/pattern_auroc", "val/necrosis_auroc", "
 class MultiTaskModule(pl.LightningModule):
     """Trains a :class:`MultiTaskNet` (``self.net``): weighted sum of masked task losses, AdamW + cosine.
 
-    Batches follow contract B (``image``, ``pattern``, ``necrosis``, ``mitosis_heatmap``,
+    Batches follow the training-sample layout of docs/formats.md (``image``, ``pattern``, ``necrosis``, ``mitosis_heatmap``,
     ``mitosis_labelled``, ``mitosis_points``). Logs ``train/loss``, ``train/loss_<task>``, ``val/loss``,
     ``val/loss_<task>`` and the metrics in :data:`METRIC_NAMES` for the heads present.
     """
