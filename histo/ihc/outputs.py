@@ -1,4 +1,4 @@
-"""Write a scored IHC slide (contract D): cell and tile Parquet tables, QuPath GeoJSON, a heatmap PNG and ihc.json.
+"""Write a scored IHC slide (docs/formats.md, `histo ihc`): cell and tile Parquet tables, QuPath GeoJSON, a heatmap PNG and ihc.json.
 
 Every file is written atomically (temp file, then rename), ihc.json last: a folder whose ihc.json exists
 is complete, which is what a rerun checks before skipping the slide.
