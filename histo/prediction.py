@@ -27,6 +27,8 @@ TILES_FILE, MITOSES_FILE, PREDICTION_FILE = "tiles.parquet", "mitoses.parquet", 
 # With --tta: each flip/turn's own tables (long form, a ``variant`` column), for the spread of the measurements.
 TTA_TILES_FILE, TTA_MITOSES_FILE = "tta_tiles.parquet", "tta_mitoses.parquet"
 PATTERN_PREFIX = "p_pattern_"
+# With --csv: the two tables again as CSV beside the Parquet files (same columns, index-free).
+TILES_CSV, MITOSES_CSV = "tiles.csv", "mitoses.csv"
 
 
 class PredictionFolderError(HistoError, FileNotFoundError):
@@ -63,7 +65,21 @@ def write_prediction(slide_dir: str | os.PathLike[str], tiles: pd.DataFrame, mit
     else:
         for name in (TTA_TILES_FILE, TTA_MITOSES_FILE):
             (slide_dir / name).unlink(missing_ok=True)
+    for name in (TILES_CSV, MITOSES_CSV):  # CSVs of older tables must not outlive them
+        (slide_dir / name).unlink(missing_ok=True)
     write_text(slide_dir / PREDICTION_FILE, json.dumps(prediction, indent=2) + "\n")
+
+
+def write_csv_tables(slide_dir: str | os.PathLike[str]) -> list[Path]:
+    """tiles.csv and mitoses.csv beside the Parquet tables of a finished prediction folder, written atomically."""
+    tiles, mitoses, _ = load_prediction(slide_dir)
+    paths = []
+    for df, name in ((tiles, TILES_CSV), (mitoses, MITOSES_CSV)):
+        path = Path(slide_dir) / name
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+        paths.append(path)
+    return paths
 
 
 def read_tta(slide_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:

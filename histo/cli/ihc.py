@@ -72,6 +72,8 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-frame-mismatch", action="store_true",
                    help="accept a tumour map from a slide of another size (stretched; only right for pure scale changes)")
     p.add_argument("--overwrite", action="store_true", help="redo slides that are already done")
+    p.add_argument("--csv", action="store_true",
+                   help="also write ihc_cells.csv and ihc_tiles.csv beside the Parquet tables (same columns)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -147,8 +149,13 @@ def run(args: argparse.Namespace) -> int:
     for path in bar:
         try:
             probe_isolated(path)  # issue 17: a slide that crashes native code fails alone
-            row = score_ihc_slide(path, spec, out, tumour_tiles=sources[path.stem], options=options,
-                                  he_slide=he_slides[path.stem]).status
+            done = score_ihc_slide(path, spec, out, tumour_tiles=sources[path.stem], options=options,
+                                   he_slide=he_slides[path.stem])
+            row = done.status
+            if args.csv and row.status != "failed":
+                from histo.ihc.outputs import write_csv_tables
+
+                write_csv_tables(done.folder)  # ihc_cells.csv, ihc_tiles.csv
         except HistoError as exc:
             row = IHCStatus(path.stem, str(path), "failed", str(exc), spec.name)
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch

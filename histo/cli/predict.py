@@ -59,6 +59,8 @@ def register(sub: Any) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each tile over 8 flips and turns (8x the model time); "
                         "the report gives the spread of each measurement over the 8")
+    p.add_argument("--csv", action="store_true",
+                   help="also write tiles.csv and mitoses.csv beside the Parquet tables (same columns)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -132,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
                                    device=device, mpp=args.mpp, tiling=tiling, overlap_px=args.overlap_px,
                                    overwrite=args.overwrite, progress=not args.quiet,
                                    tta=args.tta)
+            if args.csv and result.status != "failed":
+                from histo.prediction import write_csv_tables
+
+                write_csv_tables(result.out_dir)  # tiles.csv, mitoses.csv
         except HistoError as exc:
             result = PredictResult(str(path), path.stem, "failed", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 - one broken slide must not lose the rest of the batch

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from histo.atomic import atomic_path, write_text
+from histo.errors import HistoError
 from histo.ihc.result import CLASS_NAMES, SlideIHCResult
 
 GEOJSON_MAX_FEATURES = 50_000
@@ -24,6 +25,8 @@ CLASS_COLOURS = ((112, 112, 225), (255, 215, 0), (255, 140, 0), (200, 0, 0))  # 
 #: % positive: pale yellow at 0 to dark red at 100 %, every step a saturated colour (none ends in grey)
 HEATMAP_CMAP = "YlOrRd"
 FILES = ("ihc_cells.parquet", "ihc_tiles.parquet", "ihc_cells.geojson", "ihc_heatmap.png", "ihc.json")
+# With --csv: the cell and tile tables again as CSV beside their Parquet files (same columns).
+CSV_FILES = {"ihc_cells.parquet": "ihc_cells.csv", "ihc_tiles.parquet": "ihc_tiles.csv"}
 
 
 def _write_parquet(df: pd.DataFrame, path: Path, meta: dict[str, Any]) -> None:
@@ -136,6 +139,8 @@ def write_ihc_outputs(result: SlideIHCResult, out_dir: str | Path, *, max_featur
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in CSV_FILES.values():  # CSVs of older tables must not outlive them
+        (out / name).unlink(missing_ok=True)
     summary = result.summary
     meta = {"schema": summary["schema"], "slide": summary["slide"], "marker": summary["marker"],
             "region": summary["region"], "slide_mpp": summary["slide_mpp"], "mpp_analysis": summary["mpp_analysis"]}
@@ -149,3 +154,20 @@ def write_ihc_outputs(result: SlideIHCResult, out_dir: str | Path, *, max_featur
     summary.update(extra or {})
     write_text(out / "ihc.json", json.dumps(summary, indent=1, ensure_ascii=False))
     return summary
+
+
+def write_csv_tables(out_dir: str | Path) -> list[Path]:
+    """ihc_cells.csv and ihc_tiles.csv beside the Parquet tables of a finished IHC folder, written atomically."""
+    out = Path(out_dir)
+    if not (out / "ihc.json").is_file():
+        raise HistoError(f"{out}: not a finished IHC folder (no ihc.json)")
+    paths = []
+    for parquet, name in CSV_FILES.items():
+        try:
+            df = pd.read_parquet(out / parquet)
+        except (OSError, ValueError) as exc:
+            raise HistoError(f"{out / parquet}: cannot read ({exc})") from exc
+        with atomic_path(out / name) as tmp:
+            df.to_csv(tmp, index=False)
+        paths.append(out / name)
+    return paths
