@@ -38,7 +38,8 @@ class RegisterConfig:
     candidates: int = 3  # rigid-search candidates refined by ECC
     allow_flip: bool = True
     nonrigid: bool = True
-    field_smooth_um: float = 200.0  # Gaussian sigma regularising the displacement field
+    field_smooth_um: float = 200.0  # Gaussian sigma regularising the displacement field ...
+    field_smooth_fraction: float = 0.1  # ... but never over this fraction of the slide extent (small specimens)
     max_field_um: float = 1000.0  # a field larger than this anywhere is not a deformation but a failure
     channel: str = "hematoxylin"
 
@@ -53,6 +54,14 @@ def level_mpps(extent_um: float, cfg: RegisterConfig) -> list[float]:
     if out[-1] > fine * 1.05:
         out.append(fine)
     return out
+
+
+def effective_smooth_um(extent_um: float, cfg: RegisterConfig) -> float:
+    """The field's Gaussian sigma (µm): ``field_smooth_um``, capped at ``field_smooth_fraction`` of the extent.
+
+    A field as smooth as 200 µm cannot follow any deformation of a specimen only 0.5 mm across (its
+    deformations have a wavelength of a fraction of its size); on a whole slide the cap never binds."""
+    return float(min(cfg.field_smooth_um, cfg.field_smooth_fraction * extent_um))
 
 
 def _centroid_um(v: View) -> np.ndarray:

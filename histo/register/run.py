@@ -18,6 +18,7 @@ from histo.register.align import (
     correlation,
     downsample_field,
     ecc_affine,
+    effective_smooth_um,
     level_mpps,
     nonrigid_field,
     rigid_search,
@@ -106,6 +107,9 @@ def _register(fs: Slide, ms: Slide, cfg: RegisterConfig) -> Registration:
     fmpp, mmpp = fs.mpp, ms.mpp  # MppError naming the slide when unknown
     fdims, mdims = tuple(int(v) for v in fs.dimensions), tuple(int(v) for v in ms.dimensions)
     extent = max(fdims[0] * fmpp, fdims[1] * fmpp, mdims[0] * mmpp, mdims[1] * mmpp)
+    # the smaller slide frame bounds the specimen (a rotated copy's bounding box is up to 1.4x larger)
+    smaller = min(max(fdims[0], fdims[1]) * fmpp, max(mdims[0], mdims[1]) * mmpp)
+    cfg = dataclasses.replace(cfg, field_smooth_um=effective_smooth_um(smaller, cfg))  # recorded as used
     levels = level_mpps(extent, cfg)
     levels = [max(m, fmpp, mmpp) for m in levels]  # never finer than the slides themselves
     t0 = time.perf_counter()
