@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -180,7 +181,9 @@ def classify(rc: int, escaped: str, log: str) -> str:
     text = Path(log).read_text(errors="replace") if Path(log).is_file() else ""
     if escaped or rc not in (0, 1, 2):
         return "unexpected"
-    if "unexpected " in text or "Traceback (most recent call last)" in text:
+    # The batch commands write "unexpected KeyError: ..." for an exception no library code turned into a
+    # HistoError; a library's own words ("unexpected value for reserved bytes") are a clean message.
+    if re.search(r"unexpected [A-Za-z_.]*(Error|Exception|Exit|Interrupt)\b", text) or "Traceback (most recent call last)" in text:
         return "unexpected"
     return "ok" if rc == 0 else "clean"
 
@@ -210,6 +213,7 @@ def main() -> int:
     counts = {"ok": 0, "clean": 0, "unexpected": 0, "hang": 0}
     per_cmd = {c: dict(counts) for c in wanted}
     examples: list[dict[str, str]] = []
+    seen: set[str] = set()
     runs = 0
     skipped = 0
     done = 0
@@ -242,8 +246,10 @@ def main() -> int:
                 info_refused = info_refused or (cmd == "info" and verdict == "clean")
                 counts[verdict] += 1
                 per_cmd[cmd][verdict] += 1
-                if verdict in ("unexpected", "hang") and len(examples) < 20:
-                    tail = Path(log).read_text(errors="replace")[-600:] if Path(log).is_file() else ""
+                tail = Path(log).read_text(errors="replace")[-600:] if Path(log).is_file() else ""
+                sig = (cmd, (escaped or tail).strip().splitlines()[-1:] if (escaped or tail).strip() else [])
+                if verdict in ("unexpected", "hang") and len(examples) < 30 and str(sig) not in seen:
+                    seen.add(str(sig))  # one example per kind of failure
                     examples.append({"variant": v, "source": src.name, "mutation": what, "command": cmd,
                                      "verdict": verdict, "detail": (escaped or tail)[-800:]})
             if not args.keep:
