@@ -86,6 +86,9 @@ def test_viewer_paints_slide_and_overlays_and_toggles_layers(viewer_url, tmp_pat
         _wait(driver, "return window.histoView.ready && window.histoView.tilesLoaded >= 4")
         _wait(driver, "return window.histoView.panes.every(p => p.viewer.world.getItemAt(0).getFullyLoaded())")
         time.sleep(0.5)  # the opening animation settles
+        # first paint: the 2-D canvas drawer (WebGL without a GPU is software and slow) and many tiles a frame
+        assert driver.execute_script("return window.histoView.panes.map(p => [p.viewer.drawer.getType(), "
+                                     "p.viewer.world.getItemAt(0).maxTilesPerFrame])") == [["canvas", 16]] * 2
         img = _shot(driver, tmp_path / "viewer.png")
         # the slide: glass and the pink tissue (conftest's test slide) under both panes
         assert _count(img, (242, 242, 242), 6) > 20_000

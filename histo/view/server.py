@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import histo
 from histo.errors import HistoError
-from histo.view.sources import Pane
+from histo.view.sources import Layer, Pane
 from histo.view.tiles import DeepZoom
 
 DEFAULT_HOST = "127.0.0.1"
@@ -32,7 +32,7 @@ _ROUTES = (
 
 
 def _resource(name: str) -> bytes:
-    return resources.files("histo").joinpath("resources", "viewer", name).read_bytes()
+    return resources.files("histo").joinpath("resources").joinpath("viewer").joinpath(name).read_bytes()
 
 
 @dataclass
@@ -42,12 +42,34 @@ class ViewerApp:
     panes: list[Pane]
     zooms: list[DeepZoom]
     command: str = ""
+    _json: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    _json_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, panes: list[Pane], command: str = "") -> ViewerApp:
-        """Open every pane's slide for Deep Zoom reading."""
+        """Open every pane's slide for Deep Zoom reading; warm the slide handles and encode the layers meanwhile."""
         zooms = [DeepZoom(p.slide_path, mpp=p.mpp) for p in panes]
-        return cls(panes, zooms, command)
+        app = cls(panes, zooms, command)
+        for z in zooms:
+            z.warm_in_background()
+        threading.Thread(target=app.encode_layers, name="histo-view-layers", daemon=True).start()
+        return app
+
+    def encode_layers(self) -> None:
+        """Encode every point and shape layer's JSON once (a slide's cells run to megabytes)."""
+        for i, pane in enumerate(self.panes):
+            for layer in pane.layers:
+                if layer.kind != "raster":
+                    self.layer_json(i, layer)
+
+    def layer_json(self, index: int, layer: Layer) -> bytes:
+        """The JSON body of a point or shape layer, encoded on first use."""
+        key = (index, layer.id)
+        with self._json_lock:
+            body = self._json.get(key)
+            if body is None:
+                body = self._json[key] = json.dumps(layer.data, separators=(",", ":")).encode()
+        return body
 
     def close(self) -> None:
         """Close the slides."""
@@ -96,7 +118,7 @@ class ViewerApp:
         if layer.kind == "raster" and g[2] == "png" and isinstance(layer.data, bytes):
             return 200, "image/png", layer.data
         if layer.kind != "raster" and g[2] == "json":
-            return 200, "application/json", json.dumps(layer.data).encode()
+            return 200, "application/json", self.layer_json(int(g[0]), layer)
         return _not_found()
 
 
@@ -153,7 +175,7 @@ class ViewerServer:
     def url(self) -> str:
         """The address to open."""
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}/"
 
     def start(self) -> ViewerServer:
         """Serve in a background thread."""

@@ -40,9 +40,53 @@ class DeepZoom:
         self._handles: list[Slide] = [self.slide]
         self._cache: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
         self._cache_tiles = int(cache_tiles)
+        self._closing = threading.Event()
+        self._warmer: threading.Thread | None = None
+
+    def warm_in_background(self) -> None:
+        """Open the pool's handles and read every pyramid level once with each, off the request path."""
+        self._warmer = threading.Thread(target=self.warm, name="histo-view-warm", daemon=True)
+        self._warmer.start()
+
+    def warm(self) -> None:
+        """Read each pyramid level once with every pool handle, coarsest first (what a first view reads).
+
+        A back end checks a level on its first read (histo.slide's direct tile path decodes a tile both
+        ways) and a new handle costs an open: done here, neither lands on a tile request.
+        """
+        levels = list(range(self.slide.level_count))[::-1]
+        for level in levels:  # the first handle a level at a time, so that requests can use it in between
+            handle = self._free.get()
+            try:
+                self._warm_handle(handle, [level])
+            finally:
+                self._free.put(handle)
+        while not self._closing.is_set():
+            with self._lock:
+                if len(self._handles) >= POOL_HANDLES:
+                    return
+                try:
+                    handle = open_slide(self.path, mpp=self._mpp_arg)
+                except HistoError:
+                    return
+                self._handles.append(handle)
+            self._warm_handle(handle, levels)
+            self._free.put(handle)
+
+    def _warm_handle(self, handle: Slide, levels: list[int]) -> None:
+        for level in levels:
+            if self._closing.is_set():
+                return
+            try:
+                handle.read_level(level, 0, 0, 1, 1)
+            except HistoError:
+                return  # a read that fails here fails (and is reported) on request too
 
     def close(self) -> None:
         """Release the slide handles."""
+        self._closing.set()
+        if self._warmer is not None:
+            self._warmer.join(timeout=30)
         for h in self._handles:
             h.close()
 

@@ -183,8 +183,11 @@
     const source = {width: info.width_px, height: info.height_px, tileSize: info.tile_px, tileOverlap: 0,
                     minLevel: 0, maxLevel: info.max_level,
                     getTileUrl: (l, x, y) => "slide/" + info.index + "_files/" + l + "/" + x + "_" + y + ".jpeg"};
-    const viewer = OpenSeadragon({element: osd, tileSources: source, showNavigationControl: false,
-      animationTime: 0.4, maxZoomPixelRatio: 4, visibilityRatio: 0.2, gestureSettingsMouse: {clickToZoom: false}});
+    // the 2-D canvas drawer: WebGL without a GPU (software) costs hundreds of ms a frame; several tiles
+    // a frame, since OpenSeadragon's one-per-frame default makes a view of 25 tiles wait 25 frames
+    const viewer = OpenSeadragon({element: osd, tileSources: source, showNavigationControl: false, drawer: "canvas",
+      maxTilesPerFrame: 16, animationTime: 0.4, maxZoomPixelRatio: 4, visibilityRatio: 0.2,
+      gestureSettingsMouse: {clickToZoom: false}});
     const pane = {info, box, canvas, bar, barLabel, viewer, matrix: null,
                   layers: info.layers.map(L => Object.assign({}, L, {data: null}))};
     state.panes.push(pane);
