@@ -10,6 +10,7 @@ stay beside each dataclass (its `__post_init__` or the module's own check after 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from histo.errors import ConfigError
 T = TypeVar("T")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping from a file; ConfigError when the file is missing or not a mapping."""
     p = Path(path)
     if not p.is_file():

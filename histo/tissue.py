@@ -266,7 +266,7 @@ def _glass_rgb(px: _Pixels, cfg: TissueConfig, mpp: float = 8.0) -> list[np.ndar
     return planes
 
 
-def _absorbance_ratio(px: _Pixels, glass: np.ndarray) -> np.ndarray:
+def _absorbance_ratio(px: _Pixels, glass: np.ndarray | list[np.ndarray]) -> np.ndarray:
     """Max over channels of glass / pixel; its log10 is the optical density above glass."""
     ratio = glass[0] / np.maximum(px.r, 1.0)
     np.maximum(ratio, glass[1] / np.maximum(px.g, 1.0), out=ratio)

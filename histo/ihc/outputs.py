@@ -85,7 +85,7 @@ def heatmap_png(result: SlideIHCResult, path: Path, thumb_px: int = 1024, slide:
     W, H = result.slide_dimensions
     scale = thumb_px / max(W, H)
     tw, th = max(1, round(W * scale)), max(1, round(H * scale))
-    thumb = None
+    thumb: np.ndarray | None = None
     try:
         from histo.slide import open_slide
 
@@ -98,7 +98,7 @@ def heatmap_png(result: SlideIHCResult, path: Path, thumb_px: int = 1024, slide:
     except Exception:  # noqa: BLE001 - the heatmap is still useful without the thumbnail (e.g. slide moved)
         thumb = None
     blank = thumb is None
-    if blank:
+    if thumb is None:
         thumb = np.full((th, tw, 3), 255, np.uint8)
     heat = np.full(thumb.shape[:2], np.nan, np.float32)
     # painted over tissue only: the glass inside a tile stays as scanned

@@ -252,7 +252,7 @@ def score_slide(
     timing: dict[str, float] = {}
     spec = _check_spec(spec)
     own = not isinstance(slide, Slide)
-    s = open_slide(slide, mpp=slide_mpp) if own else slide
+    s = slide if isinstance(slide, Slide) else open_slide(slide, mpp=slide_mpp)
     try:
         reg_info, reg_flag = None, None
         if tumour_mask is not None and he_slide is not None:
@@ -277,7 +277,7 @@ def score_slide(
             s.close()
 
 
-def _score(s: Slide, spec: MarkerSpec, analysis_mpp: float, tissue_mask: TissueMask | None,
+def _score(s: Slide, spec: MarkerSpec, analysis_mpp: float | None, tissue_mask: TissueMask | None,
            tumour_mask: TissueMask | None, stain: str | StainMatrix, tile_px: int, margin_um: float, workers: int,
            pool: str, progress: bool, mask_mpp: float, qcp: QCParams, ring_tissue_od: float | None,
            allow_frame_mismatch: bool, t_start: float, timing: dict[str, float]) -> SlideIHCResult:
@@ -305,7 +305,7 @@ def _score(s: Slide, spec: MarkerSpec, analysis_mpp: float, tissue_mask: TissueM
         raise HistoError(f"workers must be an integer >= 0, got {workers!r}")
     if not isinstance(stain, StainMatrix) and stain not in STAIN_METHODS:
         raise HistoError(f"stain must be one of {STAIN_METHODS} or a StainMatrix, got {stain!r}")
-    dims = tuple(int(v) for v in s.dimensions)
+    dims = (int(s.dimensions[0]), int(s.dimensions[1]))
     mism = 0.0
     if tumour_mask is not None:
         tumour_mask, mism = check_frame(tumour_mask, dims, allow_frame_mismatch=allow_frame_mismatch)
@@ -479,7 +479,7 @@ def _assemble(results: Sequence[dict], tiles: pd.DataFrame, tissue: TissueMask, 
         p99 = float(_HIST_EDGES[min(k + 1, len(_HIST_EDGES) - 1)])
     else:
         p99 = float("nan")
-    qc_values = {
+    qc_values: dict[str, Any] = {
         "region": region,
         "tissue_area_mm2": float(tissue.area_mm2),
         "tumour_area_mm2": float(tumour.area_mm2) if tumour is not None else None,

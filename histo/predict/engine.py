@@ -237,8 +237,8 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
         torch.cuda.synchronize(device)
         busy_ms = sum(s.elapsed_time(e) for s, e in events)
         timings["gpu_busy_fraction"] = round(busy_ms / 1000.0 / seconds, 4) if seconds > 0 else 0.0
-    pts = np.concatenate(points) if points else np.zeros((0, 4), np.float64)
-    return InferenceOutput(n_tiles=n, pattern=pattern, necrosis=necrosis, ood=ood if has_ood else None, points=pts,
+    all_points = np.concatenate(points) if points else np.zeros((0, 4), np.float64)
+    return InferenceOutput(n_tiles=n, pattern=pattern, necrosis=necrosis, ood=ood if has_ood else None, points=all_points,
                            timings=timings)
 
 

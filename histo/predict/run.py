@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -107,7 +108,7 @@ def predict_slide(
     slide_path: str | Path,
     model: nn.Module,
     card: ModelCard,
-    out_dir: str | Path,
+    out_dir: str | os.PathLike[str],
     *,
     batch_size: int = 64,
     workers: int = 2,

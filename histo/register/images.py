@@ -51,7 +51,7 @@ class View:
     @property
     def shape(self) -> tuple[int, int]:
         """(rows, cols)."""
-        return self.feature.shape  # type: ignore[return-value]
+        return self.feature.shape
 
 
 def _glass(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:

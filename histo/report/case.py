@@ -66,7 +66,8 @@ def _he_digest(he: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ihc_row(r: Mapping[str, Any]) -> dict[str, Any]:
-    call = r.get("call") if isinstance(r.get("call"), Mapping) else {}
+    raw_call = r.get("call")
+    call: Mapping[str, Any] = raw_call if isinstance(raw_call, Mapping) else {}
     return {
         "marker": str(r.get("marker", "?")), "call": ihc_label(r), "reason": call.get("reason"),
         "h_score": r.get("h_score"), "pct_positive": r.get("pct_positive"), "n_cells": r.get("n_cells"),
@@ -119,16 +120,19 @@ def write_case_report(
 ) -> CaseReportPaths:
     """Write case_report.json and case_report.html; he_report is a report.json dict or its path."""
     out = Path(out_dir)
+    he: Mapping[str, Any] | None
     if he_report is not None and not isinstance(he_report, Mapping):
         p = Path(he_report)
         try:
-            he_report = json.loads(p.read_text(encoding="utf-8"))
+            he = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise HistoError(f"{p}: cannot read the H&E report ({exc})") from exc
+    else:
+        he = he_report
     results = [load_ihc(r).data for r in ihc_results]
     out.mkdir(parents=True, exist_ok=True)
     links = [Path(os.path.relpath(Path(p).resolve(), out.resolve())).as_posix() for p in slide_html_paths]
-    case = build_case_report(case_id, he_report, results, links)
+    case = build_case_report(case_id, he, results, links)
     labels = [_link_label(Path(p)) for p in slide_html_paths]
     html_path = write_text(out / CASE_HTML, H.case_page(case, list(zip(labels, links))))
     json_path = write_text(out / CASE_JSON, json.dumps(case, indent=2, ensure_ascii=False, allow_nan=False) + "\n")

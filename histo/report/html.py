@@ -216,7 +216,8 @@ def _evidence_table(report: Mapping[str, Any]) -> str:
 
 def ihc_section(ihc: Mapping[str, Any], heatmap_png: bytes | None = None) -> str:
     """One IHC marker: call with reason, % positive, H-score, counts, region, QC flags and its heatmap."""
-    call = ihc.get("call") if isinstance(ihc.get("call"), Mapping) else {}
+    raw_call = ihc.get("call")
+    call: Mapping[str, Any] = raw_call if isinstance(raw_call, Mapping) else {}
     counts = list(ihc.get("counts") or [None] * 4) + [None] * 4
     rows = [
         ("Call", f"{ihc_label(ihc)} — {call.get('reason', '')}".rstrip(" —")),

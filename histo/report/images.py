@@ -75,7 +75,8 @@ class HotspotBox:
             r_um = float(np.sqrt(float(hotspot["area_mm2"]) * 1e6 / np.pi))
             cx, cy = (float(v) / mpp for v in hotspot["centre_um"])
             circle = (cx, cy, r_um / mpp)
-        return cls(tuple(float(v) for v in hotspot["box_px"]), hotspot["shape"], label, circle)
+        x0, y0, x1, y1 = (float(v) for v in hotspot["box_px"])
+        return cls((x0, y0, x1, y1), hotspot["shape"], label, circle)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,10 @@ def make_canvas(thumbnail: np.ndarray | None, slide_dimensions: tuple[int, int] 
         if slide_dimensions is None:
             raise HistoError("a thumbnail needs the slide's level-0 dimensions to map tiles onto it")
         thumb = np.ascontiguousarray(thumbnail[..., :3], dtype=np.uint8)
-        w0, h0 = slide_dimensions
-        return Canvas(thumb, thumb.shape[1] / w0, thumb.shape[0] / h0, mpp)
+        sw, sh = slide_dimensions
+        return Canvas(thumb, thumb.shape[1] / sw, thumb.shape[0] / sh, mpp)
+    w0: float
+    h0: float
     if slide_dimensions is not None:
         w0, h0 = slide_dimensions
     elif len(tiles):
@@ -215,6 +218,7 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
     """Place a composed map in a titled PNG with a colourbar (cmap, vmin, vmax, label) or a legend."""
     rgb = rgb.copy()
     box = _draw_hotspot(rgb, canvas, hotspot) if hotspot is not None else None
+    label = hotspot.label if hotspot is not None else ""
     bar = draw_scale_bar(rgb, canvas.mpp / canvas.sx) if canvas.mpp else None
     mh, mw = rgb.shape[:2]
     side = _LEGEND_PX if (colourbar or legend) else 0
@@ -229,7 +233,7 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
         c0, r0, c1, r1 = box
         top = height - _TITLE_PX - r0  # display y of the box's top edge (display y grows upwards)
         above = top + 4 < height - _TITLE_PX - 12
-        fig.text(max(c0, 2), top + 4 if above else height - _TITLE_PX - r1 - 4, hotspot.label, transform=px,
+        fig.text(max(c0, 2), top + 4 if above else height - _TITLE_PX - r1 - 4, label, transform=px,
                  va="bottom" if above else "top", ha="left", fontsize=8, color="black",
                  bbox={"facecolor": "white", "edgecolor": (0, 1, 1), "alpha": 0.85, "pad": 1.5})
     if bar is not None:
@@ -239,12 +243,13 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
     if colourbar is not None:
         cmap, vmin, vmax, label = colourbar
         cb_h = min(mh, height - _TITLE_PX) * 0.8
-        cax = fig.add_axes([(mw + 20) / width, (height - _TITLE_PX - cb_h) / 2 / height, 18 / width, cb_h / height])
+        cax = fig.add_axes(((mw + 20) / width, (height - _TITLE_PX - cb_h) / 2 / height, 18 / width, cb_h / height))
         from matplotlib.cm import ScalarMappable
 
         fig.colorbar(ScalarMappable(Normalize(vmin, vmax), colormaps[cmap]), cax=cax, label=label)
     elif legend:
-        handles = [Patch(facecolor=np.array(c) / 255, edgecolor="black", label=name) for name, c in legend]
+        handles = [Patch(facecolor=(c[0] / 255, c[1] / 255, c[2] / 255), edgecolor="black", label=name)
+                   for name, c in legend]
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=((mw + 8) / width, 0.5), frameon=False,
                    fontsize=9)
     buf = io.BytesIO()
@@ -324,7 +329,7 @@ def pattern_image(canvas: Canvas, tiles: pd.DataFrame, classes: Sequence[str], *
     top = np.argmax(mean, axis=-1)
     palette = np.array([PATTERN_COLOURS[i % len(PATTERN_COLOURS)] for i in range(len(classes))], float)
     colours = palette[top]
-    legend = [(c, tuple(int(v) for v in palette[i])) for i, c in enumerate(classes)]
+    legend = [(c, (int(palette[i][0]), int(palette[i][1]), int(palette[i][2]))) for i, c in enumerate(classes)]
     return render(canvas, _blend(canvas, colours, covered), title=title, hotspot=hotspot, legend=legend)
 
 

@@ -198,7 +198,7 @@ def write_slide_report(
         opened = slide = open_slide(slide, mpp=mpp)
     try:
         if slide is not None:
-            dims = tuple(int(v) for v in slide.dimensions)
+            dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
             _check_slide_matches(slide, dims, tiles)
             thumb = slide.thumbnail(thumbnail_px)
             name = slide_name or slide.name
@@ -232,12 +232,12 @@ def write_slide_report(
     rendered["pattern"] = (
         I.pattern_image(canvas, tiles, classes, title="Most probable pattern", hotspot=hs_box),
         "Most probable spindle-cell pattern per tile (mean of overlapping tiles).")
-    density = I.mitoses_per_tile(tiles, mitoses, cfg.mitoses.min_score, mpp)
+    density = I.mitoses_per_tile(tiles, mitoses, assessment.measurements.mitoses.min_score, mpp)
     rendered["mitoses"] = (
         I.heatmap_image(canvas, tiles, density, title="Mitotic density", label="mitoses per mm² of tile",
                         cmap="viridis", vmax=I.nice_max(float(density.max()) if len(density) else 0.0), hotspot=hs_box,
                         clear_at_vmin=True),
-        f"Mitoses with score ≥ {fmt_num(cfg.mitoses.min_score)} per mm² of each tile, unpainted where none (all "
+        f"Mitoses with score ≥ {fmt_num(assessment.measurements.mitoses.min_score)} per mm² of each tile, unpainted where none (all "
         "tissue tiles; the counts for grading use viable tumour only).")
 
     image_paths: dict[str, Path] = {}
@@ -252,7 +252,7 @@ def write_slide_report(
             image_paths[f"ihc_{marker}"] = _write_bytes(out / IMAGES_DIR / f"ihc_{i}_{marker}.png", png)
 
     gj = slide_geojson(tiles, mitoses, mpp=mpp, classes=classes, necrotic=necrotic_mask(tiles, mpp, cfg),
-                       mitosis_min_score=cfg.mitoses.min_score, include_tiles=geojson_tiles, hotspot=hotspot)
+                       mitosis_min_score=assessment.measurements.mitoses.min_score, include_tiles=geojson_tiles, hotspot=hotspot)
     geojson_path = write_text(out / GEOJSON_NAME, json.dumps(gj, separators=(",", ":"), allow_nan=False))
 
     report = {

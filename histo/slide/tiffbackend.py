@@ -59,7 +59,7 @@ class TiffFileBackend:
         self._rgb_pages: list[list[Any]] = []  # per level: the R, G, B pages of a planar RGB, else []
         self.level_dimensions: list[tuple[int, int]] = []
         for lv in series.levels:
-            page = lv.pages[0]
+            page: Any = lv.pages[0]  # a TiffPage, or a TiffFrame that aspage() turns into one
             page = page.aspage() if hasattr(page, "aspage") else page
             if page is None or not hasattr(page, "imagewidth"):
                 continue
@@ -70,7 +70,7 @@ class TiffFileBackend:
             if self.level_dimensions and (dims[0] > self.level_dimensions[-1][0] or dims[1] > self.level_dimensions[-1][1]):
                 continue  # not a pyramid level (a label or macro image stored after the levels)
             self._pages.append(page)
-            pages = [q.aspage() if hasattr(q, "aspage") else q for q in list(lv.pages)[:3] if q is not None]
+            pages: list[Any] = [q.aspage() if hasattr(q, "aspage") else q for q in list(lv.pages)[:3] if q is not None]
             for q in pages[1:]:
                 problem = page_problem(q, size)
                 if problem is not None:
@@ -137,7 +137,8 @@ class TiffFileBackend:
                 if self._rgb_pages[level]:  # planar RGB: one page per colour channel
                     parts = [self._segment(q, r * across + c, across * down, 1, raw=True)
                              for q in self._rgb_pages[level]]
-                    seg = None if any(p is None for p in parts) else self._to_rgb8(np.concatenate(parts, axis=-1))
+                    ok = [p for p in parts if p is not None]
+                    seg = None if len(ok) < len(parts) else self._to_rgb8(np.concatenate(ok, axis=-1))
                 else:
                     seg = self._segment(page, r * across + c, across * down, planes)
                 if seg is None:
