@@ -125,6 +125,11 @@ def rgba_png(rgb: np.ndarray, mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _dims2(v: Any) -> tuple[int, int]:
+    """Level-0 (width, height) as ints."""
+    return int(v[0]), int(v[1])
+
+
 def _canvas(dims: tuple[int, int], tiles: pd.DataFrame) -> Any:
     """A canvas of RASTER_PX_PER_TILE px per tile side (tile edges land within a fraction of a tile), capped."""
     from histo.report import images as I
@@ -153,7 +158,7 @@ def prediction_pane(folder: Path) -> Pane:
     report = _read_json(folder / "report.json") if (folder / "report.json").is_file() else None
     slide = _slide_path(folder, meta.get("slide"))
     mpp = float(meta["slide_mpp"])
-    dims = tuple(int(v) for v in (meta.get("slide_dimensions") or _dims_of(slide, mpp)))
+    dims = _dims2(meta.get("slide_dimensions") or _dims_of(slide, mpp))
     layers: list[Layer] = []
     keep = I.tissue_tiles(tiles)
     tissue = tiles[keep]
@@ -165,7 +170,8 @@ def prediction_pane(folder: Path) -> Pane:
         palette = np.array([I.PATTERN_COLOURS[i % len(I.PATTERN_COLOURS)] for i in range(len(classes))], np.uint8)
         layers.append(Layer("pattern", "Pattern map", "raster", rgba_png(palette[np.argmax(mean, -1)], covered),
                             on=False, opacity=0.45,
-                            legend=[(c, tuple(int(v) for v in palette[i])) for i, c in enumerate(classes)]))
+                            legend=[(c, (int(palette[i][0]), int(palette[i][1]), int(palette[i][2])))
+                                    for i, c in enumerate(classes)]))
     cfg = GradingConfig.from_dict(report["grading_config"], "report.json") if report else GradingConfig()
     if "p_necrosis" in tiles.columns and classes:
         necrotic = necrotic_mask(tiles, mpp, cfg)
@@ -228,7 +234,7 @@ def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
     info = _read_json(folder / "ihc.json")
     slide = _slide_path(folder, info.get("slide_path"))
     mpp = float(info["slide_mpp"])
-    dims = tuple(int(v) for v in (info.get("slide_dimensions") or _dims_of(slide, mpp)))
+    dims = _dims2(info.get("slide_dimensions") or _dims_of(slide, mpp))
     layers: list[Layer] = []
     tiles_path, cells_path = folder / "ihc_tiles.parquet", folder / "ihc_cells.parquet"
     if tiles_path.is_file():
@@ -260,10 +266,16 @@ def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
     return Pane(f"{info.get('marker', 'IHC')}: {info.get('slide') or slide.stem}", "ihc", slide, mpp, layers, rows)
 
 
+def _section(d: dict[str, Any], key: str) -> dict[str, Any]:
+    """``d[key]`` when it is a mapping, else an empty one."""
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
+
+
 def affine_of(reg: dict[str, Any]) -> np.ndarray | None:
     """The 3×3 moving (IHC) → fixed (H&E) level-0 px matrix of a registration.json (histo.register's
     ``transform.affine_px`` maps fixed → moving, so it is inverted), or None when it states none."""
-    t = reg.get("transform") if isinstance(reg.get("transform"), dict) else {}
+    t = _section(reg, "transform")
     for node, fixed_to_moving in ((t.get("affine_px"), True), (reg.get("moving_to_fixed_px"), False)):
         if node is None:
             continue
@@ -277,7 +289,7 @@ def affine_of(reg: dict[str, Any]) -> np.ndarray | None:
 
 def registration_layer(reg: dict[str, Any], moving_dims: tuple[int, int]) -> tuple[Layer | None, list[tuple[str, Any]]]:
     """The fixed (H&E) slide's outline drawn on the moving (IHC) slide, and the registration's rows."""
-    quality = reg.get("quality") if isinstance(reg.get("quality"), dict) else {}
+    quality = _section(reg, "quality")
     err = next((quality.get(k) for k in ("error_um", "estimated_error_um", "tre_um") if quality.get(k) is not None),
                reg.get("error_um"))
     if (reg.get("transform") or {}).get("field") if isinstance(reg.get("transform"), dict) else False:
@@ -285,7 +297,7 @@ def registration_layer(reg: dict[str, Any], moving_dims: tuple[int, int]) -> tup
     rows: list[tuple[str, Any]] = [("Registration", reg.get("status", "unknown")),
                                    ("Registration error", "n/a" if err is None else f"{float(err):.1f} µm")]
     m = affine_of(reg)
-    fr = reg.get("fixed") if isinstance(reg.get("fixed"), dict) else {}
+    fr = _section(reg, "fixed")
     fixed = fr.get("dimensions") or ([fr["width_px"], fr["height_px"]] if "width_px" in fr and "height_px" in fr else None)
     if m is None:
         return None, rows
