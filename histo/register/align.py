@@ -141,7 +141,8 @@ def ecc_affine(fixed: View, moving: View, affine_um: np.ndarray, iterations: int
     warp = (np.linalg.inv(sm) @ affine_um @ s)[:2].astype(np.float32)
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, eps)
     try:
-        cc, warp = cv2.findTransformECC(fixed.feature, moving.feature, warp, cv2.MOTION_AFFINE, crit, None, 5)
+        cc, warp = cv2.findTransformECC(  # type: ignore[call-overload]  # the stubs lack the None (no) input mask
+            fixed.feature, moving.feature, warp, cv2.MOTION_AFFINE, crit, None, 5)
     except cv2.error:
         return -1.0, affine_um  # did not converge: keep the start
     a = np.eye(3)
@@ -187,7 +188,7 @@ def nonrigid_field(fixed: View, moving: View, affine_um: np.ndarray, cfg: Regist
     wmask = warp_to(moving.mask.astype(np.uint8), affine_um, moving.mpp, fixed.shape, cv2.INTER_NEAREST) > 0
     union = fixed.mask | wmask
     before = correlation(fixed.feature, warped, union)
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]  # in cv2, not its stubs
     f8 = np.clip(fixed.feature * 255, 0, 255).astype(np.uint8)
     w8 = np.clip(warped * 255, 0, 255).astype(np.uint8)
     flow = dis.calc(f8, w8, None)
