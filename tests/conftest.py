@@ -60,6 +60,7 @@ def test_slide_path(tmp_path_factory) -> Path:
 def blank_slide_path(tmp_path_factory) -> Path:
     """A 1024x1024 px slide of empty glass (with sensor-like noise) at 0.25 µm/px."""
     import numpy as np
+
     from histo.synth.tiff_writer import write_pyramidal_tiff
 
     def render(x, y, w, h):

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from histo.cli import main
-from histo.register import SlideTransform, load_transform, register_slides, warp_view_image, write_registration
+from histo.register import SlideTransform, load_transform, register_slides, warp_view_image
 from histo.slide import Slide
 from histo.tissue import TissueMask
 

@@ -144,9 +144,9 @@ def test_ihc_tumour_tiles_registers_a_transformed_ihc_slide(phantom_pair, tmp_pa
 def test_phantom_tre_within_target(phantom_pair):
     """Median TRE well under the issue's 10 µm on a 0.5 mm phantom: the field follows its mild warp."""
     from histo.register import register_slides
+    from histo.slide import open_slide
     from histo.synth.transform import IhcTransform
     from histo.tissue import detect_tissue
-    from histo.slide import open_slide
 
     summ = json.loads((phantom_pair / "summary.json").read_text())
     truth = IhcTransform.from_dict(summ["ihc_transform"])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from test_register import MPP, SIZE, _moving, _pair_images, _truth
 
 from histo.ihc import load_panel, score_slide
 from histo.register import SlideTransform, warp_view_image
 from histo.slide import Slide
 from histo.tissue import TissueMask
-from test_register import MPP, SIZE, _moving, _pair_images, _truth
 
 
 def _fragment_mask(m: np.ndarray) -> TissueMask:

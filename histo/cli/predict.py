@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from histo.models import describe_model, load_model, resolve_model
     from histo.predict import distributed as dist
     from histo.predict.engine import resolve_device
-    from histo.predict.run import PredictResult, predict_slide
-    from histo.predict.run import STATUS_FIELDS
+    from histo.predict.run import STATUS_FIELDS, PredictResult, predict_slide
     from histo.status import STATUS_FILE, update_status
 
     if args.batch_size < 1:

@@ -125,11 +125,10 @@ def write_registration(reg: Registration, out_dir: str | os.PathLike[str],
     field_file = None
     if reg.transform.field is not None:
         field_file = FIELD_FILE
-        with atomic_path(out / FIELD_FILE) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, forward_um=reg.transform.field.forward_um,
-                                    inverse_um=reg.transform.field.inverse_um,
-                                    grid_um=np.float64(reg.transform.field.grid_um))
+        with atomic_path(out / FIELD_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, forward_um=reg.transform.field.forward_um,
+                                inverse_um=reg.transform.field.inverse_um,
+                                grid_um=np.float64(reg.transform.field.grid_um))
     with atomic_path(out / QC_PNG) as tmp:
         Image.fromarray(qc_image(reg)).save(tmp, format="PNG")
     lm_file = None

@@ -125,12 +125,12 @@ def _register(fs: Slide, ms: Slide, cfg: RegisterConfig) -> Registration:
         timing["rigid_search"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         best = max((ecc_affine(fv, mv, a) for _, a in cands), key=lambda r: r[0])
-        cc, affine = best
+        _, affine = best
         for mpp in levels[1:]:
             fv, mv = view(fs, mpp, cfg.channel, fmask), view(ms, mpp, cfg.channel, mmask)
             cc2, a2 = ecc_affine(fv, mv, affine, iterations=30, eps=1e-5)
             if cc2 >= 0 and _plausible(a2):
-                affine, cc = a2, cc2
+                affine = a2
         timing["affine"] = round(time.perf_counter() - t0, 3)
     field = None
     if cfg.nonrigid and fv.mask.any() and mv.mask.any():
@@ -154,7 +154,7 @@ def _register(fs: Slide, ms: Slide, cfg: RegisterConfig) -> Registration:
 def _plausible(a: np.ndarray) -> bool:
     """An affine map of two sections of one tissue: scale within 0.5-2 and shear modest."""
     sv = np.linalg.svd(a[:2, :2], compute_uv=False)
-    return bool(0.5 < sv[1] and sv[0] < 2.0 and sv[0] / max(sv[1], 1e-9) < 1.5)
+    return bool(sv[1] > 0.5 and sv[0] < 2.0 and sv[0] / max(sv[1], 1e-9) < 1.5)
 
 
 def check_landmarks(xy: Any, source: str | Path) -> np.ndarray:

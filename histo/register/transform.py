@@ -12,8 +12,9 @@ Conventions (all in µm, each slide's µm = its level-0 px × its mpp, origin at
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -31,7 +32,7 @@ class DisplacementField:
     inverse_um: np.ndarray  # (H, W, 2) float32: (dx, dy) of v
 
     @classmethod
-    def from_forward(cls, forward_um: np.ndarray, grid_um: float, iterations: int = 30) -> "DisplacementField":
+    def from_forward(cls, forward_um: np.ndarray, grid_um: float, iterations: int = 30) -> DisplacementField:
         """The field and its inverse (fixed-point iteration v ← −u(g + v), exact for smooth, small fields)."""
         fwd = np.ascontiguousarray(forward_um, np.float32)
         if fwd.ndim != 3 or fwd.shape[2] != 2:
@@ -91,7 +92,7 @@ class SlideTransform:
 
     @classmethod
     def identity(cls, fixed_dimensions: Sequence[int], fixed_mpp: float,
-                 moving_dimensions: Sequence[int] | None = None, moving_mpp: float | None = None) -> "SlideTransform":
+                 moving_dimensions: Sequence[int] | None = None, moving_mpp: float | None = None) -> SlideTransform:
         """The transform of two slides that already share a frame."""
         return cls(tuple(int(v) for v in fixed_dimensions), float(fixed_mpp),  # type: ignore[arg-type]
                    tuple(int(v) for v in (moving_dimensions or fixed_dimensions)),  # type: ignore[arg-type]

@@ -84,7 +84,7 @@ class OpenSlideBackend:
             self.level_dimensions: list[tuple[int, int]] = [(int(d[0]), int(d[1])) for d in self._osr.level_dimensions]
             self.level_downsamples = [float(d) for d in self._osr.level_downsamples]
             self.properties = dict(self._osr.properties)
-        except Exception as exc:  # noqa: BLE001 - a damaged header can make any metadata call fail
+        except Exception as exc:
             self._osr.close()
             raise SlideOpenError(f"{path}: the slide's metadata is unreadable ({type(exc).__name__}: {exc}); "
                                  "the file is corrupt, re-copy or re-export it") from exc

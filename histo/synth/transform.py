@@ -50,7 +50,7 @@ class IhcTransform:
                               "(2π·warp_um/wavelength_um must stay <= 0.3)")
 
     @classmethod
-    def random(cls, rng: np.random.Generator, mpp: float, fixed_dimensions: tuple[int, int]) -> "IhcTransform":
+    def random(cls, rng: np.random.Generator, mpp: float, fixed_dimensions: tuple[int, int]) -> IhcTransform:
         """Any rotation, a flip half the time, ±5 % scale, a shift of up to 5 % of the slide, a warp of 5-15 µm."""
         ext = max(fixed_dimensions) * mpp
         t = cls(rotation_deg=float(rng.uniform(0, 360)), flip=bool(rng.random() < 0.5),
@@ -61,7 +61,7 @@ class IhcTransform:
                 fixed_dimensions=tuple(int(v) for v in fixed_dimensions))  # type: ignore[arg-type]
         return t.with_frame(fixed_dimensions)
 
-    def with_frame(self, fixed_dimensions: tuple[int, int]) -> "IhcTransform":
+    def with_frame(self, fixed_dimensions: tuple[int, int]) -> IhcTransform:
         """The same transform with the moving frame sized to hold the whole transformed fixed frame."""
         fw, fh = (int(v) for v in fixed_dimensions)
         base = IhcTransform(**{**asdict(self), "fixed_dimensions": (fw, fh), "moving_dimensions": (fw, fh)})
@@ -115,7 +115,7 @@ class IhcTransform:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IhcTransform":
+    def from_dict(cls, d: dict[str, Any]) -> IhcTransform:
         """Rebuild from :meth:`to_dict` output."""
         keys = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for k in ("shift_um", "phase", "fixed_dimensions", "moving_dimensions"):
