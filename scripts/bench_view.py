@@ -1,13 +1,14 @@
 """Benchmark `histo view` on a 40k x 40k slide: first paint in headless Chromium and tile latency (p50/p95).
 
-The slide is a cheap synthetic pyramidal TIFF (tiled JPEG, one page per level, as histo.synth writes): a few
+By default the viewer shows two panes of that slide with every overlay (a prediction folder: 512 px tiles
+with pattern and necrosis, 2000 mitoses; an IHC folder of 300k cells). The slide is a cheap synthetic pyramidal TIFF (tiled JPEG, one page per level, as histo.synth writes): a few
 pre-encoded tissue-like tiles repeated over a disc of tissue, so writing it takes seconds. Tile latency is
 measured over HTTP on tiles never requested before (no cache hits), at the zoom levels a viewer asks for,
 against OpenSlide's own DeepZoomGenerator on the same tiles in the same run (the baseline).
 
 Prints one JSON line. Targets: first paint < 2 s, tile p95 < 50 ms.
 
-    python scripts/bench_view.py [--size-px 40000] [--tiles 300] [--keep /tmp/bench_view.tiff]
+    python scripts/bench_view.py [--size-px 40000] [--tiles 300] [--keep /tmp/bench_view.tiff] [--no-overlays]
 """
 
 from __future__ import annotations
@@ -77,6 +78,52 @@ def write_bench_slide(path: Path, size_px: int, mpp: float = 0.25) -> Path:
                       photometric="rgb", subsampling=(2, 2), resolution=(res_r, res_r), resolutionunit="CENTIMETER",
                       subfiletype=0 if level == 0 else 1, metadata=None, software="histo bench_view")
     return path
+
+
+def write_bench_results(root: Path, slide: Path, size_px: int, mpp: float = 0.25, n_mitoses: int = 2000,
+                        n_cells: int = 300_000) -> list[Path]:
+    """A prediction folder (tiles of 512 px with pattern and necrosis, mitoses) and an IHC folder (cells) on the
+    bench slide, inside its tissue disc: what the overlays of a real slide weigh."""
+    import pandas as pd
+
+    from histo.prediction import write_prediction
+
+    rng = np.random.default_rng(2)
+    step = 512
+    n = -(-size_px // step)
+    col, row = np.meshgrid(np.arange(n), np.arange(n))
+    col, row = col.ravel(), row.ravel()
+    c = (n - 1) / 2
+    inside = (row - c) ** 2 + (col - c) ** 2 < (0.42 * n) ** 2
+    p = rng.dirichlet(np.ones(3), len(col)).astype(np.float32)
+    tiles = pd.DataFrame({"col": col, "row": row, "x": col * float(step), "y": row * float(step),
+                          "w": float(step), "h": float(step), "tissue_fraction": inside.astype(float),
+                          "p_necrosis": np.where(rng.random(len(col)) < 0.1, 0.9, 0.05).astype(np.float32),
+                          "p_pattern_fascicular": p[:, 0], "p_pattern_haphazard": p[:, 1], "p_pattern_none": p[:, 2]})
+
+    def in_disc(k: int) -> tuple[np.ndarray, np.ndarray]:
+        r = 0.42 * size_px * np.sqrt(rng.random(k))
+        a = rng.uniform(0, 2 * np.pi, k)
+        return size_px / 2 + r * np.cos(a), size_px / 2 + r * np.sin(a)
+
+    mx, my = in_disc(n_mitoses)
+    mitoses = pd.DataFrame({"x_um": mx * mpp, "y_um": my * mpp, "score": rng.uniform(0.1, 1.0, n_mitoses),
+                            "x": mx, "y": my})
+    pred = root / "pred"
+    write_prediction(pred, tiles, mitoses, {"slide": str(slide), "slide_mpp": mpp},
+                     {"schema": "histo.predict/1", "slide": str(slide), "slide_mpp": mpp,
+                      "slide_dimensions": [size_px, size_px], "model": {"mitosis_threshold": 0.5},
+                      "n_tiles": len(tiles)})
+    ihc = root / "ihc"
+    ihc.mkdir(parents=True, exist_ok=True)
+    cx, cy = in_disc(n_cells)
+    pd.DataFrame({"x": cx, "y": cy, "ihc_class": rng.integers(0, 4, n_cells).astype(np.int8),
+                  "in_region": np.ones(n_cells, bool)}).to_parquet(ihc / "ihc_cells.parquet")
+    tiles[["x", "y", "w", "h", "tissue_fraction"]].to_parquet(ihc / "ihc_tiles.parquet")
+    (ihc / "ihc.json").write_text(json.dumps({"schema": "histo.ihc/1", "slide": slide.stem, "slide_path": str(slide),
+                                              "marker": "ALK", "slide_mpp": mpp, "slide_dimensions": [size_px] * 2,
+                                              "n_cells": n_cells}), encoding="utf-8")
+    return [pred, ihc]
 
 
 def _sample_tiles(max_level: int, size_px: int, n: int, seed: int = 1) -> list[tuple[int, int, int]]:
@@ -186,6 +233,9 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=300, help="distinct uncached tiles to time")
     ap.add_argument("--workers", type=int, default=4, help="parallel HTTP clients (a browser uses about 6)")
     ap.add_argument("--keep", type=Path, default=None, help="write the slide here and keep it (reused when present)")
+    ap.add_argument("--no-overlays", action="store_true",
+                    help="view the bare slide (default: a prediction folder and an IHC folder of 300k cells on it, "
+                         "two panes with every overlay)")
     args = ap.parse_args()
 
     from histo.view import open_viewer
@@ -197,12 +247,15 @@ def main() -> None:
         if not slide.is_file():
             write_bench_slide(slide, args.size_px)
         write_s = time.perf_counter() - t0
+        folders = [slide] if args.no_overlays else write_bench_results(tmp, slide, args.size_px)
         t0 = time.perf_counter()
-        server = open_viewer([slide], port=0).start()
+        server = open_viewer(folders, port=0).start()
         start_s = time.perf_counter() - t0
         host, port = server.httpd.server_address[:2]
         dz = server.app.zooms[0]
         paint = first_paint_ms(server.url)
+        layer_kb = {f"{p.kind}/{la.id}": round(len(server.app.layer_json(i, la) if la.kind != "raster" else la.data) / 1e3)
+                    for i, p in enumerate(server.app.panes) for la in p.layers}
         # tiles the browser never asked for: the server cache must not answer them
         asked = set(server.app.zooms[0]._cache)
         sample = [t for t in _sample_tiles(dz.max_level, args.size_px, args.tiles + len(asked)) if t not in asked]
@@ -217,7 +270,7 @@ def main() -> None:
         out = {
             "bench": "view", "slide_px": [args.size_px, args.size_px], "levels": dz.max_level + 1,
             "slide_file_mb": round(os.path.getsize(slide) / 1e6, 1), "slide_write_s": round(write_s, 2),
-            "server_start_s": round(start_s, 2),
+            "server_start_s": round(start_s, 2), "panes": len(server.app.panes), "layer_kb": layer_kb,
             "first_tile_ms": None if paint is None else paint["first_tile_ms"],
             "first_paint_ms": None if paint is None else paint["first_view_loaded_ms"],
             "tiles_timed": len(lat), "workers": args.workers,

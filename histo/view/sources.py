@@ -29,6 +29,10 @@ MITOSIS_RGB = (255, 0, 255)
 HOTSPOT_RGB = (0, 255, 255)
 REGISTRATION_RGB = (255, 200, 0)
 REGISTRATION_FILE = "registration.json"
+# histo.ihc.result.CLASS_NAMES and histo.ihc.outputs.CLASS_COLOURS, repeated so that viewing IHC results does
+# not import the IHC pipeline (scikit-image: seconds at start-up); tests/test_view_speed.py keeps them equal
+IHC_CLASS_NAMES = ("0", "1+", "2+", "3+")
+IHC_CLASS_COLOURS = ((112, 112, 225), (255, 215, 0), (255, 140, 0), (200, 0, 0))
 
 
 @dataclass
@@ -205,7 +209,7 @@ def _dims_of(slide: Path, mpp: float) -> tuple[int, int]:
 
 
 def _round(v: np.ndarray) -> list[float]:
-    return [round(float(a), 1) for a in v]
+    return np.round(np.asarray(v, float), 1).tolist()
 
 
 def _min_score(report: dict[str, Any] | None, meta: dict[str, Any]) -> float:
@@ -228,9 +232,6 @@ def _prediction_rows(report: dict[str, Any] | None, meta: dict[str, Any], n_poin
 
 def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
     """An IHC folder's slide with its tissue, cell-class and (when present) registration layers."""
-    from histo.ihc.outputs import CLASS_COLOURS
-    from histo.ihc.result import CLASS_NAMES
-
     info = _read_json(folder / "ihc.json")
     slide = _slide_path(folder, info.get("slide_path"))
     mpp = float(info["slide_mpp"])
@@ -246,9 +247,9 @@ def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
         cells = cells[cells["in_region"].to_numpy(bool)]
         layers.append(Layer("cells", "IHC cell classes", "points",
                             {"x": _round(cells["x"].to_numpy()), "y": _round(cells["y"].to_numpy()),
-                             "cls": [int(c) for c in cells["ihc_class"]], "class_names": list(CLASS_NAMES),
-                             "class_colours": [list(c) for c in CLASS_COLOURS], "radius_um": 3.0},
-                            opacity=0.9, legend=[(n, c) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)]))
+                             "cls": cells["ihc_class"].to_numpy().astype(int).tolist(), "class_names": list(IHC_CLASS_NAMES),
+                             "class_colours": [list(c) for c in IHC_CLASS_COLOURS], "radius_um": 3.0},
+                            opacity=0.9, legend=[(n, c) for n, c in zip(IHC_CLASS_NAMES, IHC_CLASS_COLOURS)]))
     rows: list[tuple[str, Any]] = [
         ("Marker", info.get("marker")), ("Call", (info.get("call") or {}).get("label") or (info.get("call") or {}).get("call")),
         ("Positive cells (≥ 1+)", None if info.get("pct_positive") is None else f"{float(info['pct_positive']):.1f} %"),
