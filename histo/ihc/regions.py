@@ -76,7 +76,7 @@ def check_frame(mask: TissueMask, slide_dimensions: Sequence[int], *, allow_fram
         raise FrameMismatchError(
             f"the {what} was made for a {mdims[0]}x{mdims[1]} px slide but this slide is {dims[0]}x{dims[1]} px "
             f"({100 * mism:.1f}% apart, tolerance {100 * FRAME_TOLERANCE:g}%): the H&E and IHC slides do not share a "
-            "level-0 frame. Serial sections are registered when the H&E slide is found (histo ihc --he-slide); pass "
+            "level-0 frame. Serial sections need registration onto the H&E slide (histo ihc --he-slide, histo case); pass "
             "allow_frame_mismatch=True (--allow-frame-mismatch) only if the two scans differ by scale alone"
         )
     if mdims == dims:
