@@ -208,8 +208,9 @@ def _dims_of(slide: Path, mpp: float) -> tuple[int, int]:
         return s.dimensions
 
 
-def _round(v: np.ndarray) -> list[float]:
-    return np.round(np.asarray(v, float), 1).tolist()
+def _round(v: np.ndarray, digits: int = 1) -> list[float]:
+    r = np.round(np.asarray(v, float), digits)
+    return (r.astype(np.int64) if digits == 0 else r).tolist()
 
 
 def _min_score(report: dict[str, Any] | None, meta: dict[str, Any]) -> float:
@@ -246,7 +247,7 @@ def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
         cells = pd.read_parquet(cells_path, columns=["x", "y", "ihc_class", "in_region"])
         cells = cells[cells["in_region"].to_numpy(bool)]
         layers.append(Layer("cells", "IHC cell classes", "points",
-                            {"x": _round(cells["x"].to_numpy()), "y": _round(cells["y"].to_numpy()),
+                            {"x": _round(cells["x"].to_numpy(), 0), "y": _round(cells["y"].to_numpy(), 0),  # level-0 px: ample
                              "cls": cells["ihc_class"].to_numpy().astype(int).tolist(), "class_names": list(IHC_CLASS_NAMES),
                              "class_colours": [list(c) for c in IHC_CLASS_COLOURS], "radius_um": 3.0},
                             opacity=0.9, legend=[(n, c) for n, c in zip(IHC_CLASS_NAMES, IHC_CLASS_COLOURS)]))

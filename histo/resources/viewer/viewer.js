@@ -45,22 +45,7 @@
         ctx.imageSmoothingEnabled = false;
         ctx.drawImage(L.data, t.ox, t.oy, info.width_px * t.s, info.height_px * t.s);
       } else if (L.kind === "points") {
-        const d = L.data, r = Math.max(2.5, d.radius_um / info.mpp * t.s);
-        const x0 = -t.ox / t.s, y0 = -t.oy / t.s, x1 = (w - t.ox) / t.s, y1 = (h - t.oy) / t.s;
-        const n = d.x.length, step = Math.max(1, Math.floor(n / 60000));
-        ctx.lineWidth = 2;
-        for (let i = 0; i < n; i += step) {
-          const x = d.x[i], y = d.y[i];
-          if (x < x0 || x > x1 || y < y0 || y > y1) continue;
-          const sx = t.ox + x * t.s, sy = t.oy + y * t.s;
-          ctx.beginPath(); ctx.arc(sx, sy, r, 0, 2 * Math.PI);
-          if (d.cls) { ctx.fillStyle = rgb(d.class_colours[d.cls[i]]); ctx.fill(); }
-          else {
-            ctx.strokeStyle = rgb(d.colour); ctx.stroke();
-            if (t.s * 100 > 20) { ctx.fillStyle = rgb(d.colour); ctx.font = "11px sans-serif";
-              ctx.fillText(d.score[i].toFixed(2), sx + r + 2, sy - r); }
-          }
-        }
+        drawPoints(ctx, L.data, t, w, h, info.mpp);
       } else if (L.kind === "shapes") {
         ctx.strokeStyle = rgb(L.data.colour); ctx.lineWidth = 3; ctx.fillStyle = rgb(L.data.colour);
         ctx.font = "12px sans-serif";
@@ -87,6 +72,46 @@
     const umPerPx = info.mpp / t.s, um = niceLength(umPerPx * 120);
     pane.bar.style.width = Math.round(um / umPerPx) + "px";
     pane.barLabel.textContent = fmtUm(um);
+  }
+
+  // points in view, one path per colour (one fill or stroke for thousands of cells); squares below 3 px
+  function drawPoints(ctx, d, t, w, h, mpp) {
+    const r = Math.max(2.5, d.radius_um / mpp * t.s);
+    const x0 = -t.ox / t.s, y0 = -t.oy / t.s, x1 = (w - t.ox) / t.s, y1 = (h - t.oy) / t.s;
+    const n = d.x.length, inView = [];
+    for (let i = 0; i < n; i++) {
+      const x = d.x[i], y = d.y[i];
+      if (x >= x0 && x <= x1 && y >= y0 && y <= y1) inView.push(i);
+    }
+    const step = Math.max(1, Math.floor(inView.length / 40000));
+    const paths = new Map();
+    for (let k = 0; k < inView.length; k += step) {
+      const i = inView[k], c = d.cls ? d.cls[i] : -1;
+      let path = paths.get(c);
+      if (!path) { path = new Path2D(); paths.set(c, path); }
+      const sx = t.ox + d.x[i] * t.s, sy = t.oy + d.y[i] * t.s;
+      if (r < 3 && d.cls) path.rect(sx - r, sy - r, 2 * r, 2 * r);
+      else { path.moveTo(sx + r, sy); path.arc(sx, sy, r, 0, 2 * Math.PI); }
+    }
+    ctx.lineWidth = 2;
+    for (const [c, path] of paths) {
+      if (c >= 0) { ctx.fillStyle = rgb(d.class_colours[c]); ctx.fill(path); }
+      else { ctx.strokeStyle = rgb(d.colour); ctx.stroke(path); }
+    }
+    if (!d.cls && t.s * 100 > 20) {
+      ctx.fillStyle = rgb(d.colour); ctx.font = "11px sans-serif";
+      for (let k = 0; k < inView.length; k += step) {
+        const i = inView[k];
+        ctx.fillText(d.score[i].toFixed(2), t.ox + d.x[i] * t.s + r + 2, t.oy + d.y[i] * t.s - r);
+      }
+    }
+  }
+
+  // one overlay redraw per animation frame, however many viewport events came in it
+  function schedule(pane) {
+    if (pane.pending) return;
+    pane.pending = true;
+    requestAnimationFrame(() => { pane.pending = false; draw(pane); });
   }
 
   function redrawAll() { for (const p of state.panes) draw(p); }
@@ -195,7 +220,7 @@
       state.tilesLoaded++;
       if (state.firstTileMs === null) state.firstTileMs = performance.now() - t0;
     });
-    viewer.addHandler("update-viewport", () => draw(pane));
+    viewer.addHandler("update-viewport", () => schedule(pane));
     viewer.addHandler("viewport-change", () => syncFrom(pane));
     viewer.addHandler("canvas-click", (e) => {
       if (!e.quick) return;
