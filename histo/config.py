@@ -50,11 +50,17 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, source: str = "<dict>",
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is any dataclass
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
+        bare = f"; '{unknown[0]}' is not one of them" if prefix else ""
         raise ConfigError(
-            f"{source}: unknown key '{prefix}{unknown[0]}' (allowed here: {', '.join(sorted(fields))})"
+            f"{source}: unknown key '{prefix}{unknown[0]}' (allowed here: {', '.join(sorted(fields))}){bare}"
         )
+    required = [f.name for f in fields.values() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and f.init]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or 'top level'}': missing key '{missing[0]}'")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(value, hints[name], source, f"{prefix}{name}")

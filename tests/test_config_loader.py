@@ -67,3 +67,25 @@ def test_tissue_config_reports_like_every_config() -> None:
         TissueConfig.from_dict({"remove_pen": "yes"}, source="t.yaml")
     with pytest.raises(ConfigError, match=r"^t\.yaml: .*min_od"):  # range checks keep naming the file
         TissueConfig.from_dict({"min_od": 0.2, "max_od": 0.1}, source="t.yaml")
+
+
+def test_marker_panel_loads_through_the_one_loader(tmp_path) -> None:
+    from typing import get_args
+
+    from histo.ihc import cells, compartment_stats, compartments, markers
+
+    assert not hasattr(markers, "_check_keys") and not hasattr(markers, "_number")
+    assert get_args(cells.NuclearChannel) == cells.NUCLEAR_CHANNELS
+    assert get_args(markers.Compartment) == cells.COMPARTMENTS
+    hints = __import__("typing").get_type_hints(cells.CellParams)
+    assert get_args(hints["dab_statistic"]) == compartment_stats.STATISTICS
+    assert get_args(hints["shared_membrane"]) == compartments.SHARED_MEMBRANE
+    good = {"compartment": "nucleus", "thresholds_od": [0.2, 0.4, 0.6], "call": {"min_percent_positive": 10}}
+    with pytest.raises(ConfigError, match=r"p\.yaml: 'markers\.KI67': missing key 'compartment'"):
+        markers.parse_panel({"markers": {"KI67": {k: v for k, v in good.items() if k != "compartment"}}}, "p.yaml")
+    with pytest.raises(ConfigError, match=r"'markers\.KI67\.call\.min_cells' must be an integer"):
+        markers.parse_panel({"markers": {"KI67": {**good, "call": {"min_percent_positive": 10, "min_cells": 2.5}}}},
+                            "p.yaml")
+    panel = markers.parse_panel({"cells": {"min_area_um2": 10.0}, "markers": {"KI67": {**good, "cells": {"smooth_um": 1}}}},
+                                "p.yaml")
+    assert panel["KI67"].cell_params.min_area_um2 == 10.0 and panel["KI67"].cell_params.smooth_um == 1.0

@@ -15,6 +15,7 @@ to float32 rounding (the same kernels and borders; checked in tests/test_ihc_spe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ from histo.ihc.compartments import (
 from histo.ihc.deconvolution import StainMaps
 from histo.inputs import mpp_is_plausible, mpp_range_text
 
+NuclearChannel = Literal["hematoxylin+dab", "hematoxylin", "od_sum"]
 NUCLEAR_CHANNELS = ("hematoxylin+dab", "hematoxylin", "od_sum")
 COMPARTMENTS = ("nucleus", "cytoplasm", "membrane", "cell")
 
@@ -45,7 +47,7 @@ COMPARTMENTS = ("nucleus", "cytoplasm", "membrane", "cell")
 class CellParams:
     """Nucleus segmentation and compartment settings; lengths in µm, areas in µm², intensities in OD."""
 
-    nuclear_channel: str = "hematoxylin+dab"
+    nuclear_channel: NuclearChannel = "hematoxylin+dab"
     smooth_um: float = 0.5  # Gaussian sigma before thresholding: removes chromatin texture, keeps shape
     background_um: float = 10.0  # width of the top-hat that removes haze wider than a nucleus (0 = off)
     otsu_ceiling_od: float = 1.0  # values clipped here for Otsu, so dark positives do not drag it up
@@ -64,8 +66,8 @@ class CellParams:
     membrane_um: float = 0.75  # outer part of that ring taken as membrane
     # Membrane pixels within cytoplasm_um + membrane_um of another nucleus hold that neighbour's membrane
     # too: "exclude" measures each cell on the rest of its band (histo.ihc.compartments), "include" on all.
-    shared_membrane: str = "exclude"
-    dab_statistic: str = "mean"  # per-compartment DAB value: mean | p50 | p75 | p90 (histo.ihc.compartment_stats)
+    shared_membrane: Literal["exclude", "include"] = "exclude"  # SHARED_MEMBRANE
+    dab_statistic: Literal["mean", "p50", "p75", "p90"] = "mean"  # STATISTICS  # per-compartment DAB value: mean | p50 | p75 | p90 (histo.ihc.compartment_stats)
 
     def validate(self) -> None:
         """Raise HistoError naming the first invalid setting."""

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from histo.config import load_yaml
+from histo.config import from_dict, load_yaml
 from histo.errors import ConfigError, HistoError
-from histo.ihc.cells import COMPARTMENTS, NUCLEAR_CHANNELS, CellParams
-from histo.ihc.compartment_stats import STATISTICS
-from histo.ihc.compartments import SHARED_MEMBRANE
+from histo.ihc.cells import CellParams
 from histo.ihc.scoring import ScoreSummary, check_thresholds
 
-CALL_TYPES = ("threshold", "index")
+CallType = Literal["threshold", "index"]
+Combine = Literal["any", "all"]
+Compartment = Literal["nucleus", "cytoplasm", "membrane", "cell"]
+CALL_TYPES: tuple[str, ...] = get_args(CallType)
 ANALYSIS_MPP_RANGE = (0.1, 1.0)  # µm/px a cell-level IHC analysis may run at
-COMBINES = ("any", "all")
-_TOP_KEYS = {"version", "cells", "markers"}
-_MARKER_KEYS = {"description", "compartment", "thresholds_od", "call", "cells", "analysis_mpp"}
-_CALL_KEYS = {"type", "min_percent_positive", "min_h_score", "combine", "min_cells"}
-_CELL_KEYS = {f.name for f in fields(CellParams)}
+COMBINES: tuple[str, ...] = get_args(Combine)
 
 
 def default_panel_path() -> Path:
@@ -32,10 +28,10 @@ def default_panel_path() -> Path:
 class CallRule:
     """How a marker is called from its score: ``threshold`` (positive/negative) or ``index`` (a number, no call)."""
 
-    type: str = "threshold"
+    type: CallType = "threshold"
     min_percent_positive: float | None = None  # positive when % cells >= 1+ reaches this
     min_h_score: float | None = None  # positive when the H-score reaches this
-    combine: str = "any"  # "any": one criterion suffices; "all": every given criterion must hold
+    combine: Combine = "any"  # "any": one criterion suffices; "all": every given criterion must hold
     min_cells: int = 50  # fewer scored cells than this → "insufficient_cells", never a call
 
 
@@ -68,54 +64,33 @@ class MarkerCall:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _MarkerEntry:
+    """One marker as written in the panel YAML (`cells` holds overrides of the panel's cell settings)."""
+
+    compartment: Compartment
+    thresholds_od: tuple[float, float, float]
+    call: CallRule
+    cells: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    analysis_mpp: float | None = None
+
+
+@dataclass(frozen=True)
+class _PanelFile:
+    """The panel YAML: its version, the cell settings every marker starts from, and the markers."""
+
+    markers: dict[str, _MarkerEntry]
+    version: int = 1
+    cells: dict[str, Any] = field(default_factory=dict)
+
+
 def _err(path: Path | str, where: str, msg: str) -> ConfigError:
     return ConfigError(f"{path}: {where}: {msg}")
 
 
-def _check_keys(d: Any, allowed: set[str], path: Path | str, where: str) -> dict:
-    if not isinstance(d, dict):
-        raise _err(path, where, f"expected a mapping, got {type(d).__name__}")
-    unknown = sorted(set(map(str, d)) - allowed)
-    if unknown:
-        raise _err(path, where, f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-    return d
-
-
-def _number(v: Any, path: Path | str, where: str, *, lo: float | None = None, allow_none: bool = False) -> float | None:
-    if v is None and allow_none:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise _err(path, where, f"expected a number, got {v!r}")
-    if lo is not None and float(v) < lo:
-        raise _err(path, where, f"must be >= {lo}, got {v!r}")
-    return float(v)
-
-
-def _cell_params(d: Any, base: CellParams, path: Path | str, where: str) -> CellParams:
-    d = _check_keys(d or {}, _CELL_KEYS, path, where)
-    kw: dict[str, Any] = {}
-    for k, v in d.items():
-        if k == "nuclear_channel":
-            if v not in NUCLEAR_CHANNELS:
-                raise _err(path, f"{where}.{k}", f"{v!r} is not one of {', '.join(NUCLEAR_CHANNELS)}")
-            kw[k] = v
-        elif k == "threshold_od":
-            kw[k] = _number(v, path, f"{where}.{k}", lo=0.0, allow_none=True)
-        elif k == "dab_statistic":
-            if v not in STATISTICS:
-                raise _err(path, f"{where}.{k}", f"{v!r} is not one of {', '.join(STATISTICS)}")
-            kw[k] = v
-        elif k == "shared_membrane":
-            if v not in SHARED_MEMBRANE:
-                raise _err(path, f"{where}.{k}", f"{v!r} is not one of {', '.join(SHARED_MEMBRANE)}")
-            kw[k] = v
-        elif k == "clump_rounds":
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise _err(path, f"{where}.{k}", f"expected an integer >= 0, got {v!r}")
-            kw[k] = v
-        else:
-            kw[k] = _number(v, path, f"{where}.{k}", lo=0.0)
-    cp = replace(base, **kw)
+def _cell_params(d: dict[str, Any], path: Path | str, where: str) -> CellParams:
+    cp = from_dict(CellParams, d, str(path), prefix=f"{where}.")
     try:
         cp.validate()
     except HistoError as e:
@@ -123,67 +98,50 @@ def _cell_params(d: Any, base: CellParams, path: Path | str, where: str) -> Cell
     return cp
 
 
-def _call_rule(d: Any, path: Path | str, where: str) -> CallRule:
-    d = _check_keys(d, _CALL_KEYS, path, where)
-    typ = d.get("type", "threshold")
-    if typ not in CALL_TYPES:
-        raise _err(path, f"{where}.type", f"{typ!r} is not one of {', '.join(CALL_TYPES)}")
-    combine = d.get("combine", "any")
-    if combine not in COMBINES:
-        raise _err(path, f"{where}.combine", f"{combine!r} is not one of {', '.join(COMBINES)}")
-    pct = _number(d.get("min_percent_positive"), path, f"{where}.min_percent_positive", lo=0.0, allow_none=True)
-    hs = _number(d.get("min_h_score"), path, f"{where}.min_h_score", lo=0.0, allow_none=True)
-    if pct is not None and pct > 100:
-        raise _err(path, f"{where}.min_percent_positive", f"must be <= 100, got {pct}")
-    if hs is not None and hs > 300:
-        raise _err(path, f"{where}.min_h_score", f"must be <= 300, got {hs}")
-    mc = d.get("min_cells", 50)
-    if isinstance(mc, bool) or not isinstance(mc, int) or mc < 1:
-        raise _err(path, f"{where}.min_cells", f"expected an integer >= 1, got {mc!r}")
-    if typ == "threshold" and pct is None and hs is None:
+def _check_call(rule: CallRule, path: Path | str, where: str) -> CallRule:
+    for key, v in (("min_percent_positive", rule.min_percent_positive), ("min_h_score", rule.min_h_score)):
+        if v is not None and not v >= 0:
+            raise _err(path, f"{where}.{key}", f"must be >= 0, got {v!r}")
+    if rule.min_percent_positive is not None and rule.min_percent_positive > 100:
+        raise _err(path, f"{where}.min_percent_positive", f"must be <= 100, got {rule.min_percent_positive}")
+    if rule.min_h_score is not None and rule.min_h_score > 300:
+        raise _err(path, f"{where}.min_h_score", f"must be <= 300, got {rule.min_h_score}")
+    if rule.min_cells < 1:
+        raise _err(path, f"{where}.min_cells", f"expected an integer >= 1, got {rule.min_cells!r}")
+    has_rule = rule.min_percent_positive is not None or rule.min_h_score is not None
+    if rule.type == "threshold" and not has_rule:
         raise _err(path, where, "a threshold call needs min_percent_positive and/or min_h_score")
-    if typ == "index" and (pct is not None or hs is not None):
+    if rule.type == "index" and has_rule:
         raise _err(path, where, "an index marker reports a value and takes no min_percent_positive/min_h_score")
-    return CallRule(typ, pct, hs, combine, mc)
+    return rule
 
 
 def parse_panel(data: Any, path: Path | str = "<panel>") -> dict[str, MarkerSpec]:
-    """Validate a loaded panel mapping; raises ConfigError naming the file and the offending key."""
-    data = _check_keys(data, _TOP_KEYS, path, "top level")
-    if data.get("version", 1) != 1:
-        raise _err(path, "version", f"unsupported panel version {data.get('version')!r} (this histo reads 1)")
-    base = _cell_params(data.get("cells"), CellParams(), path, "cells")
-    markers = data.get("markers")
-    if not isinstance(markers, dict) or not markers:
+    """Validate a loaded panel mapping (through histo.config); raises ConfigError naming the file and the key."""
+    panel = from_dict(_PanelFile, data, str(path))
+    if panel.version != 1:
+        raise _err(path, "version", f"unsupported panel version {panel.version!r} (this histo reads 1)")
+    if not panel.markers:
         raise _err(path, "markers", "expected a non-empty mapping of marker name → settings")
+    _cell_params(panel.cells, path, "cells")
     out: dict[str, MarkerSpec] = {}
-    for name, m in markers.items():
+    for name, m in panel.markers.items():
         where = f"markers.{name}"
-        m = _check_keys(m, _MARKER_KEYS, path, where)
-        for req in ("compartment", "thresholds_od", "call"):
-            if req not in m:
-                raise _err(path, where, f"missing key {req!r}")
-        comp = m["compartment"]
-        if comp not in COMPARTMENTS:
-            raise _err(path, f"{where}.compartment", f"{comp!r} is not one of {', '.join(COMPARTMENTS)}")
         try:
-            thr = check_thresholds(m["thresholds_od"])
+            thr = check_thresholds(m.thresholds_od)
         except HistoError as e:
             raise _err(path, f"{where}.thresholds_od", str(e)) from None
-        desc = m.get("description", "")
         lo, hi = ANALYSIS_MPP_RANGE
-        amp = _number(m.get("analysis_mpp"), path, f"{where}.analysis_mpp", lo=lo, allow_none=True)
-        if amp is not None and amp > hi:
+        amp = m.analysis_mpp
+        if amp is not None and not lo <= amp <= hi:
             raise _err(path, f"{where}.analysis_mpp", f"must be a cell-resolution µm/px within {lo:.1f}-{hi:.1f}, got {amp}")
-        if not isinstance(desc, str):
-            raise _err(path, f"{where}.description", f"expected text, got {desc!r}")
         out[str(name)] = MarkerSpec(
             name=str(name),
-            compartment=comp,
+            compartment=m.compartment,
             thresholds_od=thr,
-            call=_call_rule(m["call"], path, f"{where}.call"),
-            cell_params=_cell_params(m.get("cells"), base, path, f"{where}.cells"),
-            description=desc,
+            call=_check_call(m.call, path, f"{where}.call"),
+            cell_params=_cell_params({**panel.cells, **m.cells}, path, f"{where}.cells"),
+            description=m.description,
             analysis_mpp=amp,
         )
     return out
