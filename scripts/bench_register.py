@@ -31,8 +31,8 @@ import numpy as np
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_view import TILE  # noqa: E402
-from measure_memory import peak_rss  # noqa: E402
+from bench_view import TILE
+from measure_memory import peak_rss
 
 TARGET_S, TARGET_MB = 60.0, 1500.0
 PIXEL_LEVEL_PX = 4096
