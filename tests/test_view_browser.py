@@ -148,3 +148,35 @@ def test_viewer_paints_slide_and_overlays_and_toggles_layers(viewer_url, tmp_pat
         assert _count(close, (195, 115, 175), 35) > 20_000  # full-resolution tissue in both panes
     finally:
         driver.quit()
+
+
+def test_many_cells_paint_through_the_overview_image(tmp_path, test_slide_path):
+    """30 000 cells in view: drawn once into the layer's overview image (pixels set directly), then scaled."""
+    from test_view import write_ihc_folder
+
+    folder = write_ihc_folder(tmp_path / "ihc" / "many", test_slide_path, n_cells=30_000)
+    srv = open_viewer([folder], port=0).start()
+    driver = _driver()
+    try:
+        driver.get(srv.url)
+        _wait(driver, "return window.histoView.ready && "
+                      "window.histoView.panes.every(p => p.viewer.world.getItemAt(0).getFullyLoaded())")
+        time.sleep(0.5)
+        assert driver.execute_script("const L = window.histoView.panes[0].layers.find(l => l.id === 'cells');"
+                                     "return !!L.data.overview && L.data.overview.width === 2048")
+        img = _shot(driver, tmp_path / "many.png")
+        for colour in ((255, 215, 0), (200, 0, 0)):  # 1+ yellow and 3+ red cells show
+            assert _count(img, colour, 30) > 2_000
+        # zoomed in to a few hundred cells, each is drawn as its own disc again
+        driver.execute_script("const v = window.histoView.panes[0].viewer;"
+                              "v.viewport.zoomTo(v.viewport.imageToViewportZoom(2.0), null, true);"
+                              "v.viewport.panTo(v.viewport.imageToViewportCoordinates(new OpenSeadragon.Point(1000, 700)), true);")
+        time.sleep(0.5)
+        assert not driver.execute_script("const p = window.histoView.panes[0], t = p.viewer.viewport;"
+                                         "return t.viewportToImageZoom(t.getZoom(true)) < 1")
+        zoomed = _shot(driver, tmp_path / "many_zoomed.png")
+        assert _count(zoomed, (200, 0, 0), 30) > 2_000  # 3+ drawn last, on top of the weaker classes
+        assert _count(zoomed, (255, 140, 0), 30) > 2_000
+    finally:
+        driver.quit()
+        srv.stop()

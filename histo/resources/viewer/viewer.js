@@ -45,7 +45,7 @@
         ctx.imageSmoothingEnabled = false;
         ctx.drawImage(L.data, t.ox, t.oy, info.width_px * t.s, info.height_px * t.s);
       } else if (L.kind === "points") {
-        drawPoints(ctx, L.data, t, w, h, info.mpp);
+        drawPoints(ctx, L.data, t, w, h, info.mpp, info);
       } else if (L.kind === "shapes") {
         ctx.strokeStyle = rgb(L.data.colour); ctx.lineWidth = 3; ctx.fillStyle = rgb(L.data.colour);
         ctx.font = "12px sans-serif";
@@ -75,7 +75,31 @@
   }
 
   // points in view, one path per colour (one fill or stroke for thousands of cells); squares below 3 px
-  function drawPoints(ctx, d, t, w, h, mpp) {
+  // more points in view than this: the layer's overview image (drawn once) stands in for them
+  const OVERVIEW_POINTS = 20000, OVERVIEW_PX = 2048;
+
+  function overview(d, info) {
+    const k = OVERVIEW_PX / Math.max(info.width_px, info.height_px);
+    const c = document.createElement("canvas");
+    c.width = Math.max(1, Math.round(info.width_px * k)); c.height = Math.max(1, Math.round(info.height_px * k));
+    // pixels set directly: a path of 300k squares takes seconds to fill without a GPU, this a few ms
+    const W = c.width, H = c.height, img = new ImageData(W, H), px = img.data;
+    const r = Math.max(1, Math.round(d.radius_um / info.mpp * k));
+    for (let i = 0; i < d.x.length; i++) {
+      const col = d.cls ? d.class_colours[d.cls[i]] : d.colour;
+      const cx = Math.round(d.x[i] * k), cy = Math.round(d.y[i] * k);
+      for (let y = Math.max(0, cy - r); y < Math.min(H, cy + r); y++) {
+        for (let x = Math.max(0, cx - r); x < Math.min(W, cx + r); x++) {
+          const o = 4 * (y * W + x);
+          px[o] = col[0]; px[o + 1] = col[1]; px[o + 2] = col[2]; px[o + 3] = 255;
+        }
+      }
+    }
+    c.getContext("2d").putImageData(img, 0, 0);
+    return c;
+  }
+
+  function drawPoints(ctx, d, t, w, h, mpp, info) {
     const r = Math.max(2.5, d.radius_um / mpp * t.s);
     const x0 = -t.ox / t.s, y0 = -t.oy / t.s, x1 = (w - t.ox) / t.s, y1 = (h - t.oy) / t.s;
     const n = d.x.length, inView = [];
@@ -83,7 +107,13 @@
       const x = d.x[i], y = d.y[i];
       if (x >= x0 && x <= x1 && y >= y0 && y <= y1) inView.push(i);
     }
-    const step = Math.max(1, Math.floor(inView.length / 40000));
+    if (inView.length > OVERVIEW_POINTS) {
+      if (!d.overview) d.overview = overview(d, info);
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(d.overview, t.ox, t.oy, info.width_px * t.s, info.height_px * t.s);
+      return;
+    }
+    const step = 1;
     const paths = new Map();
     for (let k = 0; k < inView.length; k += step) {
       const i = inView[k], c = d.cls ? d.cls[i] : -1;
@@ -94,7 +124,7 @@
       else { path.moveTo(sx + r, sy); path.arc(sx, sy, r, 0, 2 * Math.PI); }
     }
     ctx.lineWidth = 2;
-    for (const [c, path] of paths) {
+    for (const [c, path] of [...paths].sort((a, b) => a[0] - b[0])) {  // 3+ on top
       if (c >= 0) { ctx.fillStyle = rgb(d.class_colours[c]); ctx.fill(path); }
       else { ctx.strokeStyle = rgb(d.colour); ctx.stroke(path); }
     }
