@@ -107,8 +107,9 @@ def _hwm_kb(pid: int) -> int:
 
 def peak_rss(argv: list[str], timeout_s: float) -> dict[str, object]:
     """Run argv; exit code, seconds and peak RSS in MB of its whole process tree (the histo process and
-    the child processes it starts), as the sum of each process's own peak (VmHWM, polled every 20 ms,
-    and wait4's ru_maxrss for the main process): an upper bound, since the peaks need not coincide."""
+    the child processes it starts), as the sum of each process's own peak (VmHWM, polled every 20 ms; a
+    peak reached in the last 20 ms of a process is missed): an upper bound otherwise, since the peaks of
+    different processes need not coincide and shared pages are counted in each."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = t0 + timeout_s
@@ -124,7 +125,8 @@ def peak_rss(argv: list[str], timeout_s: float) -> dict[str, object]:
         for p in _tree(proc.pid):
             hwm[p] = max(hwm.get(p, 0), _hwm_kb(p))
         time.sleep(0.02)
-    hwm[proc.pid] = max(hwm.get(proc.pid, 0), usage.ru_maxrss)
+    # Not wait4's ru_maxrss: Linux carries it across exec from the forked copy of this (measuring)
+    # process, so it would report this script's own size. VmHWM belongs to the exec'd program.
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     code = os.waitstatus_to_exitcode(status)
     return {"exit": code, "peak_rss_mb": round(sum(hwm.values()) / 1024, 1),

@@ -212,7 +212,7 @@ def test_uncompressed_single_strip_tiff_is_read_row_by_row(tmp_path, monkeypatch
         sizes.append(n)
         return real_pread(fd, n, off)
 
-    monkeypatch.setattr("histo.slide.route.PLAIN_IMAGE_MAX_PX", 1_000_000)  # as if it were a 100k² scan
+    monkeypatch.setattr("histo.slide.route.PLAIN_TIFF_MAX_PX", 1_000_000)  # as if it were a 100k² scan
     with open_slide(path) as s:
         assert s.backend == "tifffile" and "strip" in s.backend_reason
         monkeypatch.setattr("histo.slide.tiffbackend.os.pread", spy)

@@ -222,7 +222,8 @@ class ImageBackend:
                 self.format = img.format or "unknown"
                 self._dpi = img.info.get("dpi")
                 self._resolution_unit = None
-                self._arr: np.ndarray | None = np.asarray(_to_rgb(img))
+                # RGB decodes straight into the one array kept (no converted copy on top of it).
+                self._arr: np.ndarray | None = np.asarray(img if img.mode == "RGB" else _to_rgb(img))
         except Image.DecompressionBombError as exc:
             raise SlideOpenError(
                 f"{path}: plain image too large to hold in memory ({exc}); convert it to a pyramidal TIFF"

@@ -19,8 +19,10 @@ from histo.slide.tiffcheck import check_tiff, is_tiff
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 WSI_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".dcm", ".czi", ".svslide", ".qptiff"}
-# A plain image is decoded whole into memory: keep it well below the 1.5 GB a run may use.
+# A plain image is decoded whole into memory: keep it well below the 1.5 GB a run may use. A TIFF in
+# strips larger than PLAIN_TIFF_MAX_PX is read strip by strip with tifffile instead (bounded memory).
 PLAIN_IMAGE_MAX_PX = 120_000_000
+PLAIN_TIFF_MAX_PX = 16_000_000
 
 
 def _tiff_kind(path: Path) -> tuple[str | None, str]:
@@ -41,7 +43,7 @@ def _tiff_kind(path: Path) -> tuple[str | None, str]:
                 return "deep", f"a {bits}-bit TIFF (OpenSlide and Pillow read 8-bit brightfield only)"
             if page.is_tiled or n_pages > 1 or page.subifds:
                 return "tiff", "a tiled or multi-page TIFF that OpenSlide does not recognise"
-            if spp not in (1, 3, 4) or w * h > PLAIN_IMAGE_MAX_PX:
+            if spp not in (1, 3, 4) or w * h > PLAIN_TIFF_MAX_PX:
                 return "tiff", f"a {w}x{h} px TIFF in strips, read strip by strip"
             return "plain", "a single-level 8-bit TIFF in strips (a plain image)"
     except Exception as exc:
