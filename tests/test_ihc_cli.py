@@ -77,3 +77,16 @@ def test_tumour_tiles_from_prediction_folder(slide, tmp_path):
     rc = main(["ihc", str(slide), "--marker", "ALK", "--out", str(tmp_path / "o2"), "--quiet",
                "--tumour-tiles", str(tmp_path / "out")])
     assert rc == 1 and "no prediction" in _status(tmp_path / "o2")["case1_IHC_ALK"]["reason"]
+
+
+def test_rerun_removes_the_temp_files_a_killed_run_left(slide, tmp_path):
+    out = tmp_path / "out"
+    assert main(["ihc", str(slide), "--marker", "ALK", "--out", str(out), "--quiet"]) == 0
+    folder = out / "case1_IHC_ALK"
+    left = [folder / ".ihc_heatmap.png.k9x1.tmp", folder / ".ihc.json.k9x2.tmp", folder / ".ihc_cells.parquet.k9x3.tmp"]
+    for p in left:
+        p.write_bytes(b"half-written")
+    keep = folder / "notes.txt"  # not an output of histo ihc: never touched
+    keep.write_text("mine")
+    assert main(["ihc", str(slide), "--marker", "ALK", "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert not any(p.exists() for p in left) and keep.read_text() == "mine"

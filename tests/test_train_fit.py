@@ -177,3 +177,35 @@ def test_ddp_two_cpu_processes(tmp_path):
     # metrics were synced: both ranks report the same validation values
     assert results[0]["metrics"] == pytest.approx(results[1]["metrics"])
     assert "ddp" in proc.stderr.lower() or "distributed" in proc.stderr.lower()
+
+
+class _Evil:
+    """A pickle that would create a file if unpickled."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+@pytest.mark.parametrize("kind", ["code_pickle", "random_bytes", "plain_dict"])
+def test_cli_resume_from_a_foreign_file_is_a_clear_error_and_leaves_no_run_folder(tmp_path, capsys, kind):
+    import pickle
+
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump({"model": {"backbone": "tiny", "tile_px": 64, "mpp": 0.5},
+                                 "output": {"dir": str(tmp_path / "runs"), "name": "x"}}))
+    bad = tmp_path / "foreign.ckpt"
+    marker = tmp_path / "pwned"
+    if kind == "code_pickle":
+        bad.write_bytes(pickle.dumps({"state_dict": _Evil(marker)}))
+    elif kind == "random_bytes":
+        bad.write_bytes(os.urandom(256))
+    else:
+        torch.save({"weights": torch.zeros(2)}, bad)
+    assert main(["train", "-c", str(p), "--resume", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "foreign.ckpt" in err and "checkpoint" in err and "Traceback" not in err
+    assert not marker.exists()  # nothing in the pickle ran
+    assert not (tmp_path / "runs").exists()  # no empty version_N/

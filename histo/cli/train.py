@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Validate the config, then train and export; prints where the model is."""
     from histo.train import fit, load_train_config
-    from histo.train.fit import check_data_files
+    from histo.train.fit import check_checkpoint, check_data_files
 
     overrides = list(args.overrides)
     if args.out:
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(config.to_yaml())
         return 0
+    if args.resume:
+        check_checkpoint(args.resume)  # a foreign or broken file fails here: nothing loaded, no run folder made
     try:
         check_data_files(config)  # a missing slide, annotation or spec fails here, before any training
     except ConfigError as exc:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from histo.atomic import atomic_path, write_text
 from histo.errors import HistoError
 from histo.ihc.result import CLASS_NAMES, SlideIHCResult
+from histo.leftovers import clean_stale_temps
 
 GEOJSON_MAX_FEATURES = 50_000
 GEOJSON_SEED = 0
@@ -139,6 +140,7 @@ def write_ihc_outputs(result: SlideIHCResult, out_dir: str | Path, *, max_featur
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out, [*FILES, *CSV_FILES.values()])  # what a killed run left (.ihc_heatmap.png.*.tmp, ...)
     for name in CSV_FILES.values():  # CSVs of older tables must not outlive them
         (out / name).unlink(missing_ok=True)
     summary = result.summary

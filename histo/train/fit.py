@@ -160,6 +160,26 @@ def build_module(config: TrainConfig, net: MultiTaskNet | None = None, scale: st
                            mitosis_min_distance_um=m.mitosis_min_distance_um)
 
 
+_CHECKPOINT_KEYS = ("state_dict", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Raise ConfigError unless ``path`` is a Lightning checkpoint of tensors and plain values (as histo train
+    writes). It is read with ``torch.load(weights_only=True)``, which refuses to run code from a pickle."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"checkpoint to resume from {p} not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types (UnpicklingError, EOFError, ...)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{p} is not a checkpoint histo train wrote (a Lightning .ckpt of tensors); it was not "
+                          f"loaded, and no code in it ran ({type(exc).__name__}: {first})") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ConfigError(f"{p} is not a Lightning checkpoint of histo train (no {', '.join(missing)})")
+
+
 def _next_version(root: Path) -> int:
     nums = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     return max(nums, default=-1) + 1
@@ -181,8 +201,7 @@ def fit(config: TrainConfig | str | Path, *, resume_from: str | Path | None = No
                                        f"<config> with --set {' '.join(overrides)}")
     if resume_from is not None:
         resume_from = Path(resume_from)
-        if not resume_from.is_file():
-            raise ConfigError(f"checkpoint to resume from {resume_from} not found")
+        check_checkpoint(resume_from)  # before any run folder is made
     text = config.to_yaml()
     digest = config.digest
     sections = config.model.scale_sections()
