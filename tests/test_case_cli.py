@@ -154,3 +154,33 @@ def test_case_rows_merge_and_a_duplicate_case_id_is_refused(phantom, model_dir, 
     # the first case's outputs are untouched by the refused duplicate
     assert (out / "C1" / "case_report.json").read_bytes() == report
     assert _he_prediction(out)["slide_mpp"] == 0.25
+
+
+def test_a_case_whose_slide_crashes_native_code_fails_alone(phantom, model_dir, tmp_path, monkeypatch):
+    import multiprocessing as mp
+    import os
+    import shutil
+
+    import histo.isolate as iso
+
+    monkeypatch.setattr(iso, "_CTX", mp.get_context("fork"))  # children see this test's monkeypatch
+    real_probe = iso.probe
+
+    def probe(path, *a, **k):
+        if "crashy" in str(path):
+            os.abort()  # what OpenSlide does on some corrupt files: no Python except can catch it
+        return real_probe(path, *a, **k)
+
+    monkeypatch.setattr(iso, "probe", probe)
+    bad_he = tmp_path / "crashy_HE.tiff"
+    shutil.copy(phantom.he_path, bad_he)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"case_id": "C9", "he": str(bad_he), "ihc": {"ALK": str(phantom.ihc_path)}}))
+    good = _case_file(tmp_path, phantom)
+    out = tmp_path / "out"
+    rc = main(["case", str(bad), str(good), "--model", str(model_dir), "--out", str(out), "--workers", "0",
+               "--quiet"])
+    assert rc == 1
+    rows = _rows(out)
+    assert rows["C9"]["status"] == "failed" and "crashed (signal 6" in rows["C9"]["reason"]
+    assert rows["C1"]["status"] == "ok"

@@ -94,6 +94,7 @@ def run_cases(case_files: list[Path], out: Path, *, model: Any, card: Any, gradi
               options: Any) -> int:
     """Run :func:`histo.case.run_case` on each case file, one status row each; 1 if any failed, else 0."""
     from histo.case import run_case
+    from histo.isolate import probe_isolated, unexpected_reason
     from histo.status import update_status
 
     out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,8 @@ def run_cases(case_files: list[Path], out: Path, *, model: Any, card: Any, gradi
                                   "(give it another case_id)")
             seen[case.case_id] = case_path
             key = case.case_id
+            for slide_path in (case.he_path, *case.ihc_paths.values()):
+                probe_isolated(slide_path, case.mpp)  # a slide that crashes native code fails its case alone
             result = run_case(case, out, model=model, card=card, grading=grading, panel=panel, options=options,
                               log=_log)
             row = result.status_row()
@@ -125,8 +128,8 @@ def run_cases(case_files: list[Path], out: Path, *, model: Any, card: Any, gradi
             print(f"FAILED   {case_path}: {exc}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - one broken case must not lose the rest of the batch
             failed += 1
-            row = {"case": key, "status": "failed", "reason": f"unexpected {type(exc).__name__}: {exc}"}
-            print(f"FAILED   {case_path}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+            row = {"case": key, "status": "failed", "reason": unexpected_reason(exc)}
+            print(f"FAILED   {case_path}: {row['reason']}", file=sys.stderr)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         row["case_file"] = str(case_path)
         update_status(out / "status.csv", {row["case"]: row}, STATUS_FIELDS, key="case")
