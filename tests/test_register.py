@@ -170,3 +170,38 @@ def test_real_birl_kidney_pair_rtre(real_data):
     rtre = np.hypot(*(reg.transform.moving_to_fixed(lm[:n]) - lf[:n]).T) / math.hypot(w, h)
     assert np.median(rtre) < 0.005
     assert reg.status == "ok"
+
+
+def test_tissue_detection_and_ecc_work_on_bounded_views(monkeypatch):
+    """Tissue detection and the affine ECC never see a view longer than mask_max_px / affine_max_px."""
+    import cv2
+
+    import histo.register.images as images
+    from histo.register import RegisterConfig
+
+    seen: dict[str, list[int]] = {"tissue": [], "ecc": []}
+    real_mask, real_ecc = images.tissue_mask, cv2.findTransformECC
+
+    def mask_spy(rgb, mpp, cfg=None):
+        seen["tissue"].append(max(rgb.shape[:2]))
+        return real_mask(rgb, mpp, cfg)
+
+    def ecc_spy(a, b, *args):
+        seen["ecc"].append(max(a.shape[:2]))
+        return real_ecc(a, b, *args)
+
+    monkeypatch.setattr(images, "tissue_mask", mask_spy)
+    monkeypatch.setattr(cv2, "findTransformECC", ecc_spy)
+    he, ihc, m = _pair_images()
+    a = _truth(200.0, True)
+    cfg = RegisterConfig(coarse_px=64, max_px=512, affine_max_px=256, mask_max_px=256)
+    reg = register_slides(Slide.from_array(he, MPP, "he"), Slide.from_array(_moving(ihc, a), MPP, "ihc"), config=cfg)
+    assert reg.levels_mpp[-1] < 2400 / 400  # the finest level (non-rigid, quality) is still ~512 px
+    assert seen["tissue"] and max(seen["tissue"]) <= 256
+    assert seen["ecc"] and max(seen["ecc"]) <= 256
+    assert reg.status == "ok", reg.quality
+    ys, xs = np.nonzero(m[::10, ::10])
+    pf = np.stack([xs * 10.0, ys * 10.0], axis=1)
+    pm_true = (pf * MPP) @ a[:2, :2].T + a[:2, 2]
+    tre = np.hypot(*(reg.transform.fixed_to_moving(pf) * MPP - pm_true).T)
+    assert np.median(tre) < 10.0 and tre.max() < 50.0

@@ -4,7 +4,8 @@
    rotation about the tissue centroids, the translation of each from an FFT cross-correlation; the best
    few candidates go on.
 2. **Affine** by OpenCV's ECC (enhanced correlation coefficient, Evangelidis & Psarakis 2008), from the
-   coarse level to the finest by halving the µm/px. ECC maximises a correlation that ignores gain and
+   coarse level by halving the µm/px, on views of at most ``affine_max_px`` (the finest level, up to
+   ``max_px``, is for the non-rigid step and the quality figures). ECC maximises a correlation that ignores gain and
    offset between the two images, which suits two stains of one tissue.
 3. **Non-rigid**: DIS optical flow (Kroeger et al. 2016) between the fixed view and the affinely warped
    moving view at the finest level, regularised by a Gaussian of ``field_smooth_um`` µm (a normalised
@@ -33,6 +34,8 @@ class RegisterConfig:
 
     coarse_px: int = 256  # long side of the rotation/flip search view
     max_px: int = 2048  # long side of the finest view (bounds time and memory on any slide)
+    affine_max_px: int = 1024  # long side of the finest view ECC refines the affine map on
+    mask_max_px: int = 1024  # long side of the view tissue is detected on (at most)
     min_mpp: float = 2.0  # never finer than this µm/px: registration needs tissue shape, not cells
     angle_step_deg: float = 4.0
     candidates: int = 3  # rigid-search candidates refined by ECC

@@ -81,13 +81,23 @@ def stain_channel(rgb: np.ndarray, mask: np.ndarray, channel: str = "od") -> np.
     return cv2.GaussianBlur(out, (0, 0), 1.0)
 
 
-def view(slide: _Readable, mpp: float, channel: str = "hematoxylin", mask: np.ndarray | None = None) -> View:
+def registration_tissue(slide: _Readable, mpp: float, cache: dict[float, np.ndarray] | None = None) -> np.ndarray:
+    """The slide's registration tissue mask at ``mpp`` µm/px (its overview is kept in ``cache`` by mpp)."""
+    rgb = slide.read_overview(mpp)
+    if cache is not None:
+        cache[mpp] = rgb
+    return tissue_mask(rgb, mpp, REGISTRATION_TISSUE)
+
+
+def view(slide: _Readable, mpp: float, channel: str = "hematoxylin", mask: np.ndarray | None = None,
+         rgb: np.ndarray | None = None) -> View:
     """The slide's overview at ``mpp`` µm/px with its tissue mask and registration channel.
 
     ``mask`` is a tissue mask of the whole slide at any resolution (resized here); without one it is
-    detected on this overview.
+    detected on this overview. ``rgb`` is that overview when already read.
     """
-    rgb = slide.read_overview(mpp)
+    if rgb is None:
+        rgb = slide.read_overview(mpp)
     if mask is None:
         tissue = tissue_mask(rgb, mpp, REGISTRATION_TISSUE)
     else:

@@ -23,7 +23,7 @@ from histo.register.align import (
     nonrigid_field,
     rigid_search,
 )
-from histo.register.images import View, view
+from histo.register.images import View, registration_tissue, view
 from histo.register.quality import assess
 from histo.register.transform import DisplacementField, SlideTransform
 from histo.slide import Slide, open_slide
@@ -112,13 +112,25 @@ def _register(fs: Slide, ms: Slide, cfg: RegisterConfig) -> Registration:
     cfg = dataclasses.replace(cfg, field_smooth_um=effective_smooth_um(smaller, cfg))  # recorded as used
     levels = level_mpps(extent, cfg)
     levels = [max(m, fmpp, mmpp) for m in levels]  # never finer than the slides themselves
+    # ECC refines the affine map on views of at most affine_max_px (its cost grows with the pixels and a
+    # 1024 px view already pins the affine part to a fraction of a 25 µm pixel); the finest level
+    # (max_px) serves the non-rigid field and the quality figures.
+    affine_levels = [m for m in levels if extent / m <= cfg.affine_max_px * 1.05] or levels[:1]
     t0 = time.perf_counter()
-    # One tissue mask per slide, at the finest level but no finer than histo.tissue's own 8 µm/px default.
-    mask_mpp = min(max(levels[-1], 8.0), levels[0])
-    fmask, mmask = view(fs, mask_mpp).mask, view(ms, mask_mpp).mask
+    # One tissue mask per slide, at the finest level but no finer than histo.tissue's own 8 µm/px default
+    # nor than mask_max_px across the slide (an outline needs no more; tissue detection costs per pixel).
+    mask_mpp = min(max(levels[-1], 8.0, extent / cfg.mask_max_px), levels[0])
+    fcache: dict[float, np.ndarray] = {}
+    mcache: dict[float, np.ndarray] = {}
+    fmask, mmask = registration_tissue(fs, mask_mpp, fcache), registration_tissue(ms, mask_mpp, mcache)
     timing["tissue"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    fv, mv = view(fs, levels[0], cfg.channel, fmask), view(ms, levels[0], cfg.channel, mmask)
+
+    def views(mpp: float) -> tuple[View, View]:
+        return (view(fs, mpp, cfg.channel, fmask, rgb=fcache.pop(mpp, None)),
+                view(ms, mpp, cfg.channel, mmask, rgb=mcache.pop(mpp, None)))
+
+    fv, mv = views(levels[0])
     affine = np.eye(3)
     if fv.mask.any() and mv.mask.any():
         cands = rigid_search(fv, mv, cfg)
@@ -126,12 +138,16 @@ def _register(fs: Slide, ms: Slide, cfg: RegisterConfig) -> Registration:
         t0 = time.perf_counter()
         best = max((ecc_affine(fv, mv, a) for _, a in cands), key=lambda r: r[0])
         _, affine = best
-        for mpp in levels[1:]:
-            fv, mv = view(fs, mpp, cfg.channel, fmask), view(ms, mpp, cfg.channel, mmask)
+        for mpp in affine_levels[1:]:
+            fv, mv = views(mpp)
             cc2, a2 = ecc_affine(fv, mv, affine, iterations=30, eps=1e-5)
             if cc2 >= 0 and _plausible(a2):
                 affine = a2
         timing["affine"] = round(time.perf_counter() - t0, 3)
+        if fv.mpp != levels[-1]:
+            t0 = time.perf_counter()
+            fv, mv = views(levels[-1])
+            timing["finest_view"] = round(time.perf_counter() - t0, 3)
     field = None
     if cfg.nonrigid and fv.mask.any() and mv.mask.any():
         t0 = time.perf_counter()
