@@ -4,7 +4,7 @@ Every batch command stores a ``run_settings`` block in the completion mark of ea
 slide file's size and mtime, its µm/px, the tiling/tissue settings, the model, the panel or grading
 rules that shaped the result). A rerun builds the same block and compares it field by field: equal
 means 'skipped'; any difference redoes the folder and names the fields, e.g. "redone: mpp 0.5 → 0.25".
-A leaf module (standard library only).
+Imports only the leaf histo.jsonsafe.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from histo.jsonsafe import json_safe
 
 RUN_SETTINGS_KEY = "run_settings"
 NO_RECORD = "no run settings recorded (made by an older histo)"
@@ -28,7 +30,7 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, int]:
 
 def plain(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples → lists, keys → str), so stored and fresh keys compare."""
-    return json.loads(json.dumps(value, default=str))
+    return json_safe(value, non_finite="keep", unknown="str")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -15,6 +15,7 @@ from histo.aggregate.hotspot import CellRegion, Window, find_hotspot
 from histo.aggregate.necrosis import necrotic_tiles
 from histo.aggregate.tables import TableError, pattern_column, validate_mitosis_table, validate_mpp, validate_tile_table
 from histo.errors import ConfigError
+from histo.jsonsafe import json_safe
 
 _UM2_PER_MM2 = 1e6
 
@@ -95,7 +96,7 @@ class SlideMeasurements:
 
     def to_dict(self) -> dict:
         """Plain, JSON-serialisable dict."""
-        return _plain(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self), non_finite="keep")
 
 
 def necrotic_mask(tiles: pd.DataFrame, mpp: float, config: GradingConfig | None = None) -> np.ndarray:
@@ -333,13 +334,3 @@ def _viable_tissue_in_window(
     o = own[own >= 0]
     o = o[viable[o]]
     return float(tissue_fraction[o].sum() * raster.cell_area_px2 * mpp * mpp / _UM2_PER_MM2)
-
-
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    return obj

@@ -12,7 +12,8 @@ import pandas as pd
 
 from histo.aggregate.config import DEFAULT_MITOSIS_THRESHOLD, GradingConfig
 from histo.aggregate.domain import DomainSummary, in_domain_tiles, summarise_domain
-from histo.aggregate.measure import SlideMeasurements, _plain, measure_slide
+from histo.aggregate.measure import SlideMeasurements, measure_slide
+from histo.jsonsafe import json_safe
 
 #: Version of the JSON written by SlideAssessment.to_dict; bump on any incompatible change.
 SCHEMA_VERSION = 1
@@ -102,7 +103,7 @@ class SlideAssessment:
         return {
             "schema_version": self.schema_version,
             "measurements": self.measurements.to_dict(),
-            "grading": _plain(dataclasses.asdict(self.grading)),
+            "grading": json_safe(dataclasses.asdict(self.grading), non_finite="keep"),
             "config": self.config.to_dict(),
             "domain": self.domain.to_dict() if self.domain is not None else None,
         }

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from histo.ihc.deconvolution import StainMatrix
 from histo.ihc.markers import MarkerCall, MarkerSpec
 from histo.ihc.scoring import ScoreSummary
+from histo.jsonsafe import json_safe
 
 SCHEMA = "histo.ihc/1"
 CELL_COLUMNS = ("x", "y", "x_um", "y_um", "area_um2", "cell_area_um2", "dab_od", "h_od", "ihc_class", "in_tumour",
@@ -33,23 +32,7 @@ class SlideQCFlag:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return {k: _json_value(v) for k, v in asdict(self).items()}
-
-
-def _json_value(v: Any) -> Any:
-    """Plain JSON value: NaN/inf → None, numpy scalars → Python, tuples → lists (recursively)."""
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, (np.bool_, bool)):
-        return bool(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    return v
+        return {k: json_safe(v) for k, v in asdict(self).items()}
 
 
 def call_sentence(marker: str, call: str, score: ScoreSummary, region: str, min_cells: int) -> str:
@@ -108,7 +91,7 @@ class SlideIHCResult:
 
         s = self.score
         rule = self.spec.call
-        return _json_value({
+        return json_safe({
             "schema": SCHEMA,
             "slide": self.slide,
             "slide_path": self.slide_path,

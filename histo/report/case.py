@@ -13,6 +13,7 @@ from typing import Any
 from histo import __version__
 from histo.atomic import write_text
 from histo.errors import HistoError
+from histo.jsonsafe import json_safe
 from histo.report import html as H
 from histo.report.schema import CASE_REPORT_SCHEMA, validate_case_report, validate_report
 from histo.report.sentences import (
@@ -25,7 +26,7 @@ from histo.report.sentences import (
     qc_names,
     whole_tumour_phrase,
 )
-from histo.report.slide import IhcInput, json_safe, load_ihc
+from histo.report.slide import IhcInput, load_ihc
 
 CASE_JSON, CASE_HTML = "case_report.json", "case_report.html"
 

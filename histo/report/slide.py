@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -13,13 +12,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from histo import __version__
 from histo.aggregate import SlideAssessment, necrotic_mask
 from histo.atomic import atomic_path, write_text
 from histo.errors import HistoError
+from histo.jsonsafe import json_safe
 from histo.report import html as H
 from histo.report import images as I
 from histo.report.geojson import slide_geojson
@@ -122,21 +121,6 @@ def summarise_card(card: Any) -> dict[str, Any]:
         "domain_method": ((d.get("domain") or {}).get("method") if isinstance(d.get("domain"), Mapping)
                           else d.get("domain_method")),
     }
-
-
-def json_safe(obj: Any) -> Any:
-    """Plain JSON values: NaN/inf become null, numpy scalars Python numbers, tuples lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _dump(obj: Any) -> str:

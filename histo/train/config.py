@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import yaml
 from histo.config import apply_overrides, from_dict, load_yaml, to_dict
 from histo.errors import ConfigError, ModelError
 from histo.inputs import mpp_is_plausible, mpp_range_text
+from histo.jsonsafe import json_safe
 from histo.models import IMAGENET_MEAN, IMAGENET_STD, config_digest, list_backbones, resolve_heads
 
 
@@ -315,8 +315,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (paths as strings), as saved beside the outputs."""
-        d = to_dict(self)
-        return _plain(d)
+        return json_safe(to_dict(self), non_finite="text")  # ±inf/nan as text, as the saved config has always had
 
     def to_yaml(self) -> str:
         """The resolved config as YAML text (its sha256 is the model card's config_digest)."""
@@ -334,18 +333,6 @@ class TrainConfig:
         for sc in self.model.scale_sections().values():
             merged.update(resolve_heads(sc.heads))
         return resolve_heads(merged)
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, float) and math.isinf(v):
-        return str(v)
-    return v
 
 
 def _check(cfg: TrainConfig, source: str) -> None:
