@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         for path in bar:
             try:
                 # issue 17: each slide is tiled in a child process, so a native crash costs only its row
-                result = tile_slide_isolated(path, out, config, mpp_override=args.mpp,
+                result = tile_slide_isolated(path, out, config, mpp=args.mpp,
                                              overwrite=args.overwrite, progress=not args.quiet)
             except HistoError as exc:
                 result = SlideResult(str(path), path.stem, "failed", reason=str(exc))

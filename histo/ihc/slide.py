@@ -38,7 +38,7 @@ from histo.ihc.qc import QCParams
 from histo.ihc.regions import check_frame, mask_values_at
 from histo.ihc.result import CELL_COLUMNS, SlideIHCResult, SlideQCFlag
 from histo.ihc.scoring import ScoreSummary, classify_intensity, h_score_from_counts
-from histo.slide import Slide, open_slide
+from histo.slide import Slide, open_slide, renamed_mpp
 from histo.tiling import GridConfig, TilingConfig, plan_grid, tissue_fractions
 from histo.tissue import TissueMask, detect_tissue
 
@@ -230,8 +230,9 @@ def score_slide(
     qc_params: QCParams | None = None,
     ring_tissue_od: float | None = None,
     allow_frame_mismatch: bool = False,
-    slide_mpp: float | None = None,
+    mpp: float | None = None,
     he_slide: Slide | str | Path | None = None,
+    slide_mpp: float | None = None,
 ) -> SlideIHCResult:
     """Score an IHC slide for one marker: per-cell DAB classes, % positive, H-score, the panel call and QC flags.
 
@@ -239,8 +240,8 @@ def score_slide(
     'tissue'). ``stain`` is 'ruifrok' (fixed H-DAB vectors), 'estimate' (Macenko vectors from a sample
     of tissue tiles, once per slide) or a StainMatrix. ``pool`` 'thread' or 'process' runs ``workers``
     tiles at once (0 = in this thread). A tumour mask made in another level-0 frame raises
-    FrameMismatchError unless ``allow_frame_mismatch``. ``slide_mpp`` overrides the level-0 µm/px when
-    ``slide`` is a path. With ``he_slide`` (the slide ``tumour_mask`` was made on), this slide is first
+    FrameMismatchError unless ``allow_frame_mismatch``. ``mpp`` overrides the level-0 µm/px when
+    ``slide`` is a path (``slide_mpp`` is its deprecated old name). With ``he_slide`` (the slide ``tumour_mask`` was made on), this slide is first
     registered onto it (histo.register) and the mask carried over; a poor or failed registration counts
     in all tissue instead, with a QC flag saying so; ``qc_values['registration']`` records the outcome.
 
@@ -252,7 +253,8 @@ def score_slide(
     timing: dict[str, float] = {}
     spec = _check_spec(spec)
     own = not isinstance(slide, Slide)
-    s = slide if isinstance(slide, Slide) else open_slide(slide, mpp=slide_mpp)
+    level0_mpp = renamed_mpp(mpp, slide_mpp, "slide_mpp", "score_slide")
+    s = slide if isinstance(slide, Slide) else open_slide(slide, mpp=level0_mpp)
     try:
         reg_info, reg_flag = None, None
         if tumour_mask is not None and he_slide is not None:

@@ -88,7 +88,7 @@ class TtaTables:
     mitoses: pd.DataFrame
 
 
-def infer_scales(slide_path: str | Path, mpp_override: float | None, grids: dict[str, TileGrid],
+def infer_scales(slide_path: str | Path, mpp: float | None, grids: dict[str, TileGrid],
                  model: nn.Module, card: ModelCard, device: torch.device, *, batch_size: int, workers: int,
                  progress: bool, desc: str, slide: Slide | None = None,
                  skip: frozenset[str] = frozenset(), tta: bool = False) -> dict[str, InferenceOutput | None]:
@@ -102,7 +102,7 @@ def infer_scales(slide_path: str | Path, mpp_override: float | None, grids: dict
         if not len(grid) or name in skip:
             out[name] = None
             continue
-        dataset = TileBatchDataset(str(slide_path), mpp_override, grid, batch_size, slide=slide, normaliser=norm)
+        dataset = TileBatchDataset(str(slide_path), mpp, grid, batch_size, slide=slide, normaliser=norm)
         net = prepare_model(nets[name], device)
         label = f"{desc} {name}" if card.multiscale else desc
         try:
@@ -219,7 +219,7 @@ def _join_by_centre(coarse: pd.DataFrame, fine: pd.DataFrame, values: np.ndarray
     return out
 
 
-def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | None, model: nn.Module,
+def predict_scales(slide: Slide, slide_path: str | Path, mpp: float | None, model: nn.Module,
                    card: ModelCard, device: torch.device, *, tiling: TilingConfig | None = None,
                    overlap_px: int | None = None, batch_size: int = 64, workers: int = 0,
                    progress: bool = False, desc: str = "", in_process: bool = False,
@@ -234,7 +234,7 @@ def predict_scales(slide: Slide, slide_path: str | Path, mpp_override: float | N
         card.check_slide_mpp(slide.mpp)  # raises, naming the finest scale the slide cannot feed
     grids, _ = plan_scales(slide, card, tiling, overlap_px, scales=runnable)
     timings = {"plan_s": round(time.perf_counter() - t0, 4)}
-    outputs = infer_scales(slide_path, mpp_override, grids, model, card, device, batch_size=batch_size,
+    outputs = infer_scales(slide_path, mpp, grids, model, card, device, batch_size=batch_size,
                            workers=0 if in_process else workers, progress=progress, desc=desc,
                            slide=slide if in_process else None, skip=frozenset(skipped), tta=tta)
     infer = [o.timings.get("infer_s", 0.0) for o in outputs.values() if o is not None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,18 @@ def check_mpp_override(mpp: float | None) -> None:
     """Refuse (MppError) an --mpp value outside the plausible range before any slide is opened."""
     if mpp is not None:
         _check_plausible(Path("--mpp"), float(mpp), "the --mpp override")
+
+
+def renamed_mpp(mpp: float | None, old_value: float | None, old_name: str, where: str) -> float | None:
+    """The level-0 µm/px override passed as ``mpp=`` or under its deprecated keyword ``old_name`` (DeprecationWarning;
+    TypeError when both are given and differ)."""
+    if old_value is None:
+        return mpp
+    warnings.warn(f"{where}({old_name}=...) is deprecated: the level-0 µm/px override is mpp=", DeprecationWarning,
+                  stacklevel=3)
+    if mpp is not None and float(mpp) != float(old_value):
+        raise TypeError(f"{where}: give mpp= or {old_name}=, not both")
+    return old_value
 
 
 class Slide:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from histo.slide import Slide, open_slide
+from histo.slide import Slide, open_slide, renamed_mpp
 from histo.tiling.grid import TileGrid
 from histo.tiling.qc import tile_qc
 
@@ -121,24 +121,27 @@ def iter_batches(
     slide_path: str,
     grid: TileGrid,
     *,
-    mpp_override: float | None = None,
+    mpp: float | None = None,
     batch_tiles: int = 64,
     pool: Executor | None = None,
     qc: bool = False,
     fn: Callable[..., Any] | None = None,
+    mpp_override: float | None = None,
 ) -> Iterator[Any]:
-    """Yield `fn(job)` for the grid's tile batches in table order (default: the tiles read), in `pool` or here."""
+    """Yield `fn(job)` for the grid's tile batches in table order (default: the tiles read), in `pool` or here.
+    ``mpp`` overrides the slide's level-0 µm/px (``mpp_override``: its deprecated old name)."""
+    mpp = renamed_mpp(mpp, mpp_override, "mpp_override", "iter_batches")
     fn = fn or run_job
-    jobs = list(_make_jobs(slide_path, grid, mpp_override, batch_tiles, qc))
+    jobs = list(_make_jobs(slide_path, grid, mpp, batch_tiles, qc))
     if pool is None:
-        slide = open_slide(slide_path, mpp=mpp_override)
+        slide = open_slide(slide_path, mpp=mpp)
         try:
             for job in jobs:
                 yield fn(job, slide)
         finally:
             slide.close()
         return
-    shared = open_slide(slide_path, mpp=mpp_override) if isinstance(pool, ThreadPoolExecutor) else None
+    shared = open_slide(slide_path, mpp=mpp) if isinstance(pool, ThreadPoolExecutor) else None
     in_flight: deque[Future[Any]] = deque()
     limit = 2 * getattr(pool, "_max_workers", 2)
     try:

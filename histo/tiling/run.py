@@ -35,7 +35,7 @@ from histo.rerun import (
     redo_reason,
     stored_settings,
 )
-from histo.slide import Slide, open_slide
+from histo.slide import Slide, open_slide, renamed_mpp
 from histo.tiling.grid import TileGrid, TilingConfig, plan_grid
 from histo.tiling.reader import ReadJob, iter_batches, run_job
 
@@ -95,18 +95,22 @@ def tile_slide(
     out_dir: str | Path,
     config: TilingConfig,
     *,
-    mpp_override: float | None = None,
+    mpp: float | None = None,
     pool: Executor | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    mpp_override: float | None = None,
 ) -> SlideResult:
-    """Plan (and on request read/extract) one slide's tiles into `out_dir/<name>/`; raises HistoError on failure."""
+    """Plan (and on request read/extract) one slide's tiles into `out_dir/<name>/`; raises HistoError on failure.
+
+    ``mpp`` overrides the level-0 µm/px (``mpp_override`` is its deprecated old name)."""
+    mpp = renamed_mpp(mpp, mpp_override, "mpp_override", "tile_slide")
     t0 = time.perf_counter()
     slide_path = Path(slide_path)
     slide_dir = Path(out_dir) / slide_path.stem
     grid_path = slide_dir / "grid.parquet"
     reason = ""
-    with open_slide(slide_path, mpp=mpp_override) as slide:
+    with open_slide(slide_path, mpp=mpp) as slide:
         settings = tile_run_settings(slide_path, slide.mpp, config)  # MppError when unknown: nothing written
         if grid_path.is_file() and not overwrite:
             try:
@@ -133,7 +137,7 @@ def tile_slide(
 
     need_read = len(grid) > 0 and (config.qc.enabled or config.extract.format != "none")
     if need_read:
-        _read_pass(str(slide_path), grid, slide_dir, config, mpp_override, pool, progress)
+        _read_pass(str(slide_path), grid, slide_dir, config, mpp, pool, progress)
     grid.save(grid_path)
     status = "ok" if len(grid) else "no_tissue"
     if not len(grid):
@@ -144,13 +148,13 @@ def tile_slide(
                        round(time.perf_counter() - t0, 3), reason, str(grid_path))
 
 
-def _tile_in_child(slide_path: str, out_dir: str, config: TilingConfig, mpp_override: float | None,
+def _tile_in_child(slide_path: str, out_dir: str, config: TilingConfig, mpp: float | None,
                    overwrite: bool, progress: bool) -> SlideResult:
     from histo.tiling.reader import make_pool
 
     pool = make_pool(config.workers, config.pool)
     try:
-        return tile_slide(slide_path, out_dir, config, mpp_override=mpp_override, pool=pool,
+        return tile_slide(slide_path, out_dir, config, mpp=mpp, pool=pool,
                           overwrite=overwrite, progress=progress)
     finally:
         if pool is not None:
@@ -162,21 +166,23 @@ def tile_slide_isolated(
     out_dir: str | Path,
     config: TilingConfig,
     *,
-    mpp_override: float | None = None,
+    mpp: float | None = None,
     overwrite: bool = False,
     progress: bool = True,
     timeout_s: float | None = None,
+    mpp_override: float | None = None,
 ) -> SlideResult:
     """`tile_slide` in a child process with its own reader pool: a native crash raises SlideCrashError
-    ("crashed (signal 6) ...") for this slide instead of killing the batch."""
+    ("crashed (signal 6) ...") for this slide instead of killing the batch. ``mpp_override``: deprecated, use ``mpp``."""
     from histo.isolate import run_isolated
 
-    return run_isolated(_tile_in_child, str(slide_path), str(out_dir), config, mpp_override, overwrite, progress,
+    mpp = renamed_mpp(mpp, mpp_override, "mpp_override", "tile_slide_isolated")
+    return run_isolated(_tile_in_child, str(slide_path), str(out_dir), config, mpp, overwrite, progress,
                         label=str(slide_path), timeout_s=timeout_s)
 
 
 def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingConfig,
-               mpp_override: float | None, pool: Executor | None, progress: bool) -> None:
+               mpp: float | None, pool: Executor | None, progress: bool) -> None:
     """Read every tile once: QC measurements into the table, and extraction into a temp target renamed at the end."""
     ex = config.extract
     fmt = ex.format
@@ -191,7 +197,7 @@ def _read_pass(slide_path: str, grid: TileGrid, slide_dir: Path, config: TilingC
             if tmp_target is not None and ex.store == "zip" else None
         bar = stack.enter_context(tqdm(total=n, desc=Path(slide_path).stem, unit="tile", leave=False,
                                        disable=not progress))
-        for out in iter_batches(slide_path, grid, mpp_override=mpp_override, batch_tiles=config.batch_tiles,
+        for out in iter_batches(slide_path, grid, mpp=mpp, batch_tiles=config.batch_tiles,
                                 pool=pool, qc=config.qc.enabled, fn=fn):
             if fmt != "none":
                 index, blobs, qc = out
