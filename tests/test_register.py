@@ -205,3 +205,17 @@ def test_tissue_detection_and_ecc_work_on_bounded_views(monkeypatch):
     pm_true = (pf * MPP) @ a[:2, :2].T + a[:2, 2]
     tre = np.hypot(*(reg.transform.fixed_to_moving(pf) * MPP - pm_true).T)
     assert np.median(tre) < 10.0 and tre.max() < 50.0
+
+
+def test_no_field_when_the_slides_share_only_their_outline():
+    """Sections whose insides do not correspond keep the affine map: optical flow would only fit noise."""
+    he, _, m = _pair_images(0)
+    _, ihc_other, _ = _pair_images(1)  # same outline, unrelated texture
+    a = _truth(35.0, False)
+    reg = register_slides(Slide.from_array(he, MPP, "he"), Slide.from_array(_moving(ihc_other, a), MPP, "ihc"))
+    assert reg.transform.field is None
+    ys, xs = np.nonzero(m[::10, ::10])
+    pf = np.stack([xs * 10.0, ys * 10.0], axis=1)
+    pm_true = (pf * MPP) @ a[:2, :2].T + a[:2, 2]
+    tre = np.hypot(*(reg.transform.fixed_to_moving(pf) * MPP - pm_true).T)
+    assert np.median(tre) < 20.0 and tre.max() < 60.0

@@ -10,7 +10,8 @@
 3. **Non-rigid**: DIS optical flow (Kroeger et al. 2016) between the fixed view and the affinely warped
    moving view at the finest level, regularised by a Gaussian of ``field_smooth_um`` µm (a normalised
    convolution over the tissue, so glass does not pull the field to zero). It is kept only when it raises
-   the correlation in the tissue.
+   the correlation in the tissue, and only tried when the affinely registered views correlate at least
+   ``field_min_correlation`` (otherwise the slides share no inner structure for it to follow).
 
 Every size is in µm; the levels are chosen from the slides' extent in µm, so the same settings behave
 the same on a 1 mm phantom and a 25 mm slide.
@@ -44,6 +45,9 @@ class RegisterConfig:
     field_smooth_um: float = 200.0  # Gaussian sigma regularising the displacement field ...
     field_smooth_fraction: float = 0.1  # ... but never over this fraction of the slide extent (small specimens)
     max_field_um: float = 1000.0  # a field larger than this anywhere is not a deformation but a failure
+    # Below this correlation of the affinely registered views the two slides share no structure inside the
+    # tissue that a field could follow (optical flow would fit noise, and move an accurate affine map).
+    field_min_correlation: float = 0.2
     channel: str = "hematoxylin"
 
 
@@ -191,6 +195,8 @@ def nonrigid_field(fixed: View, moving: View, affine_um: np.ndarray, cfg: Regist
     wmask = warp_to(moving.mask.astype(np.uint8), affine_um, moving.mpp, fixed.shape, cv2.INTER_NEAREST) > 0
     union = fixed.mask | wmask
     before = correlation(fixed.feature, warped, union)
+    if before < cfg.field_min_correlation:
+        return None
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]  # in cv2, not its stubs
     f8 = np.clip(fixed.feature * 255, 0, 255).astype(np.uint8)
     w8 = np.clip(warped * 255, 0, 255).astype(np.uint8)
