@@ -143,7 +143,7 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
         m = a["measurements"]
         t_mit = truth["mitoses"]["per_10hpf"]
         p_mit = m["mitoses"]["per_10hpf"]
-        t_nec = truth["necrosis_pct_of_tumor"]
+        t_nec = truth["necrosis_pct_of_tumour"]
         p_nec = m["necrosis_pct_of_tumour"]
         t_hg = bool(truth["grading"]["high_grade"])
         p_hg = a["grading"]["high_grade"]["high_grade"]
@@ -154,7 +154,7 @@ def slide_level_metrics(net: MultiTaskNet, card: ModelCard, presets: list[str], 
                   "necrosis_score": (truth["grading"]["necrosis_score"], g["necrosis_score"]["score"])}
         rows[preset] = {
             "truth": {"mitoses_per_10hpf": round(t_mit, 2), "mitoses_count": truth["mitoses"]["count"],
-                      "viable_tumour_mm2": round(truth["areas_mm2"]["tumor_viable"], 4),
+                      "viable_tumour_mm2": round(truth["areas_mm2"]["tumour_viable"], 4),
                       "mitoses_hotspot_per_10hpf": truth["mitoses"]["hotspot_per_10hpf"],
                       "necrosis_pct": round(t_nec, 2), "high_grade": t_hg,
                       "mitoses_per_10hpf_graded": round(truth["grading"]["mitoses_per_10hpf_graded"], 2),

@@ -43,11 +43,11 @@ def test_literal_lists_its_choices_and_refuses_bools() -> None:
 
 
 def test_phantom_spec_takes_set_overrides_like_every_config() -> None:
-    data = apply_overrides({}, ["tumor.haphazard_stroma=myxoid", "mpp=0.5"])
+    data = apply_overrides({}, ["tumour.haphazard_stroma=myxoid", "mpp=0.5"])
     spec = phantom_spec.spec_from_dict(data, "--set")
-    assert spec.tumor.haphazard_stroma == "myxoid" and spec.mpp == 0.5
-    with pytest.raises(ConfigError, match=r"'tumor\.haphazard_stroma' must be one of hyalinised, myxoid"):
-        phantom_spec.spec_from_dict(apply_overrides({}, ["tumor.haphazard_stroma=wavy"]), "--set")
+    assert spec.tumour.haphazard_stroma == "myxoid" and spec.mpp == 0.5
+    with pytest.raises(ConfigError, match=r"'tumour\.haphazard_stroma' must be one of hyalinised, myxoid"):
+        phantom_spec.spec_from_dict(apply_overrides({}, ["tumour.haphazard_stroma=wavy"]), "--set")
 
 
 def test_merge_is_deep_copies_and_none_restores_the_default() -> None:

@@ -31,7 +31,7 @@ def demo():
 def test_unknown_key_names_key_and_file(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\ntumor:\n  fraktion_of_tissue: 0.5\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*unknown key 'tumor\.fraktion_of_tissue'"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*unknown key 'tumour\.fraktion_of_tissue'"):
         load_spec(p)
 
 
@@ -40,12 +40,12 @@ def test_unknown_key_names_key_and_file(tmp_path):
     [
         ({"mpp": "fine"}, r"'mpp' must be float"),
         ({"ihc": {"compartment": "golgi"}}, r"'ihc\.compartment' must be one of cytoplasmic, nuclear, membranous"),
-        ({"necrosis": {"fraction_of_tumor": 1.5}}, r"necrosis\.fraction_of_tumor"),
+        ({"necrosis": {"fraction_of_tumour": 1.5}}, r"necrosis\.fraction_of_tumour"),
         ({"ihc": {"class_fractions": [0.5, 0.5]}}, r"class_fractions"),
         ({"ihc": {"class_bounds_od": [0.4, 0.2, 0.6]}}, r"'ihc\.class_bounds_od' must be 3 increasing"),
         ({"ihc": {"class_dab_od": [0.0, 0.1, 0.5, 0.8]}}, r"'ihc\.class_dab_od' must lie inside its class band"),
         ({"width_px": 5000, "width_um": 100}, r"not both"),
-        ({"tumor": 3}, r"'tumor' must be a mapping"),
+        ({"tumour": 3}, r"'tumour' must be a mapping"),
     ],
 )
 def test_bad_values_are_config_errors(data, message):
@@ -176,12 +176,12 @@ def test_regions_paint_where_the_polygons_say(demo):
 def test_summary_is_computed_from_the_objects(demo):
     s = summary(demo)
     a = s["areas_mm2"]
-    assert a["tissue"] == pytest.approx(a["stroma"] + a["tumor"] + a["inflammation"], rel=1e-3)
-    assert a["tumor"] == pytest.approx(a["tumor_fascicular"] + a["tumor_haphazard"] + a["necrosis"], rel=1e-3)
-    assert s["necrosis_pct_of_tumor"] == pytest.approx(100 * a["necrosis"] / a["tumor"], abs=0.01)
+    assert a["tissue"] == pytest.approx(a["stroma"] + a["tumour"] + a["inflammation"], rel=1e-3)
+    assert a["tumour"] == pytest.approx(a["tumour_fascicular"] + a["tumour_haphazard"] + a["necrosis"], rel=1e-3)
+    assert s["necrosis_pct_of_tumour"] == pytest.approx(100 * a["necrosis"] / a["tumour"], abs=0.01)
     n_mit = int((demo.cells.kind == MITOSIS).sum())
     assert s["mitoses"]["count"] == n_mit
-    assert s["mitoses"]["per_10hpf"] == pytest.approx(n_mit / a["tumor_viable"] * 10 * 0.237, rel=1e-3)
+    assert s["mitoses"]["per_10hpf"] == pytest.approx(n_mit / a["tumour_viable"] * 10 * 0.237, rel=1e-3)
     cnt = s["ihc"]["counts"]
     n = sum(cnt.values())
     assert n == s["ihc"]["n_scored_cells"] == int((demo.cells.ihc_class >= 0).sum())

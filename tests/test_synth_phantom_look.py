@@ -26,7 +26,7 @@ def test_stroma_texture_does_not_repeat_at_the_texture_period():
     # Almost all stroma, no cells: the collagen texture alone, over a strip 3 texture periods long.
     spec = _quiet(spec_from_dict({
         "name": "stroma", "seed": 21, "width_px": 4096, "height_px": 4096,
-        "tissue": {"coverage": 0.9, "roughness": 0.1}, "tumor": {"fraction_of_tissue": 0.0},
+        "tissue": {"coverage": 0.9, "roughness": 0.1}, "tumour": {"fraction_of_tissue": 0.0},
         "inflammation": {"fraction_of_tissue": 0.0, "scattered_per_mm2": 0.0},
         "stroma": {"fibroblast_density_per_mm2": 0.0},
     }))
@@ -51,7 +51,7 @@ def test_stroma_texture_does_not_repeat_at_the_texture_period():
 def test_nuclear_size_spread_follows_pleomorphism():
     def areas(pleo: float) -> list[float]:
         spec = load_spec(PRESETS / "demo_small.yaml")
-        spec = dataclasses.replace(spec, tumor=dataclasses.replace(spec.tumor, pleomorphism=pleo))
+        spec = dataclasses.replace(spec, tumour=dataclasses.replace(spec.tumour, pleomorphism=pleo))
         bank = SpriteBank(spec)
         return [float((bank.sprite(SPINDLE, s, 1, 0.3).shape.astype(np.float32) > 0.5).sum()) * spec.mpp**2
                 for s in range(N_SIZE)]

@@ -18,18 +18,18 @@ def test_low_grade_alk_positive():
     s = _summary("low_grade_alk_positive")
     assert s["width_px"] == s["height_px"] == 20000
     assert 0.5 <= s["mitoses"]["per_10hpf"] <= 4
-    assert s["necrosis_pct_of_tumor"] == 0 and s["areas_mm2"]["necrosis"] == 0
+    assert s["necrosis_pct_of_tumour"] == 0 and s["areas_mm2"]["necrosis"] == 0
     assert s["grading"]["mitotic_score"] == 1 and s["grading"]["verdict"] == "low grade"
     assert s["ihc"]["call"] == "positive" and s["ihc"]["pct_positive"] > 80
     assert s["ihc"]["compartment"] == "cytoplasmic" and s["ihc"]["marker"] == "ALK"
-    assert s["areas_mm2"]["tumor_fascicular"] > 0 and s["areas_mm2"]["tumor_haphazard"] > 0
+    assert s["areas_mm2"]["tumour_fascicular"] > 0 and s["areas_mm2"]["tumour_haphazard"] > 0
 
 
 def test_high_grade_alk_positive():
     s = _summary("high_grade_alk_positive")
     assert s["mitoses"]["per_10hpf"] >= 20
     assert s["mitoses"]["hotspot_per_10hpf"] >= 20
-    assert 20 <= s["necrosis_pct_of_tumor"] <= 30
+    assert 20 <= s["necrosis_pct_of_tumour"] <= 30
     assert s["grading"]["mitotic_score"] == 3 and s["grading"]["necrosis_score"] == 1
     assert s["grading"]["verdict"] == "high grade"
     assert s["ihc"]["call"] == "positive" and s["ihc"]["h_score"] > 200

@@ -62,7 +62,9 @@ def write_cases(out: Path, size_px: int, workers: int, progress: bool) -> list[t
         folder = slides / preset
         summary_path = folder / "summary.json"
         if summary_path.is_file():
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            from histo.synth.phantom import read_summary
+
+            summary = read_summary(summary_path)  # a demo folder written before summary/2 reads too
         else:
             print(f"writing phantom case {preset} ({size_px} x {size_px} px at 0.25 µm/px, H&E + IHC) ...", file=sys.stderr)
             summary = make_phantom(_presets_dir() / f"{preset}.yaml", slides, seed=seed, size_px=(size_px, size_px),
@@ -89,8 +91,8 @@ def _truth_line(summary: dict) -> str:
                      f"{m['per_10hpf']:.1f} over the whole tumour")
     elif m.get("per_10hpf") is not None:
         parts.append(f"mitoses {m['per_10hpf']:.1f} per 10 HPF (whole tumour)")
-    if summary.get("necrosis_pct_of_tumor") is not None:
-        parts.append(f"necrosis {summary['necrosis_pct_of_tumor']:.1f} % of tumour")
+    if summary.get("necrosis_pct_of_tumour") is not None:
+        parts.append(f"necrosis {summary['necrosis_pct_of_tumour']:.1f} % of tumour")
     if ihc.get("pct_positive") is not None:
         parts.append(f"{ihc.get('marker', 'IHC')} {ihc['pct_positive']:.0f} % of tumour cells >= 1+, "
                      f"H-score {ihc['h_score']:.0f}")

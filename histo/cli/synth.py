@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  summary: {out.summary_path}")
     print(f"  cells:   {out.cells_path}")
     m, ihc, g = s["mitoses"], s["ihc"], s["grading"]
-    print(f"  tumour {s['areas_mm2']['tumor']:.3f} mm², necrosis {s['necrosis_pct_of_tumor']:.1f} %, "
+    print(f"  tumour {s['areas_mm2']['tumour']:.3f} mm², necrosis {s['necrosis_pct_of_tumour']:.1f} %, "
           f"mitoses {m['count']} ({m['per_10hpf']:.1f} per 10 HPF), {ihc['marker']} {ihc['pct_positive']:.1f} % positive "
           f"(H-score {ihc['h_score']:.0f}), verdict: {g['verdict']}")
     t = s["timing_s"]

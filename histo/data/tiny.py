@@ -19,9 +19,9 @@ TINY_SPEC = {
     "width_px": 1536,
     "height_px": 1536,
     "tissue": {"coverage": 0.7},
-    "tumor": {"fraction_of_tissue": 0.7, "region_scale_um": 120, "orientation_scale_um": 200},
+    "tumour": {"fraction_of_tissue": 0.7, "region_scale_um": 120, "orientation_scale_um": 200},
     "mitoses": {"per_mm2": 200.0},
-    "necrosis": {"fraction_of_tumor": 0.25},
+    "necrosis": {"fraction_of_tumour": 0.25},
 }
 
 

@@ -28,11 +28,11 @@ from histo.errors import ConfigError
 from .case import Phantom, build_phantom
 from .render import Renderer
 from .spec import PhantomSpec, load_spec, replace_size, spec_from_dict
-from .truth import cell_table, geojson, summary, write_json_atomic, write_parquet_atomic
+from .truth import cell_table, geojson, read_summary, summary, upgrade_summary, write_json_atomic, write_parquet_atomic
 
 __all__ = [
     "Phantom", "PhantomSpec", "PhantomOutput", "build_phantom", "load_spec", "spec_from_dict", "replace_size",
-    "make_phantom", "geojson", "summary", "cell_table", "ChunkFeeder", "code_digest", "render_key",
+    "make_phantom", "geojson", "summary", "read_summary", "upgrade_summary", "cell_table", "ChunkFeeder", "code_digest", "render_key",
 ]
 
 CHUNK_PX = 1024

@@ -19,7 +19,7 @@ from .spec import PhantomSpec
 # Cell kinds.
 SPINDLE, OVOID, FIBROBLAST, LYMPHOCYTE, PLASMA, GHOST, DUST, MITOSIS = range(8)
 KIND_NAMES = ("spindle", "ovoid", "fibroblast", "lymphocyte", "plasma", "ghost", "karyorrhexis", "mitosis")
-TUMOR_KINDS = (SPINDLE, OVOID)
+TUMOUR_KINDS = (SPINDLE, OVOID)
 N_ORIENT = 36  # orientation bins over 180°
 N_VARIANT = 4
 N_SIZE = 5  # nuclear size bins (pleomorphism); bin 2 is the mean size
@@ -76,7 +76,7 @@ def _band_hash(band: np.ndarray, seed: int) -> np.ndarray:
 
 def place_cells(spec: PhantomSpec, lay: Layout) -> Cells:
     """All ordinary cells of the slide (no mitoses), by jittered grid and region densities."""
-    t, infl = spec.tumor, spec.inflammation
+    t, infl = spec.tumour, spec.inflammation
     dens = {
         FASCICULAR: t.fascicular_density_per_mm2,
         HAPHAZARD: t.haphazard_density_per_mm2,
@@ -212,7 +212,7 @@ def assign_ihc(spec: PhantomSpec, cells: Cells, rng: np.random.Generator) -> Non
     value but keeps 15 % of the band's width away from the class bounds, so the truth class is
     unambiguous while intensities still spread within each class.
     """
-    tum = np.isin(cells.kind, TUMOR_KINDS)
+    tum = np.isin(cells.kind, TUMOUR_KINDS)
     n = int(tum.sum())
     fr = np.asarray(spec.ihc.class_fractions, float)
     fr = fr / fr.sum()
@@ -316,7 +316,7 @@ class SpriteBank:
         self.spec = spec
         self.um = 1.0 / spec.mpp  # px per µm
         self._cache: dict[tuple, Sprite] = {}
-        t = spec.tumor
+        t = spec.tumour
         self.max_half = int(np.ceil(max(t.nuclear_length_um * size_factor(N_SIZE - 1, t.pleomorphism) * 1.6 + 7,
                                         26.0) * self.um / 2)) + 3
 
@@ -341,7 +341,7 @@ class SpriteBank:
 
     def _make(self, kind: int, size: int, variant: int, angle: float, stretch: float) -> Sprite:
         um = self.um
-        t = self.spec.tumor
+        t = self.spec.tumour
         rng = np.random.default_rng([kind, size, variant, int(angle * 1000), int(stretch * 100), 7])
         sz = size_factor(size, t.pleomorphism)
         irr = 0.05 + 0.12 * t.pleomorphism  # outline irregularity of tumour nuclei

@@ -27,7 +27,7 @@ REGION_CLASSES = {
     NECROSIS: "Necrosis",
     INFLAMMATION: "Inflammation",
 }
-FIELD_NAMES = ("tissue", "tumor", "fascicular", "necrosis", "inflammation", "pen", "blur", "fold", "ihc_pen", "ihc_blur", "ihc_fold")
+FIELD_NAMES = ("tissue", "tumour", "fascicular", "necrosis", "inflammation", "pen", "blur", "fold", "ihc_pen", "ihc_blur", "ihc_fold")
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Layout:
 
     def labels_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Region label at level-0 positions."""
-        f = {k: self.sample(self.fields[k], x, y) for k in ("tissue", "tumor", "fascicular", "necrosis", "inflammation")}
+        f = {k: self.sample(self.fields[k], x, y) for k in ("tissue", "tumour", "fascicular", "necrosis", "inflammation")}
         return combine_labels(f)
 
     def tangent(self) -> tuple[np.ndarray, np.ndarray]:
@@ -76,12 +76,12 @@ class Layout:
 def combine_labels(f: dict[str, np.ndarray]) -> np.ndarray:
     """Region labels from field values (same shapes) by the fixed hierarchy of the phantom."""
     tissue = f["tissue"] > 0
-    tumor = tissue & (f["tumor"] > 0)
+    tumour = tissue & (f["tumour"] > 0)
     lab = np.where(tissue, STROMA, GLASS).astype(np.uint8)
-    lab[tumor] = HAPHAZARD
-    lab[tumor & (f["fascicular"] > 0)] = FASCICULAR
-    lab[tumor & (f["necrosis"] > 0)] = NECROSIS
-    lab[tissue & ~tumor & (f["inflammation"] > 0)] = INFLAMMATION
+    lab[tumour] = HAPHAZARD
+    lab[tumour & (f["fascicular"] > 0)] = FASCICULAR
+    lab[tumour & (f["necrosis"] > 0)] = NECROSIS
+    lab[tissue & ~tumour & (f["inflammation"] > 0)] = INFLAMMATION
     return lab
 
 
@@ -142,31 +142,31 @@ def build_layout(spec: PhantomSpec, rng: np.random.Generator) -> Layout:
     # Tumour: smooth islands, biased to the inside of the tissue.
     depth = ndimage.distance_transform_edt(tissue) * lm
     depth_n = np.clip(depth / max(depth.max(), 1e-6), 0, 1)
-    region_px = spec.tumor.region_scale_um / lm
+    region_px = spec.tumour.region_scale_um / lm
     u_field = smooth_noise(rng, (ny, nx), region_px) + 1.2 * depth_n
-    thr = _threshold_at_fraction(u_field, tissue, spec.tumor.fraction_of_tissue)
-    tumor_f = (u_field - thr).astype(np.float32)
-    tumor = tissue & (tumor_f > 0)
+    thr = _threshold_at_fraction(u_field, tissue, spec.tumour.fraction_of_tissue)
+    tumour_f = (u_field - thr).astype(np.float32)
+    tumour = tissue & (tumour_f > 0)
 
     f_field = smooth_noise(rng, (ny, nx), region_px * 0.8)
-    thr = _threshold_at_fraction(f_field, tumor, spec.tumor.fascicular_fraction)
+    thr = _threshold_at_fraction(f_field, tumour, spec.tumour.fascicular_fraction)
     fasc_f = (f_field - thr).astype(np.float32)
 
     # Necrosis: geographic areas in the depth of the tumour.
-    if spec.necrosis.fraction_of_tumor > 0:
-        tdepth = ndimage.distance_transform_edt(tumor) * lm
+    if spec.necrosis.fraction_of_tumour > 0:
+        tdepth = ndimage.distance_transform_edt(tumour) * lm
         tdepth_n = np.clip(tdepth / max(tdepth.max(), 1e-6), 0, 1)
         n_field = smooth_noise(rng, (ny, nx), region_px * 0.45) + 2.0 * tdepth_n
-        thr = _threshold_at_fraction(n_field, tumor, spec.necrosis.fraction_of_tumor)
+        thr = _threshold_at_fraction(n_field, tumour, spec.necrosis.fraction_of_tumour)
         necr_f = (n_field - thr).astype(np.float32)
     else:
         rng.standard_normal(1)
         necr_f = np.full((ny, nx), -1.0, np.float32)
 
     # Inflammation: patches in the stroma, preferring the tumour border.
-    stroma = tissue & ~tumor
+    stroma = tissue & ~tumour
     if spec.inflammation.fraction_of_tissue > 0 and stroma.any():
-        near = np.exp(-ndimage.distance_transform_edt(~tumor) * lm / 250.0)
+        near = np.exp(-ndimage.distance_transform_edt(~tumour) * lm / 250.0)
         i_field = smooth_noise(rng, (ny, nx), 160.0 / lm) + 1.0 * near
         want = spec.inflammation.fraction_of_tissue * tissue.sum() / max(stroma.sum(), 1)
         thr = _threshold_at_fraction(i_field, stroma, min(want, 0.9))
@@ -175,14 +175,14 @@ def build_layout(spec: PhantomSpec, rng: np.random.Generator) -> Layout:
         infl_f = np.full((ny, nx), -1.0, np.float32)
 
     # Fascicles: bands between integer level sets of a stream function; cells align with the bands.
-    fw_px = spec.tumor.fascicle_width_um / lm
+    fw_px = spec.tumour.fascicle_width_um / lm
     a0 = rng.uniform(0, np.pi)
     lin = ((X * W * np.cos(a0) + Y * H * np.sin(a0)) / step) / fw_px
-    amp = 0.55 * spec.tumor.orientation_scale_um / spec.tumor.fascicle_width_um
-    psi = (lin + amp * smooth_noise(rng, (ny, nx), spec.tumor.orientation_scale_um / lm)).astype(np.float32)
+    amp = 0.55 * spec.tumour.orientation_scale_um / spec.tumour.fascicle_width_um
+    psi = (lin + amp * smooth_noise(rng, (ny, nx), spec.tumour.orientation_scale_um / lm)).astype(np.float32)
     stroma_theta = (rng.uniform(0, np.pi) + 0.9 * smooth_noise(rng, (ny, nx), 400.0 / lm)).astype(np.float32)
 
-    fields = {"tissue": tissue_f, "tumor": tumor_f, "fascicular": fasc_f, "necrosis": necr_f, "inflammation": infl_f}
+    fields = {"tissue": tissue_f, "tumour": tumour_f, "fascicular": fasc_f, "necrosis": necr_f, "inflammation": infl_f}
     lay = Layout(W, H, spec.mpp, step, fields, psi, stroma_theta)
     a = spec.artefacts
     _add_artefacts(lay, rng, X, Y, "", a.pen_marks, a.blur_patches, a.folds)
@@ -295,17 +295,17 @@ def region_polygons(lay: Layout) -> dict[str, shapely.Geometry]:
     s = lay.step_px
     P = {k: field_polygon(v, s) for k, v in lay.fields.items()}
     tissue = P["tissue"]
-    tumor = _polygonal(shapely.intersection(tissue, P["tumor"]))
-    necrosis = _polygonal(shapely.intersection(tumor, P["necrosis"]))
-    viable = _polygonal(shapely.difference(tumor, necrosis))
+    tumour = _polygonal(shapely.intersection(tissue, P["tumour"]))
+    necrosis = _polygonal(shapely.intersection(tumour, P["necrosis"]))
+    viable = _polygonal(shapely.difference(tumour, necrosis))
     fasc = _polygonal(shapely.intersection(viable, P["fascicular"]))
     hap = _polygonal(shapely.difference(viable, P["fascicular"]))
-    stroma_all = _polygonal(shapely.difference(tissue, tumor))
+    stroma_all = _polygonal(shapely.difference(tissue, tumour))
     infl = _polygonal(shapely.intersection(stroma_all, P["inflammation"]))
     stroma = _polygonal(shapely.difference(stroma_all, P["inflammation"]))
     return {
         "Tissue": tissue,
-        "Tumor": tumor,
+        "Tumor": tumour,
         "Viable tumor": viable,
         "Stroma": stroma,
         "Tumor-fascicular": fasc,

@@ -292,7 +292,7 @@ class Renderer:
         """Optical density (H, W, 3) of the box: background stains, cells, artefacts."""
         lay, sp, tex = self.lay, self.spec, self.tex
         f = {}
-        for k in ("tissue", "tumor", "fascicular", "necrosis", "inflammation"):
+        for k in ("tissue", "tumour", "fascicular", "necrosis", "inflammation"):
             arr = lay.fields[k]
             blk = it.block(arr)
             f[k] = np.full((H, W), -1.0, np.float32) if blk.max() <= 0 else it(arr)
@@ -308,7 +308,7 @@ class Renderer:
         present = set(np.nonzero(np.bincount(lab.ravel(), minlength=6))[0].tolist())
         um = 1.0 / sp.mpp
 
-        hyal = sp.tumor.haphazard_stroma == "hyalinised"
+        hyal = sp.tumour.haphazard_stroma == "hyalinised"
         if STROMA in present or INFLAMMATION in present or HAPHAZARD in present:
             sang = 0.5 * np.arctan2(coarse(self.str_s2), coarse(self.str_c2))
             # Crimp: the collagen is read through a second, small warp (a few µm), so fibres wave.
@@ -391,7 +391,7 @@ class Renderer:
         hscale = _IHC_COUNTER if ihc else 1.0
         mit: list[int] = []
         owner = np.zeros_like(c_d) if ihc else None
-        myxoid = self.spec.tumor.haphazard_stroma == "myxoid"
+        myxoid = self.spec.tumour.haphazard_stroma == "myxoid"
         for i in idx:
             kind = int(c.kind[i])
             if kind == MITOSIS:

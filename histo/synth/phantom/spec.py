@@ -21,7 +21,7 @@ class TissueSpec:
 
 
 @dataclass(frozen=True)
-class TumorSpec:
+class TumourSpec:
     """Tumour regions and their cells."""
 
     fraction_of_tissue: float = 0.55
@@ -50,7 +50,7 @@ class MitosesSpec:
 class NecrosisSpec:
     """Coagulative tumour necrosis."""
 
-    fraction_of_tumor: float = 0.0
+    fraction_of_tumour: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class PhantomSpec:
     height_px: int | None = None
     layout_mpp: float = 8.0  # resolution of the region layout map
     tissue: TissueSpec = field(default_factory=TissueSpec)
-    tumor: TumorSpec = field(default_factory=TumorSpec)
+    tumour: TumourSpec = field(default_factory=TumourSpec)
     mitoses: MitosesSpec = field(default_factory=MitosesSpec)
     necrosis: NecrosisSpec = field(default_factory=NecrosisSpec)
     inflammation: InflammationSpec = field(default_factory=InflammationSpec)
@@ -185,10 +185,10 @@ def _check_values(spec: PhantomSpec, source: str) -> None:
     need(spec.mpp * 4 <= spec.layout_mpp <= 50, f"'layout_mpp' must be within 4*mpp..50, got {spec.layout_mpp}")
     for key, v in (
         ("tissue.coverage", spec.tissue.coverage),
-        ("tumor.fraction_of_tissue", spec.tumor.fraction_of_tissue),
-        ("tumor.fascicular_fraction", spec.tumor.fascicular_fraction),
-        ("tumor.ovoid_fraction", spec.tumor.ovoid_fraction),
-        ("necrosis.fraction_of_tumor", spec.necrosis.fraction_of_tumor),
+        ("tumour.fraction_of_tissue", spec.tumour.fraction_of_tissue),
+        ("tumour.fascicular_fraction", spec.tumour.fascicular_fraction),
+        ("tumour.ovoid_fraction", spec.tumour.ovoid_fraction),
+        ("necrosis.fraction_of_tumour", spec.necrosis.fraction_of_tumour),
         ("inflammation.fraction_of_tissue", spec.inflammation.fraction_of_tissue),
         ("inflammation.plasma_fraction", spec.inflammation.plasma_fraction),
         ("mitoses.atypical_fraction", spec.mitoses.atypical_fraction),
@@ -196,28 +196,28 @@ def _check_values(spec: PhantomSpec, source: str) -> None:
     ):
         need(0.0 <= v <= 1.0, f"'{key}' must be within 0..1, got {v}")
     need(0.05 <= spec.tissue.coverage <= 0.9, f"'tissue.coverage' must be within 0.05..0.9, got {spec.tissue.coverage}")
-    need(spec.tumor.fraction_of_tissue + spec.inflammation.fraction_of_tissue <= 0.95,
-         "'tumor.fraction_of_tissue' + 'inflammation.fraction_of_tissue' must leave some stroma (<= 0.95)")
-    need(spec.necrosis.fraction_of_tumor <= 0.8, "'necrosis.fraction_of_tumor' must be <= 0.8")
+    need(spec.tumour.fraction_of_tissue + spec.inflammation.fraction_of_tissue <= 0.95,
+         "'tumour.fraction_of_tissue' + 'inflammation.fraction_of_tissue' must leave some stroma (<= 0.95)")
+    need(spec.necrosis.fraction_of_tumour <= 0.8, "'necrosis.fraction_of_tumour' must be <= 0.8")
     for key, v in (
         ("mitoses.per_mm2", spec.mitoses.per_mm2),
-        ("tumor.fascicular_density_per_mm2", spec.tumor.fascicular_density_per_mm2),
-        ("tumor.haphazard_density_per_mm2", spec.tumor.haphazard_density_per_mm2),
+        ("tumour.fascicular_density_per_mm2", spec.tumour.fascicular_density_per_mm2),
+        ("tumour.haphazard_density_per_mm2", spec.tumour.haphazard_density_per_mm2),
         ("inflammation.patch_density_per_mm2", spec.inflammation.patch_density_per_mm2),
         ("inflammation.scattered_per_mm2", spec.inflammation.scattered_per_mm2),
         ("stroma.fibroblast_density_per_mm2", spec.stroma.fibroblast_density_per_mm2),
     ):
         need(v >= 0, f"'{key}' must be >= 0, got {v}")
     need(spec.mitoses.per_mm2 <= 200, f"'mitoses.per_mm2' must be <= 200, got {spec.mitoses.per_mm2}")
-    dens = max(spec.tumor.fascicular_density_per_mm2, spec.tumor.haphazard_density_per_mm2,
+    dens = max(spec.tumour.fascicular_density_per_mm2, spec.tumour.haphazard_density_per_mm2,
                spec.inflammation.patch_density_per_mm2)
     need(dens <= 30000, f"cell densities must be <= 30000 per mm², got {dens}")
-    need(2 <= spec.tumor.nuclear_length_um <= 30, "'tumor.nuclear_length_um' must be within 2..30")
-    need(1 <= spec.tumor.nuclear_width_um <= spec.tumor.nuclear_length_um,
-         "'tumor.nuclear_width_um' must be within 1..nuclear_length_um")
-    need(0 <= spec.tumor.pleomorphism <= 1, "'tumor.pleomorphism' must be within 0..1")
-    need(spec.tumor.fascicle_width_um > 5 and spec.tumor.orientation_scale_um > 50 and spec.tumor.region_scale_um > 50,
-         "tumor scales must be positive (fascicle_width_um > 5, orientation_scale_um and region_scale_um > 50)")
+    need(2 <= spec.tumour.nuclear_length_um <= 30, "'tumour.nuclear_length_um' must be within 2..30")
+    need(1 <= spec.tumour.nuclear_width_um <= spec.tumour.nuclear_length_um,
+         "'tumour.nuclear_width_um' must be within 1..nuclear_length_um")
+    need(0 <= spec.tumour.pleomorphism <= 1, "'tumour.pleomorphism' must be within 0..1")
+    need(spec.tumour.fascicle_width_um > 5 and spec.tumour.orientation_scale_um > 50 and spec.tumour.region_scale_um > 50,
+         "tumour scales must be positive (fascicle_width_um > 5, orientation_scale_um and region_scale_um > 50)")
     fr = spec.ihc.class_fractions
     need(len(fr) == 4 and all(x >= 0 for x in fr) and sum(fr) > 0,
          f"'ihc.class_fractions' must be 4 non-negative numbers (classes 0, 1+, 2+, 3+), got {list(fr)}")
@@ -247,10 +247,37 @@ def _check_values(spec: PhantomSpec, source: str) -> None:
     need(len(g.necrosis_score_thresholds_pct) == 2, "'grading.necrosis_score_thresholds_pct' needs 2 numbers")
 
 
+#: Keys renamed to the one spelling "tumour": (section or None for the top level, old key, new key).
+_RENAMED_KEYS = ((None, "tumor", "tumour"), ("necrosis", "fraction_of_tumor", "fraction_of_tumour"))
+
+
+def upgrade_spec_keys(data: dict, source: str = "<spec>") -> dict:
+    """A spec mapping with the old spellings (``tumor:``, ``necrosis.fraction_of_tumor``) read as the new ones;
+    ConfigError when a mapping gives both. Other keys are left for the loader to check."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for section, old, new in _RENAMED_KEYS:
+        holder = out if section is None else out.get(section)
+        if not isinstance(holder, dict) or old not in holder:
+            continue
+        name = old if section is None else f"{section}.{old}"
+        if new in holder:
+            raise ConfigError(f"{source}: give '{name.replace(old, new)}' (or its old spelling '{name}'), not both")
+        holder = {(new if k == old else k): v for k, v in holder.items()}
+        if section is None:
+            out = holder
+        else:
+            out[section] = holder
+    return out
+
+
 def spec_from_dict(data: dict, source: str = "<spec>") -> PhantomSpec:
-    """Validate a spec mapping (as read from YAML) into a PhantomSpec; ConfigError names the key and source."""
+    """Validate a spec mapping (as read from YAML) into a PhantomSpec; ConfigError names the key and source.
+    The old spellings ``tumor:`` and ``necrosis.fraction_of_tumor`` still load (``to_dict`` writes the new ones)."""
     if data is None:
         data = {}
+    data = upgrade_spec_keys(data, source)
     spec = from_dict(PhantomSpec, data, source)
     if spec.width_px is not None and "width_um" in data:
         raise ConfigError(f"{source}: give 'width_um' or 'width_px', not both")
@@ -263,9 +290,9 @@ def spec_from_dict(data: dict, source: str = "<spec>") -> PhantomSpec:
 def load_spec(path: str | Path, overrides: dict | None = None) -> PhantomSpec:
     """Read and validate a phantom spec YAML file; `overrides` (nested mapping) replace its values."""
     p = Path(path)
-    data = load_yaml(p)
+    data = upgrade_spec_keys(load_yaml(p), str(p))
     if overrides:
-        data = merge(data, overrides)
+        data = merge(data, upgrade_spec_keys(overrides, f"{p} (overrides)"))
     return spec_from_dict(data, str(p))
 
 

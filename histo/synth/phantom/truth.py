@@ -7,6 +7,7 @@ copied from the spec, so it measures what the pixels show.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,10 @@ from shapely.geometry import mapping
 from histo.atomic import atomic_path, write_text
 
 from .case import Phantom
-from .cells import KIND_NAMES, MITOSIS, TUMOR_KINDS
+from .cells import KIND_NAMES, MITOSIS, TUMOUR_KINDS
 
-SCHEMA = "histo.synth.phantom.summary/1"
+SCHEMA = "histo.synth.phantom.summary/2"  # /2: "tumor" keys spelled "tumour" (upgrade_summary reads /1)
+_OLD_AREA_KEYS = ("tumor", "tumor_viable", "tumor_fascicular", "tumor_haphazard")
 GEOJSON_MAX_CELLS = 20000  # IHC cells written to the GeoJSON at most (a seeded sample); Parquet has them all
 REGION_COLORS = {
     "Tissue": [200, 200, 200],
@@ -113,6 +115,29 @@ def _hotspot_per_10hpf(ph: Phantom, mx: np.ndarray, my: np.ndarray) -> float | N
     return float(best)
 
 
+def upgrade_summary(data: dict) -> dict:
+    """A summary.json dict of either schema with the current keys: /1's ``tumor``, ``tumor_*`` areas,
+    ``necrosis_pct_of_tumor`` and ``cells.tumor`` read as their ``tumour`` spellings (a copy; /2 unchanged)."""
+    out = dict(data)
+    if "necrosis_pct_of_tumor" in out:
+        out.setdefault("necrosis_pct_of_tumour", out.pop("necrosis_pct_of_tumor"))
+    if isinstance(out.get("areas_mm2"), dict):
+        out["areas_mm2"] = {k.replace("tumor", "tumour") if k in _OLD_AREA_KEYS else k: v
+                            for k, v in out["areas_mm2"].items()}
+    if isinstance(out.get("cells"), dict) and "tumor" in out["cells"]:
+        cells = dict(out["cells"])
+        cells.setdefault("tumour", cells.pop("tumor"))
+        out["cells"] = cells
+    if out.get("schema") == "histo.synth.phantom.summary/1":
+        out["schema"] = SCHEMA
+    return out
+
+
+def read_summary(path: str | os.PathLike[str]) -> dict:
+    """Read a phantom's summary.json (either schema) with the current keys."""
+    return upgrade_summary(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
 def summary(ph: Phantom) -> dict:
     """The JSON summary: areas, necrosis %, mitotic counts, IHC scores and the default rules' verdict."""
     sp = ph.spec
@@ -120,23 +145,23 @@ def summary(ph: Phantom) -> dict:
     areas = {
         "tissue": _mm2(ph, P["Tissue"]),
         "stroma": _mm2(ph, P["Stroma"]),
-        "tumor": _mm2(ph, P["Tumor"]),
-        "tumor_viable": _mm2(ph, P["Viable tumor"]),
-        "tumor_fascicular": _mm2(ph, P["Tumor-fascicular"]),
-        "tumor_haphazard": _mm2(ph, P["Tumor-haphazard"]),
+        "tumour": _mm2(ph, P["Tumor"]),
+        "tumour_viable": _mm2(ph, P["Viable tumor"]),
+        "tumour_fascicular": _mm2(ph, P["Tumor-fascicular"]),
+        "tumour_haphazard": _mm2(ph, P["Tumor-haphazard"]),
         "necrosis": _mm2(ph, P["Necrosis"]),
         "inflammation": _mm2(ph, P["Inflammation"]),
     }
-    necrosis_pct = 100.0 * areas["necrosis"] / areas["tumor"] if areas["tumor"] > 0 else 0.0
+    necrosis_pct = 100.0 * areas["necrosis"] / areas["tumour"] if areas["tumour"] > 0 else 0.0
     c = ph.cells
     mit = c.kind == MITOSIS
     n_mit = int(mit.sum())
-    per_mm2 = n_mit / areas["tumor_viable"] if areas["tumor_viable"] > 0 else 0.0
+    per_mm2 = n_mit / areas["tumour_viable"] if areas["tumour_viable"] > 0 else 0.0
     hpf = sp.grading.hpf_mm2
     per_10hpf = per_mm2 * 10 * hpf
     # As histo.aggregate does: a viable tumour smaller than the 10-HPF window has no hotspot; its
     # count per 10 HPF of tumour area is the figure graded.
-    hotspot = _hotspot_per_10hpf(ph, c.x[mit], c.y[mit]) if areas["tumor_viable"] >= 10 * hpf else None
+    hotspot = _hotspot_per_10hpf(ph, c.x[mit], c.y[mit]) if areas["tumour_viable"] >= 10 * hpf else None
 
     g = sp.grading
     t1, t2 = g.mitotic_score_thresholds_per_10hpf
@@ -162,7 +187,7 @@ def summary(ph: Phantom) -> dict:
         "width_px": ph.width_px,
         "height_px": ph.height_px,
         "areas_mm2": {k: round(v, 6) for k, v in areas.items()},
-        "necrosis_pct_of_tumor": round(necrosis_pct, 3),
+        "necrosis_pct_of_tumour": round(necrosis_pct, 3),
         "mitoses": {
             "count": n_mit,
             "per_mm2": round(per_mm2, 4),
@@ -172,7 +197,7 @@ def summary(ph: Phantom) -> dict:
             "hotspot_per_10hpf": hotspot,
             "hotspot_basis": "max count in a square window of 10 HPF area centred in viable tumour, stepped by a quarter side",
         },
-        "cells": {"total": int(len(c)), "by_kind": kinds, "tumor": int(np.isin(c.kind, TUMOR_KINDS).sum())},
+        "cells": {"total": int(len(c)), "by_kind": kinds, "tumour": int(np.isin(c.kind, TUMOUR_KINDS).sum())},
         "ihc": {
             "marker": sp.ihc.marker,
             "compartment": sp.ihc.compartment,
