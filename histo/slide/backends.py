@@ -9,6 +9,7 @@ after an error, and a half-read image must not be served as if it were whole).
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from struct import error as struct_error
 from typing import Any, Protocol
@@ -205,13 +206,28 @@ class OpenSlideBackend:
             self._tiles = None
 
 
+def _bomb_reason(path: Path, exc: Image.DecompressionBombError) -> str:
+    """Why Pillow refused a plain image: over histo's cap, or under it but over this process's Pillow limit."""
+    m = re.search(r"Image size \((\d+) pixels\)", str(exc))
+    n_px = int(m.group(1)) if m else None
+    if n_px is None or n_px > _PLAIN_IMAGE_MAX_PX:
+        size = f"{n_px / 1e6:.0f} Mpx, " if n_px is not None else ""
+        return (f"{path}: plain image too large to hold in memory ({size}limit {_PLAIN_IMAGE_MAX_PX / 1e6:.0f} Mpx); "
+                "convert it to a pyramidal TIFF")
+    return (f"{path}: Pillow refuses this {n_px / 1e6:.0f} Mpx image under this process's "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} ({exc})")
+
+
 class ImageBackend:
     """Plain images (PNG, JPEG, flat TIFF, BMP): held in memory whole, one level."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.vendor = "image"
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, _PLAIN_IMAGE_MAX_PX)
+        # Pillow's process-wide PIL.Image.MAX_IMAGE_PIXELS is the caller's to set and is left alone. Image.open
+        # reads only the header; histo's own cap is checked on the declared size before any pixel is decoded.
+        # Between Pillow's limit and twice it (89-179 Mpx by default) Pillow warns DecompressionBombWarning:
+        # passed through on purpose (a caller may turn it into an error); above twice it Pillow refuses.
         try:
             with Image.open(path) as img:
                 if img.width * img.height > _PLAIN_IMAGE_MAX_PX:
@@ -225,9 +241,7 @@ class ImageBackend:
                 # RGB decodes straight into the one array kept (no converted copy on top of it).
                 self._arr: np.ndarray | None = np.asarray(img if img.mode == "RGB" else _to_rgb(img))
         except Image.DecompressionBombError as exc:
-            raise SlideOpenError(
-                f"{path}: plain image too large to hold in memory ({exc}); convert it to a pyramidal TIFF"
-            ) from exc
+            raise SlideOpenError(_bomb_reason(path, exc)) from exc
         except MemoryError as exc:
             raise SlideOpenError(f"{path}: out of memory decoding this plain image; convert it to a pyramidal TIFF") from exc
         except (OSError, ValueError, SyntaxError, IndexError, TypeError, struct_error, EOFError) as exc:
