@@ -164,8 +164,11 @@ def test_dedup_keeps_best_within_min_distance():
 
 def test_slide_coarser_than_model_is_refused_and_nothing_written(test_slide_path, tiny_model, tmp_path):
     model, card = tiny_model
+    from histo.slide import forced_mpp
+
+    # 8x the file's own µm/px: refused unless forced (issue 17), so force it to reach the model's check
     with pytest.raises(ModelError, match=r"test_slide.*2 µm/px is coarser than model 'tiny-test'"):
-        _run(test_slide_path, model, card, tmp_path / "out", mpp=2.0)
+        _run(test_slide_path, model, card, tmp_path / "out", mpp=forced_mpp(2.0))
     assert not (tmp_path / "out").exists()
 
 
