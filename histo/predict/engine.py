@@ -8,9 +8,9 @@ Tiles travel as uint8 (4x fewer bytes than float) and are normalised on the devi
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,7 +145,10 @@ class InferenceOutput:
 
 def _peaks(prob: torch.Tensor, floor: float, min_distance_px: float, stride: int,
            idx: np.ndarray) -> list[np.ndarray]:
-    """Mitosis candidates (tile index, x, y, score) of a probability heatmap batch (N, 1, h, w)."""
+    """Mitosis candidates (tile index, x, y, score) of a probability heatmap batch (N, 1, h, w).
+
+    Mitoses are rare: peaks are looked for only in tiles whose best cell can pass ``floor`` (one host sync
+    per batch instead of one per tile; the margin keeps that a superset under rounding)."""
     hot = (prob.flatten(1).amax(1) >= floor - 1e-6).cpu().numpy()
     if not hot.any():
         return []
@@ -158,6 +161,42 @@ def _peaks(prob: torch.Tensor, floor: float, min_distance_px: float, stride: int
     return out
 
 
+@dataclass
+class _Run:
+    """What one inference pass over a scale needs, worked out once (shared by the plain and the TTA loop)."""
+
+    n: int
+    heads: dict
+    classes: list[str]
+    offset: torch.Tensor
+    div: torch.Tensor
+    cuda: bool
+    autocast: Any
+    min_distance_px: float
+    floor: float
+    stride: int
+
+
+def _prepare_run(dataset: TileBatchDataset, card: ModelCard, device: torch.device, scale: str | None) -> _Run:
+    spec = card.scales[scale or card.table_scale]
+    heads = spec.heads
+    offset, div = normaliser(spec, device)
+    cuda = device.type == "cuda"
+    dtype = amp_dtype(device)
+    return _Run(n=sum(r[3] for b in dataset.batches for r in b), heads=heads,
+                classes=list(heads.get("pattern", {}).get("classes", [])), offset=offset, div=div, cuda=cuda,
+                autocast=torch.autocast("cuda", dtype=dtype) if cuda and dtype is not None else contextlib.nullcontext(),
+                min_distance_px=card.mitosis_min_distance_um / spec.mpp, floor=candidate_threshold(card),
+                stride=int(heads["mitosis"]["stride_px"]) if "mitosis" in heads else 0)
+
+
+def _check_heads(out: dict[str, torch.Tensor], heads: dict, card: ModelCard) -> None:
+    missing = [h for h in heads if h not in out]
+    if missing:
+        raise ModelError(f"model {card.name!r} returned no {missing} output although its card declares "
+                         f"head(s) {list(heads)} at this scale")
+
+
 def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, device: torch.device, *,
                   workers: int = 0, progress: bool = True, desc: str = "", scale: str | None = None,
                   tta: bool = False) -> InferenceOutput:
@@ -168,43 +207,31 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
     turns of :data:`TTA_TRANSFORMS` (8x the model time) and averages them; the domain score stays that of
     the tile as read (the training domain was described on tiles as read).
     """
+    run = _prepare_run(dataset, card, device, scale)
     if tta:
-        return _run_tta(dataset, model, card, device, workers=workers, progress=progress, desc=desc, scale=scale)
-    spec = card.scales[scale or card.table_scale]
-    n = sum(r[3] for b in dataset.batches for r in b)
-    heads = spec.heads
-    classes = list(heads.get("pattern", {}).get("classes", []))
-    pattern = np.full((n, len(classes)), np.nan, np.float32) if "pattern" in heads else None
+        return _run_tta(dataset, model, card, device, run, workers=workers, progress=progress, desc=desc)
+    n, heads = run.n, run.heads
+    pattern = np.full((n, len(run.classes)), np.nan, np.float32) if "pattern" in heads else None
     necrosis = np.full(n, np.nan, np.float32) if "necrosis" in heads else None
     ood = np.full(n, np.nan, np.float32)
     has_ood = False
     points: list[np.ndarray] = []
     on_device: list[tuple[str, np.ndarray, torch.Tensor]] = []
-    offset, div = normaliser(spec, device)
-    cuda = device.type == "cuda"
-    dtype = amp_dtype(device)
-    autocast = torch.autocast("cuda", dtype=dtype) if cuda and dtype is not None else contextlib.nullcontext()
-    min_distance_px = card.mitosis_min_distance_um / spec.mpp
-    floor = candidate_threshold(card)
-    threshold_logit = math.log(floor / (1.0 - floor))
     events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-    loader = make_loader(dataset, workers, pin_memory=cuda)
+    loader = make_loader(dataset, workers, pin_memory=run.cuda)
     t0 = time.perf_counter()
     with torch.inference_mode(), tqdm(total=n, desc=desc, unit="tile", leave=False, disable=not progress) as bar:
         for index, tiles in loader:
-            x = to_input(tiles, offset, div, device)
-            if cuda:
+            x = to_input(tiles, run.offset, run.div, device)
+            if run.cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-            with autocast:
+            with run.autocast:
                 out = model(x)
-            if cuda:
+            if run.cuda:
                 end.record()  # model time only: post-processing below syncs with the host
                 events.append((start, end))
-            missing = [h for h in heads if h not in out]
-            if missing:
-                raise ModelError(f"model {card.name!r} returned no {missing} output although its card declares "
-                                 f"head(s) {list(heads)} at this scale")
+            _check_heads(out, heads, card)
             idx = index.numpy()
             # Tile probabilities stay on the device until the end: no host sync per batch for them.
             if pattern is not None:
@@ -215,17 +242,7 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
                 has_ood = True
                 on_device.append(("ood", idx, out["ood"].float()))
             if "mitosis" in heads:
-                # Mitoses are rare: find peaks only in tiles whose best logit can pass the threshold (one
-                # host sync per batch instead of one per tile); the margin keeps it a superset under rounding.
-                hm = out["mitosis"].float()
-                hot = (hm.flatten(1).amax(1) >= threshold_logit - 1e-3).cpu().numpy()
-                per_tile = heatmaps_to_points(hm[torch.from_numpy(hot).to(hm.device)], floor,
-                                              min_distance_px, heads["mitosis"]["stride_px"],
-                                              from_logits=True) if hot.any() else []
-                for i, pts in zip(idx[hot], per_tile):
-                    if len(pts):
-                        p = pts.cpu().numpy().astype(np.float64)
-                        points.append(np.column_stack([np.full(len(p), i, np.float64), p]))
+                points.extend(_peaks(out["mitosis"].float().sigmoid(), run.floor, run.min_distance_px, run.stride, idx))
             bar.update(len(idx))
         for name, target in (("pattern", pattern), ("necrosis", necrosis), ("ood", ood)):
             parts = [(i, p) for nm, i, p in on_device if nm == name]
@@ -233,7 +250,7 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
                 target[np.concatenate([i for i, _ in parts])] = torch.cat([p for _, p in parts]).cpu().numpy()
     seconds = time.perf_counter() - t0
     timings = {"infer_s": round(seconds, 4)}
-    if cuda:
+    if run.cuda:
         torch.cuda.synchronize(device)
         busy_ms = sum(s.elapsed_time(e) for s, e in events)
         timings["gpu_busy_fraction"] = round(busy_ms / 1000.0 / seconds, 4) if seconds > 0 else 0.0
@@ -242,43 +259,29 @@ def run_inference(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, 
                            timings=timings)
 
 
-def _run_tta(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, device: torch.device, *,
-             workers: int, progress: bool, desc: str, scale: str | None) -> InferenceOutput:
+def _run_tta(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, device: torch.device, run: _Run, *,
+             workers: int, progress: bool, desc: str) -> InferenceOutput:
     """:func:`run_inference` under the 8 TTA transforms: mean outputs plus every variant's own."""
-    spec = card.scales[scale or card.table_scale]
-    n = sum(r[3] for b in dataset.batches for r in b)
-    heads = spec.heads
-    names = TTA_TRANSFORMS
+    n, heads, names = run.n, run.heads, TTA_TRANSFORMS
     nv = len(names)
-    classes = list(heads.get("pattern", {}).get("classes", []))
-    pattern = np.full((nv + 1, n, len(classes)), np.nan, np.float32) if "pattern" in heads else None
-    necrosis = np.full((nv + 1, n), np.nan, np.float32) if "necrosis" in heads else None
+    pattern = np.full((nv, n, len(run.classes)), np.nan, np.float32) if "pattern" in heads else None
+    necrosis = np.full((nv, n), np.nan, np.float32) if "necrosis" in heads else None
     ood = np.full(n, np.nan, np.float32)
     has_ood = False
     mean_points: list[np.ndarray] = []
     var_points: list[np.ndarray] = []
-    offset, div = normaliser(spec, device)
-    cuda = device.type == "cuda"
-    dtype = amp_dtype(device)
-    autocast = torch.autocast("cuda", dtype=dtype) if cuda and dtype is not None else contextlib.nullcontext()
-    min_distance_px = card.mitosis_min_distance_um / spec.mpp
-    floor = candidate_threshold(card)
-    stride = int(heads["mitosis"]["stride_px"]) if "mitosis" in heads else 0
-    loader = make_loader(dataset, workers, pin_memory=cuda)
+    loader = make_loader(dataset, workers, pin_memory=run.cuda)
     t0 = time.perf_counter()
     with torch.inference_mode(), tqdm(total=n, desc=f"{desc} (TTA x{nv})".strip(), unit="tile", leave=False,
                                       disable=not progress) as bar:
         for index, tiles in loader:
-            x = to_input(tiles, offset, div, device)
+            x = to_input(tiles, run.offset, run.div, device)
             idx = index.numpy()
             heat_sum: torch.Tensor | None = None
             for v, name in enumerate(names):
-                with autocast:
+                with run.autocast:
                     out = model(tta_forward_transform(x, name))
-                missing = [h for h in heads if h not in out]
-                if missing:
-                    raise ModelError(f"model {card.name!r} returned no {missing} output although its card declares "
-                                     f"head(s) {list(heads)} at this scale")
+                _check_heads(out, heads, card)
                 if v == 0 and "ood" in out:
                     has_ood = True
                     ood[idx] = out["ood"].float().cpu().numpy()
@@ -289,21 +292,16 @@ def _run_tta(dataset: TileBatchDataset, model: nn.Module, card: ModelCard, devic
                 if "mitosis" in heads:
                     prob = tta_inverse_transform(out["mitosis"].float().sigmoid(), name)
                     heat_sum = prob if heat_sum is None else heat_sum + prob
-                    for p in _peaks(prob, floor, min_distance_px, stride, idx):
+                    for p in _peaks(prob, run.floor, run.min_distance_px, run.stride, idx):
                         var_points.append(np.column_stack([np.full(len(p), v, np.float64), p]))
             if heat_sum is not None:
-                mean_points.extend(_peaks(heat_sum / nv, floor, min_distance_px, stride, idx))
+                mean_points.extend(_peaks(heat_sum / nv, run.floor, run.min_distance_px, run.stride, idx))
             bar.update(len(idx))
-    if pattern is not None:
-        pattern[nv] = pattern[:nv].mean(0)
-    if necrosis is not None:
-        necrosis[nv] = necrosis[:nv].mean(0)
     seconds = time.perf_counter() - t0
     pts = np.concatenate(mean_points) if mean_points else np.zeros((0, 4), np.float64)
     vpts = np.concatenate(var_points) if var_points else np.zeros((0, 5), np.float64)
-    variants = TtaOutputs(names=names, pattern=None if pattern is None else pattern[:nv],
-                          necrosis=None if necrosis is None else necrosis[:nv], points=vpts)
-    return InferenceOutput(n_tiles=n, pattern=None if pattern is None else pattern[nv],
-                           necrosis=None if necrosis is None else necrosis[nv], ood=ood if has_ood else None,
+    variants = TtaOutputs(names=names, pattern=pattern, necrosis=necrosis, points=vpts)
+    return InferenceOutput(n_tiles=n, pattern=None if pattern is None else pattern.mean(0),
+                           necrosis=None if necrosis is None else necrosis.mean(0), ood=ood if has_ood else None,
                            points=pts, timings={"infer_s": round(seconds, 4), "tta_variants": float(nv)},
                            tta=variants)
