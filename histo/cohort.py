@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import pandas as pd
 
 from histo.atomic import atomic_path, write_text
 from histo.errors import HistoError
+from histo.jsonsafe import read_json_object
 from histo.prediction import MITOSES_FILE, TILES_FILE, read_tiles
 
 COHORT_CSV, COHORT_PARQUET, COHORT_HTML = "cohort.csv", "cohort.parquet", "cohort.html"
@@ -44,16 +44,6 @@ class Entry:
     case_report: Path | None = None
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise HistoError(f"{path}: cannot read ({exc})") from exc
-    if not isinstance(data, dict):
-        raise HistoError(f"{path}: expected a JSON object")
-    return data
-
-
 def find_entries(dirs: Iterable[str | os.PathLike[str]]) -> list[Entry]:
     """Every case folder, and every slide report and IHC result outside a case, under each folder given in turn."""
     entries: dict[Path, Entry] = {}
@@ -64,7 +54,7 @@ def find_entries(dirs: Iterable[str | os.PathLike[str]]) -> list[Entry]:
         cases = sorted({p.parent.resolve() for p in root.rglob("case_report.json")})
         for case in cases:
             he = sorted(case.glob("he/*/report.json"))
-            cr = _read(case / "case_report.json")
+            cr = read_json_object(case / "case_report.json")
             entries[case] = Entry("case", case, str(cr.get("case_id") or case.name), he[0] if he else None,
                                   sorted(p.parent for p in case.glob("ihc/*/*/ihc.json")), case / "case_report.json")
         for rep in sorted(root.rglob("report.json")):
@@ -116,7 +106,7 @@ def entry_row(e: Entry) -> dict[str, Any]:
     """The cohort row of one slide or case."""
     row: dict[str, Any] = {"kind": e.kind, "case_id": e.case_id,
                            "slide": e.folder.name if e.kind == "ihc" else None}
-    rep = _read(e.he_report) if e.he_report is not None else {}
+    rep = read_json_object(e.he_report) if e.he_report is not None else {}
     if rep:
         g = rep.get("grading") or {}
         dom = rep.get("domain") or {}
@@ -133,13 +123,13 @@ def entry_row(e: Entry) -> dict[str, Any]:
             "histo_version": rep.get("histo_version"), "report": str(Path(e.he_report).with_name("report.html")) if e.he_report else None,
         })
         row.update(flatten(rep.get("measurements") or {}))
-    ihc_items = [_read(d / "ihc.json") for d in e.ihc_dirs] if e.ihc_dirs else list(rep.get("ihc") or [])
+    ihc_items = [read_json_object(d / "ihc.json") for d in e.ihc_dirs] if e.ihc_dirs else list(rep.get("ihc") or [])
     for item in ihc_items:
         row.update(_marker_columns(item))
         if e.kind == "ihc":
             row["histo_version"] = item.get("histo_version")
     if e.case_report is not None:
-        cr = _read(e.case_report)
+        cr = read_json_object(e.case_report)
         row["histo_version"] = row.get("histo_version") or cr.get("histo_version")
         row["case_summary"] = cr.get("summary")
         row["report"] = str(e.case_report.with_name("case_report.html"))
@@ -277,7 +267,7 @@ def export_tables(entries: list[Entry], out: Path) -> dict[str, Path]:
                     parts[name].append(t)
         for d in e.ihc_dirs:
             if (d / "ihc_cells.parquet").is_file():
-                info = _read(d / "ihc.json")
+                info = read_json_object(d / "ihc.json")
                 c = _read_parquet(d / "ihc_cells.parquet")
                 c.insert(0, "marker", info.get("marker"))
                 c.insert(0, "slide", d.name)

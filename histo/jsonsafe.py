@@ -1,14 +1,18 @@
-"""The one JSON cleaner: nested values as plain JSON/YAML data (dicts with str keys, lists, Python scalars).
+"""The one JSON cleaner: nested values as plain JSON/YAML data (dicts with str keys, lists, Python scalars),
+and the one reader of a JSON object file that a user may have damaged (``read_json_object``).
 
-A leaf module (standard library only; numpy scalars are recognised without importing numpy).
+Standard library and histo.errors only (numpy scalars are recognised without importing numpy).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Literal
+
+from histo.errors import HistoError
 
 NonFinite = Literal["null", "keep", "text"]
 
@@ -33,3 +37,15 @@ def json_safe(obj: Any, *, non_finite: NonFinite = "null", unknown: Literal["kee
     if unknown == "str" and not isinstance(obj, (str, int, float, bool, type(None))):
         return str(obj)
     return obj
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path``; HistoError naming the file when it cannot be read or is not an object."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HistoError(f"{p}: cannot read ({exc})") from exc
+    if not isinstance(data, dict):
+        raise HistoError(f"{p}: expected a JSON object")
+    return data

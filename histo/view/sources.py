@@ -7,7 +7,6 @@ files named here are read; the server never maps a URL onto the file system.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from histo.errors import HistoError
+from histo.jsonsafe import read_json_object
 from histo.prediction import PATTERN_PREFIX, PREDICTION_FILE, load_prediction
 
 RASTER_MAX_PX = 2048
@@ -63,16 +63,6 @@ class Pane:
     mpp: float | None
     layers: list[Layer] = field(default_factory=list)
     measurements: list[tuple[str, Any]] = field(default_factory=list)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise HistoError(f"{path}: cannot read ({exc})") from exc
-    if not isinstance(data, dict):
-        raise HistoError(f"{path}: expected a JSON object")
-    return data
 
 
 def load_panes(paths: list[str | os.PathLike[str]]) -> list[Pane]:
@@ -159,7 +149,7 @@ def prediction_pane(folder: Path) -> Pane:
     from histo.report import images as I
 
     tiles, mitoses, meta = load_prediction(folder)  # PredictionFolderError is a HistoError
-    report = _read_json(folder / "report.json") if (folder / "report.json").is_file() else None
+    report = read_json_object(folder / "report.json") if (folder / "report.json").is_file() else None
     slide = _slide_path(folder, meta.get("slide"))
     mpp = float(meta["slide_mpp"])
     dims = _dims2(meta.get("slide_dimensions") or _dims_of(slide, mpp))
@@ -233,7 +223,7 @@ def _prediction_rows(report: dict[str, Any] | None, meta: dict[str, Any], n_poin
 
 def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
     """An IHC folder's slide with its tissue, cell-class and (when present) registration layers."""
-    info = _read_json(folder / "ihc.json")
+    info = read_json_object(folder / "ihc.json")
     slide = _slide_path(folder, info.get("slide_path"))
     mpp = float(info["slide_mpp"])
     dims = _dims2(info.get("slide_dimensions") or _dims_of(slide, mpp))
@@ -261,7 +251,7 @@ def ihc_pane(folder: Path, case_dir: Path | None = None) -> Pane:
     reg_file = next((p / REGISTRATION_FILE for p in (folder, folder.parent, *( [case_dir] if case_dir else []))
                      if (p / REGISTRATION_FILE).is_file()), None)
     if reg_file is not None:
-        layer, reg_rows = registration_layer(_read_json(reg_file), dims)
+        layer, reg_rows = registration_layer(read_json_object(reg_file), dims)
         rows += reg_rows
         if layer is not None:
             layers.append(layer)
