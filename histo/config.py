@@ -170,8 +170,8 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
         args = get_args(tp)
-        if len(args) == 2 and isinstance(args[1], type) and dataclasses.is_dataclass(args[1]):
-            return {k: from_dict(args[1], v, source, prefix=f"{key}.{k}.") for k, v in value.items()}
+        if len(args) == 2 and args[1] is not Any:  # each value checked under its dotted key ('metrics.bacc')
+            return {k: _convert(v, args[1], source, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value

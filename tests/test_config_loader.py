@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import pytest
@@ -89,3 +89,47 @@ def test_marker_panel_loads_through_the_one_loader(tmp_path) -> None:
     panel = markers.parse_panel({"cells": {"min_area_um2": 10.0}, "markers": {"KI67": {**good, "cells": {"smooth_um": 1}}}},
                                 "p.yaml")
     assert panel["KI67"].cell_params.min_area_um2 == 10.0 and panel["KI67"].cell_params.smooth_um == 1.0
+
+
+@dataclass(frozen=True)
+class _Table:
+    scores: dict[str, float] = field(default_factory=dict)
+    heads: dict[str, dict[str, int] | None] = field(default_factory=dict)
+    inner: dict[str, _Inner] = field(default_factory=dict)
+
+
+def test_mapping_values_are_checked_under_their_dotted_key() -> None:
+    table = from_dict(_Table, {"scores": {"a": 1, "b": 0.5}, "heads": {"x": None, "y": {"n": 2}},
+                               "inner": {"p": {"kind": "b"}}}, "c.yaml")
+    assert table.scores == {"a": 1.0, "b": 0.5} and isinstance(table.scores["a"], float)
+    assert table.heads == {"x": None, "y": {"n": 2}} and table.inner["p"] == _Inner(kind="b")
+    with pytest.raises(ConfigError, match=r"^c\.yaml: 'scores\.b' must be float, got 'high'"):
+        from_dict(_Table, {"scores": {"a": 1, "b": "high"}}, "c.yaml")
+    with pytest.raises(ConfigError, match=r"^c\.yaml: 'heads\.y' must be a mapping, got int"):
+        from_dict(_Table, {"heads": {"y": 5}}, "c.yaml")
+    with pytest.raises(ConfigError, match=r"^c\.yaml: 'heads\.y\.n' must be an integer, got 'two'"):
+        from_dict(_Table, {"heads": {"y": {"n": "two"}}}, "c.yaml")
+    with pytest.raises(ConfigError, match=r"^c\.yaml: unknown key 'inner\.p\.colour'"):
+        from_dict(_Table, {"inner": {"p": {"colour": 1}}}, "c.yaml")
+
+
+def test_model_card_loads_through_the_one_loader() -> None:
+    from histo.errors import ModelError
+    from histo.models import card as card_module
+    from histo.models.card import ModelCard
+
+    # no hand-written key/type checks are left in the card module: its file layout is dataclasses
+    assert not hasattr(card_module, "_validate") and not hasattr(card_module, "_scale")
+    assert not hasattr(ModelCard, "_from_v1")
+    file_fields = tuple(f.name for f in fields(card_module._CardFields))
+    assert file_fields == ModelCard.FIELDS == (
+        "name", "scales", "mitosis_threshold", "mitosis_min_distance_um", "threshold_selection", "preprocessing",
+        "metrics", "provenance", "domain", "config_digest", "weights_sha256", "histo_version", "created",
+        "schema_version")
+    scale = {"backbone": "tiny", "tile_px": 64, "mpp": 0.5, "heads": ["necrosis"], "mean": [0.5] * 3, "std": [0.2] * 3}
+    with pytest.raises(ConfigError) as loader_err:
+        from_dict(card_module._ScaleFields, {**scale, "tile_px": "64"}, "model card m.json", prefix="scales.main.")
+    with pytest.raises(ModelError) as card_err:
+        ModelCard("m", scales={"main": {**scale, "tile_px": "64"}}, source="m.json")
+    assert str(card_err.value) == str(loader_err.value)  # the loader's own words, as the card's ModelError
+    assert isinstance(card_err.value.__cause__, ConfigError)
