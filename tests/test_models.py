@@ -277,24 +277,53 @@ def _main(d):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: _main(d).pop("mpp"), r"'scales.main' lacks field\(s\) \['mpp'\]"),
-    (lambda d: d.pop("provenance"), r"missing field\(s\) \['provenance'\]"),
-    (lambda d: d.update(colour="blue"), r"unknown field\(s\) \['colour'\]"),
+    (lambda d: _main(d).pop("mpp"), r"'scales\.main': missing key 'mpp'$"),
+    (lambda d: d.pop("provenance"), r"'top level': missing key 'provenance'$"),
+    (lambda d: d.update(colour="blue"), r"unknown key 'colour' \(allowed here: config_digest, created, domain, "),
     (lambda d: d.update(schema_version=3), r"'schema_version' is 3"),
-    (lambda d: _main(d).update(mpp="0.5"), r"field 'scales.main.mpp' must be a finite number"),
-    (lambda d: _main(d).update(mean=[0.5, 0.5]), r"field 'scales.main.mean' must be 3 numbers"),
+    (lambda d: _main(d).update(mpp="0.5"), r"'scales\.main\.mpp' must be float, got '0\.5' \(the value must be a number\)"),
+    (lambda d: _main(d).update(mean=[0.5, 0.5]), r"'scales\.main\.mean' must have 3 items, got 2"),
     (lambda d: _main(d).update(std=[0.2, 0.0, 0.2]), r"field 'scales.main.std' must be positive"),
     (lambda d: _main(d).update(tile_px=0), r"field 'scales.main.tile_px' must be a positive integer"),
     (lambda d: _main(d).update(heads={"necrosis": {}, "nuclei": {}}), r"unknown head 'nuclei'"),
     (lambda d: d.update(config_digest="abc"), r"field 'config_digest' must be a 64-character"),
     (lambda d: d.update(mitosis_threshold=1.5), r"field 'mitosis_threshold' must be a probability"),
     (lambda d: d["scales"].update(fine=dict(_main(d))), r"repeats head 'necrosis'"),
+    (lambda d: _main(d).update(colour="blue"), r"unknown key 'scales\.main\.colour' \(allowed here: backbone, heads, "),
+    (lambda d: _main(d).update(tile_px=64.0), r"'scales\.main\.tile_px' must be an integer, got 64\.0"),
+    (lambda d: _main(d).update(heads={"necrosis": 5}), r"'scales\.main\.heads\.necrosis' must be a mapping, got int"),
+    (lambda d: d["metrics"].update(bacc="high"), r"'metrics\.bacc' must be float, got 'high'"),
+    (lambda d: d.update(mitosis_min_distance_um=float("nan")), r"field 'mitosis_min_distance_um' must be a finite"),
+    (lambda d: d.update(domain=[1]), r"'domain' must be a mapping, got list"),
+    (lambda d: d.update(preprocessing={"stain_normalisation": "macenko"}),
+     r"field 'preprocessing\.stain_normalisation' must be an object with a method, got 'macenko'"),
+    (lambda d: d.pop("schema_version"), r"missing key 'schema_version'$"),
 ])
 def test_card_validation_names_file_and_field(tmp_path, mutate, message):
     path = _write_card(tmp_path, mutate)
     with pytest.raises(ModelError, match=message) as err:
         ModelCard.load(path)
     assert str(path) in str(err.value)
+
+
+def test_card_keywords_take_the_file_path_checks():
+    # ModelCard(...) from Python and a card file share one loader: same keys, types and messages
+    net = MultiTaskNet("tiny", ["necrosis"])
+    with pytest.raises(ModelError, match=r"^model card ModelCard: 'scales\.main\.mpp' must be float, got '0\.5'"):
+        _card(net, mpp="0.5")
+    with pytest.raises(ModelError, match=r"^model card ModelCard: 'metrics\.bacc' must be float, got None"):
+        _card(net, metrics={"bacc": None})
+    scale = {"backbone": "tiny", "heads": ["necrosis"], "tile_px": 64, "mpp": 0.5, "mean": [0.5] * 3, "std": [0.2] * 3}
+    with pytest.raises(ModelError, match=r"^model card ModelCard: 'scales\.main': missing key 'std'$"):
+        ModelCard("m", scales={"main": {k: v for k, v in scale.items() if k != "std"}})
+    with pytest.raises(ModelError, match=r"^model card ModelCard: unknown key 'scales\.main\.colour'"):
+        ModelCard("m", scales={"main": {**scale, "colour": 1}})
+    with pytest.raises(ModelError, match=r"^model card ModelCard: field 'schema_version' is 1, expected 2$"):
+        _card(net, schema_version=1)
+    card = ModelCard("m", scales={"main": scale})
+    assert card.scales["main"].mean == (0.5, 0.5, 0.5) and card.heads == {"necrosis": {"dropout": 0.0}}
+    with pytest.raises(ModelError, match=r"^model card <dict>: 'mitosis_threshold' must be float, got 'high'"):
+        card.replace(mitosis_threshold="high")
 
 
 def test_card_not_json(tmp_path):
