@@ -9,6 +9,12 @@ import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest-xdist worker per core: each runs torch (and OpenMP/BLAS) on one thread, before any test
+    # imports them; the subprocesses tests start inherit it. A plain `pytest` run keeps the defaults.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 
 def real_data_dir() -> Path:
     """Where ../shared/data/real is, or HISTO_REAL_DATA when set."""

@@ -90,7 +90,7 @@ def test_console_script_runs():
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size-px", "4096", "--workers", "1", "--quiet"]) == 0
+    assert main(["demo", "--out", str(out), "--size-px", "2048", "--workers", "1", "--quiet"]) == 0
     for case in ("high_grade_alk_positive", "low_grade_alk_positive"):
         report = json.loads((out / "reports" / case / "case_report.json").read_text(encoding="utf-8"))
         assert report["case_id"] == case and "ALK" in report["summary"]

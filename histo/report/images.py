@@ -224,7 +224,7 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
     side = _LEGEND_PX if (colourbar or legend) else 0
     width, height = mw + side, max(mh + _TITLE_PX, 220 if side else 0)
     fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI, facecolor="white")
-    FigureCanvasAgg(fig)
+    agg = FigureCanvasAgg(fig)
     # origin upper: row 0 at the top; yo counts from the bottom, so the map's top is at height - mh
     fig.figimage(rgb, xo=0, yo=height - _TITLE_PX - mh, origin="upper")
     px = IdentityTransform()
@@ -252,7 +252,6 @@ def render(canvas: Canvas, rgb: np.ndarray, *, title: str, hotspot: HotspotBox |
                    for name, c in legend]
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=((mw + 8) / width, 0.5), frameon=False,
                    fontsize=9)
-    agg = fig.canvas
     agg.draw()  # the figure is exactly width x height px at _DPI: its buffer is the image (no savefig round trip)
     png = palette_png(np.asarray(agg.buffer_rgba())[..., :3])
     return RenderedImage(png, width, height, 0, _TITLE_PX, canvas.sx, canvas.sy)
