@@ -38,18 +38,20 @@ def _cells_render(positive: bool):
     dab_of_class = np.array([0.0, 0.3, 0.5, 0.9])
 
     def render(x, y, w, h):
-        yy, xx = np.mgrid[y:y + h, x:x + w].astype(np.float32) + 0.5
+        ys = np.arange(y, y + h, dtype=np.float32) + 0.5
+        xs = np.arange(x, x + w, dtype=np.float32) + 0.5
         hmap = np.zeros((h, w), np.float32)
         dmap = np.zeros((h, w), np.float32)
-        tissue = (xx > 300) & (xx < 1800) & (yy > 300) & (yy < 1800)
-        hmap[tissue] = 0.12  # counterstained tissue, visible to tissue detection
+        hmap[np.ix_((ys > 300) & (ys < 1800), (xs > 300) & (xs < 1800))] = 0.12  # counterstained tissue
         for (cx, cy), k in zip(centres, cls):
-            if cx < x - 40 or cx > x + w + 40 or cy < y - 40 or cy > y + h + 40:
+            # each cell is painted in its own 50 px window of the chunk (a ring of radius 24 px fits in it)
+            r0, r1 = max(int(cy) - 25 - y, 0), min(int(cy) + 26 - y, h)
+            c0, c1 = max(int(cx) - 25 - x, 0), min(int(cx) + 26 - x, w)
+            if r0 >= r1 or c0 >= c1:
                 continue
-            r2 = (xx - cx) ** 2 + (yy - cy) ** 2
-            hmap[r2 <= 14 ** 2] = 0.7  # nucleus radius 3.5 µm
-            ring = (r2 > 14 ** 2) & (r2 <= 24 ** 2)
-            dmap[ring] = dab_of_class[k]
+            r2 = (ys[r0:r1, None] - cy) ** 2 + (xs[None, c0:c1] - cx) ** 2
+            hmap[r0:r1, c0:c1][r2 <= 14 ** 2] = 0.7  # nucleus radius 3.5 µm
+            dmap[r0:r1, c0:c1][(r2 > 14 ** 2) & (r2 <= 24 ** 2)] = dab_of_class[k]
         return compose_rgb(hmap, dmap, background_rgb=BG)
 
     return render, centres, cls
