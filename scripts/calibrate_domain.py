@@ -3,10 +3,9 @@
 
     python scripts/calibrate_domain.py --model runs/x/version_0/model -c configs/train/x.yaml [--set k=v]
 
-Rebuilds each scale's data module from the training config, fits the Mahalanobis statistic of texture
-and colour and draws the kNN bank of pooled last-level features from the training tiles, sets the
-thresholds at the 99th percentile of the validation tiles (histo.train.domain), and exports the model
-again in place (or to --out). Prints one
+Rebuilds each scale's data module from the training config, fits the Mahalanobis statistics of pooled
+backbone features and tile colour on the training tiles, sets the thresholds at the 99th percentile of
+the validation tiles (histo.train.domain), and exports the model again in place (or to --out). Prints one
 JSON line with each scale's figures. `histo train` does the same at export for new models.
 """
 

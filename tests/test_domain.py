@@ -15,7 +15,6 @@ from histo.aggregate import GradingConfig, assess_slide
 from histo.aggregate.domain import summarise_domain
 from histo.models import MultiTaskNet, load_model, save_model
 from histo.models.card import ModelCard
-from histo.models.domain import KNN_K, METHOD, METHOD_V1, STATISTICS_V1, DomainHead, fit_gaussian, knn_distance
 from histo.predict import predict_image, predict_slide
 from histo.train.domain import calibrate_scale, domain_card
 
@@ -52,67 +51,10 @@ def calibrated(tmp_path_factory):
 def test_card_records_the_domain_and_the_weights_carry_it(calibrated):
     model, card, fig = calibrated
     d = card.domain
-    assert d["method"] == METHOD and d["percentile"] == 99.5
-    assert set(d["scales"]["main"]["thresholds"]) == {"texture_colour", "semantic_knn"}
-    assert d["scales"]["main"]["knn"] == {"k": KNN_K, "bank_tiles": 1600}  # 4 passes of 400: fewer than the bank holds
+    assert d["method"] and d["percentile"] == 99.5 and set(d["scales"]["main"]["thresholds"]) == {"texture_colour", "semantic"}
     assert 0.95 <= fig["val_in_domain_fraction"] <= 1.0  # the threshold sits at the validation tiles' 99.5th pct
     assert model.domain is not None and float(model.domain.texture_colour_threshold) == pytest.approx(
         d["scales"]["main"]["thresholds"]["texture_colour"], rel=1e-5)
-    bank = model.domain.semantic_knn_bank
-    assert bank.dtype == torch.float16 and bank.shape == (1600, net_channels(model)[-1])
-    assert torch.allclose(bank.float().norm(dim=1), torch.ones(len(bank)), atol=1e-2)  # unit rows, not placeholders
-    assert len(torch.unique(bank.float(), dim=0)) > 300
-
-
-def net_channels(net: MultiTaskNet) -> tuple[int, ...]:
-    return tuple(net.backbone.feature_channels)
-
-
-def test_knn_distance_is_the_kth_nearest_bank_row():
-    bank = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0, 1.0, 0], [0, 0, 1.0]]), dim=1)
-    q = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])
-    d1, d2 = knn_distance(q, bank, 1), knn_distance(q, bank, 2)
-    torch.testing.assert_close(d1, torch.zeros(2), atol=1e-3, rtol=0)  # both queries are bank rows
-    # 2nd nearest of e1 is (0.8, 0.6, 0): |e1 - it| = sqrt(2 - 1.6); of e3 every other row is orthogonal: sqrt(2)
-    torch.testing.assert_close(d2, torch.tensor([0.4 ** 0.5, 2 ** 0.5]), atol=1e-4, rtol=0)
-    assert knn_distance(q, bank, 99).shape == (2,)  # k beyond the bank: its farthest row, not an error
-
-
-def test_knn_statistic_flags_tiles_unlike_every_bank_tile():
-    head = DomainHead((4, 8), bank_tiles=3, k=1)
-    with torch.no_grad():
-        head.semantic_knn_bank.copy_(torch.eye(8)[:3].half())  # training tiles pool to channels 0, 1 or 2
-        head.texture_colour_threshold.fill_(1e9)  # texture and colour out of the way: the kNN ratio alone decides
-        head.semantic_knn_threshold.fill_(0.5)
-    x = torch.zeros(2, 3, 16, 16)
-    last = torch.zeros(2, 8, 2, 2)
-    last[0, 1], last[1, 5] = 3.0, 3.0  # tile 0 is like a training tile (any scale), tile 1 like none of them
-    score = head(x, [torch.zeros(2, 4, 8, 8), last])
-    assert score[0] <= 1.0 < score[1]
-    assert float(score[1]) == pytest.approx(2 ** 0.5 / 0.5, rel=1e-3)
-
-
-def test_a_card_calibrated_before_the_knn_statistic_loads_and_scores_as_before(tmp_path):
-    torch.manual_seed(0)
-    net = MultiTaskNet("tiny", ["necrosis"]).eval()
-    head = DomainHead(net.backbone.feature_channels, STATISTICS_V1)
-    with torch.no_grad():
-        feats = head.features(_pink(64, 1), net.backbone.forward_pyramid(_pink(64, 1)))
-        for name, f in zip(STATISTICS_V1, feats):
-            mean, prec = fit_gaussian(f)
-            getattr(head, f"{name}_mean").copy_(mean)
-            getattr(head, f"{name}_precision").copy_(prec)
-            getattr(head, f"{name}_threshold").fill_(5.0)
-    net.attach_domain(head)
-    old = {"method": METHOD_V1, "percentile": 99.0, "scales": {"main": {
-        "statistics": list(STATISTICS_V1), "thresholds": {"texture_colour": 5.0, "semantic": 5.0}}}}
-    card = ModelCard(name="old", backbone="tiny", heads=net.heads_config, tile_px=64, mpp=1.0, domain=old)
-    save_model(net, card, tmp_path)
-    loaded, card2 = load_model(tmp_path)
-    assert loaded.domain.statistics == STATISTICS_V1 and not hasattr(loaded.domain, "semantic_knn_bank")
-    x = _pink(8, 2)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x)["ood"], net(x)["ood"])
 
 
 def test_colour_shifted_tiles_are_flagged_and_batch_size_does_not_matter(calibrated):

@@ -13,7 +13,6 @@ from torch import nn
 from histo.atomic import atomic_path
 from histo.errors import ModelError
 from histo.models.card import ModelCard
-from histo.models.domain import DomainHead
 from histo.models.multitask import MultiScaleNet, MultiTaskNet, scale_nets
 from histo.models.registry import (
     PICKLE_SUFFIXES,
@@ -51,18 +50,12 @@ def model_paths(dir_or_prefix: str | Path, name: str | None = None) -> tuple[Pat
 
 def build_model(card: ModelCard, pretrained: bool = False) -> nn.Module:
     """The untrained net a card describes: a MultiTaskNet for one scale, a MultiScaleNet for several."""
-    domains = (card.domain or {}).get("scales", {})
-    model: nn.Module
+    with_domain = set((card.domain or {}).get("scales", {}))
     if not card.multiscale:
         name, s = next(iter(card.scales.items()))
-        model = MultiTaskNet(s.backbone, s.heads, pretrained=pretrained, domain=name in domains)
-    else:
-        model = MultiScaleNet({k: (s.backbone, s.heads) for k, s in card.scales.items()}, pretrained=pretrained,
-                              domain=set(domains))
-    for name, net in scale_nets(model, card.scales).items():  # each domain head as its card section describes it
-        if isinstance(net, MultiTaskNet) and net.domain is not None:
-            net.attach_domain(DomainHead.for_card(net.backbone.feature_channels, domains[name]))
-    return model
+        return MultiTaskNet(s.backbone, s.heads, pretrained=pretrained, domain=name in with_domain)
+    return MultiScaleNet({k: (s.backbone, s.heads) for k, s in card.scales.items()}, pretrained=pretrained,
+                         domain=with_domain)
 
 
 def _check_fits(model: nn.Module, card: ModelCard) -> None:
