@@ -45,10 +45,22 @@ def _case_file(folder: Path, phantom, **extra) -> Path:
     return path
 
 
-def test_case_report_joins_grading_and_alk_call(phantom, model_dir, tmp_path, capsys):
-    case = _case_file(tmp_path, phantom)
-    out = tmp_path / "out"
-    assert main(["case", str(case), "--model", str(model_dir), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+def test_case_file_errors_name_the_key(tmp_path, phantom):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"case_id": "C3", "he": str(phantom.he_path), "ihk": {}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown key 'ihk'"):
+        load_case(bad)
+    bad.write_text(yaml.safe_dump({"case_id": "a/b", "he": str(phantom.he_path)}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="plain name"):
+        load_case(bad)
+    bad.write_text(yaml.safe_dump({"case_id": "C3", "he": str(phantom.he_path), "ihc": {"ALK": 3}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="ihc.ALK"):
+        load_case(bad)
+
+
+
+def _check_case_report(out: Path) -> None:
+    """The case report joins the H&E grading and the ALK call; the slide reports and status row agree."""
     report = json.loads((out / "C1" / "case_report.json").read_text(encoding="utf-8"))
     validate_case_report(report)
     assert report["case_id"] == "C1" and "ALK" in report["summary"]
@@ -66,34 +78,6 @@ def test_case_report_joins_grading_and_alk_call(phantom, model_dir, tmp_path, ca
     assert rows[0]["case"] == "C1" and rows[0]["status"] == "ok"
 
 
-def test_bad_case_fails_alone(phantom, model_dir, tmp_path, capsys):
-    good = _case_file(tmp_path, phantom)
-    missing = tmp_path / "missing.yaml"
-    missing.write_text(yaml.safe_dump({"case_id": "C2", "he": "nowhere.tiff"}), encoding="utf-8")
-    out = tmp_path / "out"
-    rc = main(["case", str(missing), str(good), "--model", str(model_dir), "--out", str(out), "--workers", "0",
-               "--quiet"])
-    assert rc == 1
-    with (out / "status.csv").open(newline="") as f:
-        rows = {r["case"]: r for r in csv.DictReader(f)}
-    assert rows["missing"]["status"] == "failed" and "nowhere.tiff" in rows["missing"]["reason"]
-    assert rows["C1"]["status"] == "ok"
-
-
-def test_case_file_errors_name_the_key(tmp_path, phantom):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"case_id": "C3", "he": str(phantom.he_path), "ihk": {}}), encoding="utf-8")
-    with pytest.raises(ConfigError, match="unknown key 'ihk'"):
-        load_case(bad)
-    bad.write_text(yaml.safe_dump({"case_id": "a/b", "he": str(phantom.he_path)}), encoding="utf-8")
-    with pytest.raises(ConfigError, match="plain name"):
-        load_case(bad)
-    bad.write_text(yaml.safe_dump({"case_id": "C3", "he": str(phantom.he_path), "ihc": {"ALK": 3}}), encoding="utf-8")
-    with pytest.raises(ConfigError, match="ihc.ALK"):
-        load_case(bad)
-
-
-
 def _case(out: Path, model_dir: Path, *cases: Path, extra: tuple[str, ...] = ()) -> int:
     return main(["case", *map(str, cases), "--model", str(model_dir), "--out", str(out), "--workers", "0", "--quiet",
                  *extra])
@@ -109,11 +93,12 @@ def _he_prediction(out: Path, case_id: str = "C1") -> dict:
 
 
 @pytest.mark.slow
-def test_case_rerun_skips_unchanged_and_redoes_a_corrected_mpp(phantom, model_dir, tmp_path, capsys):
+def test_case_report_then_reruns_skip_unchanged_and_redo_a_corrected_mpp(phantom, model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     case = _case_file(tmp_path, phantom)
     slide_mpp = 0.25  # configs/synth/demo_small.yaml
     assert _case(out, model_dir, case) == 0
+    _check_case_report(out)
     assert _he_prediction(out)["slide_mpp"] == slide_mpp
     assert _case(out, model_dir, case) == 0
     assert _rows(out)["C1"]["status"] == "skipped"
@@ -156,7 +141,8 @@ def test_case_rows_merge_and_a_duplicate_case_id_is_refused(phantom, model_dir, 
     assert _he_prediction(out)["slide_mpp"] == 0.25
 
 
-def test_a_case_whose_slide_crashes_native_code_fails_alone(phantom, model_dir, tmp_path, monkeypatch):
+def test_bad_cases_fail_alone(phantom, model_dir, tmp_path, monkeypatch):
+    """A case whose slide is missing and one whose slide crashes native code fail, each alone; the good case runs."""
     import multiprocessing as mp
     import os
     import shutil
@@ -176,11 +162,14 @@ def test_a_case_whose_slide_crashes_native_code_fails_alone(phantom, model_dir, 
     shutil.copy(phantom.he_path, bad_he)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"case_id": "C9", "he": str(bad_he), "ihc": {"ALK": str(phantom.ihc_path)}}))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"case_id": "C2", "he": "nowhere.tiff"}), encoding="utf-8")
     good = _case_file(tmp_path, phantom)
     out = tmp_path / "out"
-    rc = main(["case", str(bad), str(good), "--model", str(model_dir), "--out", str(out), "--workers", "0",
-               "--quiet"])
+    rc = main(["case", str(missing), str(bad), str(good), "--model", str(model_dir), "--out", str(out),
+               "--workers", "0", "--quiet"])
     assert rc == 1
     rows = _rows(out)
+    assert rows["missing"]["status"] == "failed" and "nowhere.tiff" in rows["missing"]["reason"]
     assert rows["C9"]["status"] == "failed" and "crashed (signal 6" in rows["C9"]["reason"]
     assert rows["C1"]["status"] == "ok"
