@@ -114,21 +114,28 @@ def test_mapping_values_are_checked_under_their_dotted_key() -> None:
 
 
 def test_model_card_loads_through_the_one_loader() -> None:
+    import typing
+
     from histo.errors import ModelError
     from histo.models import card as card_module
+    from histo.models import card_schema
     from histo.models.card import ModelCard
 
     # no hand-written key/type checks are left in the card module: its file layout is dataclasses
     assert not hasattr(card_module, "_validate") and not hasattr(card_module, "_scale")
     assert not hasattr(ModelCard, "_from_v1")
-    file_fields = tuple(f.name for f in fields(card_module._CardFields))
+    file_fields = tuple(f.name for f in fields(card_schema.CardFields))
+    # the card's typed attributes are the file's fields, with each scale checked into a ScaleSpec
+    file_types = typing.get_type_hints(card_schema.CardFields)
+    card_types = {k: v for k, v in typing.get_type_hints(ModelCard).items() if k in file_types}
+    assert card_types == {**file_types, "scales": dict[str, card_schema.ScaleSpec]}
     assert file_fields == ModelCard.FIELDS == (
         "name", "scales", "mitosis_threshold", "mitosis_min_distance_um", "threshold_selection", "preprocessing",
         "metrics", "provenance", "domain", "config_digest", "weights_sha256", "histo_version", "created",
         "schema_version")
     scale = {"backbone": "tiny", "tile_px": 64, "mpp": 0.5, "heads": ["necrosis"], "mean": [0.5] * 3, "std": [0.2] * 3}
     with pytest.raises(ConfigError) as loader_err:
-        from_dict(card_module._ScaleFields, {**scale, "tile_px": "64"}, "model card m.json", prefix="scales.main.")
+        from_dict(card_schema.ScaleFields, {**scale, "tile_px": "64"}, "model card m.json", prefix="scales.main.")
     with pytest.raises(ModelError) as card_err:
         ModelCard("m", scales={"main": {**scale, "tile_px": "64"}}, source="m.json")
     assert str(card_err.value) == str(loader_err.value)  # the loader's own words, as the card's ModelError

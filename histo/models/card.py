@@ -16,25 +16,29 @@ import copy
 import hashlib
 import json
 import math
-import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 from histo import __version__ as _HISTO_VERSION
-from histo.config import from_dict
-from histo.errors import ConfigError, ModelError
-from histo.inputs import IMAGENET_MEAN, IMAGENET_STD, MPP_PLAUSIBLE_UM, mpp_is_plausible, mpp_range_text
-from histo.models.multitask import HEAD_NAMES, resolve_heads
+from histo.errors import ModelError
+from histo.inputs import IMAGENET_MEAN, IMAGENET_STD, MPP_PLAUSIBLE_UM
+from histo.models.card_schema import (
+    DEFAULT_PREPROCESSING,
+    DEFAULT_SELECTION,
+    SCHEMA_VERSION,
+    CardFields,
+    ScaleSpec,
+    check_card,
+    load_fields,
+    upgrade_v1,
+)
+from histo.models.multitask import HEAD_NAMES
 
-SCHEMA_VERSION = 2
 MPP_RANGE = MPP_PLAUSIBLE_UM  # a plausible µm/px of a model input (the one range of histo.inputs)
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Card fields that change how a model is applied; they are bound to the weights at export (see binding()).
 BOUND_FIELDS = ("scales", "mitosis_threshold", "mitosis_min_distance_um", "preprocessing", "domain")
-T = TypeVar("T")
 
 
 def config_digest(text: str) -> str:
@@ -46,86 +50,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@dataclass
-class ScaleSpec:
-    """One input of a model: a backbone reading ``tile_px`` tiles at ``mpp`` µm/px for the heads it feeds."""
-
-    backbone: str
-    tile_px: int
-    mpp: float
-    heads: dict[str, dict[str, Any]]
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        return {"backbone": self.backbone, "tile_px": self.tile_px, "mpp": self.mpp,
-                "heads": copy.deepcopy(self.heads), "mean": list(self.mean), "std": list(self.std)}
-
-    @property
-    def tile_um(self) -> float:
-        """Tile edge in µm."""
-        return self.tile_px * self.mpp
-
-
-@dataclass(frozen=True)
-class _ScaleFields:
-    """The keys and types of one entry of a card's ``scales`` (ranges and heads: _check_scale)."""
-
-    backbone: str
-    tile_px: int
-    mpp: float
-    heads: dict[str, dict[str, Any] | None] | list[str]  # head → options (None: defaults), or head names
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-@dataclass(frozen=True)
-class _CardFields:
-    """The keys and types of a schema-2 card; all required: a card written by histo has them all, a gap is damage."""
-
-    name: str
-    scales: dict[str, _ScaleFields]
-    mitosis_threshold: float
-    mitosis_min_distance_um: float
-    threshold_selection: dict[str, Any]
-    preprocessing: dict[str, Any]
-    metrics: dict[str, float]
-    provenance: dict[str, Any]
-    domain: dict[str, Any] | None
-    config_digest: str | None
-    weights_sha256: str | None
-    histo_version: str
-    created: str
-    schema_version: int
-
-
-@dataclass(frozen=True)
-class _V1Fields:
-    """The keys and types of a schema-1 card: one backbone and a flat input spec (read as the scale ``main``)."""
-
-    name: str
-    backbone: str
-    heads: dict[str, dict[str, Any] | None] | list[str]
-    tile_px: int
-    mpp: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    mitosis_threshold: float
-    mitosis_min_distance_um: float
-    metrics: dict[str, float]
-    config_digest: str | None
-    weights_sha256: str | None
-    histo_version: str
-    created: str
-    schema_version: int
-
-
-_SCALE_KEYS = tuple(f.name for f in fields(_ScaleFields))
-_DEFAULT_SELECTION = {"method": "config"}
-_DEFAULT_PREPROCESSING = {"stain_normalisation": {"method": "none"}}
-
-
 class ModelCard:
     """What a saved model is and how to feed it: its scales (backbone, heads, input resolution, normalisation),
     the mitosis operating point, training provenance per head and validation metrics.
@@ -133,10 +57,10 @@ class ModelCard:
     Build it from ``scales`` (name → ScaleSpec or dict), or, for a one-scale model, from the flat
     ``backbone``, ``heads``, ``tile_px``, ``mpp``, ``mean``, ``std`` (one scale named ``main``).
     Keywords and card files take the one path: histo.config.from_dict checks keys and types against
-    _CardFields, then _check_card the ranges.
+    CardFields, then check_card the ranges.
     """
 
-    FIELDS = tuple(f.name for f in fields(_CardFields))
+    FIELDS = tuple(f.name for f in fields(CardFields))
 
     name: str
     scales: dict[str, ScaleSpec]
@@ -173,21 +97,21 @@ class ModelCard:
         self._fill({
             "name": name, "scales": scales, "mitosis_threshold": mitosis_threshold,
             "mitosis_min_distance_um": mitosis_min_distance_um,
-            "threshold_selection": _DEFAULT_SELECTION if threshold_selection is None else threshold_selection,
-            "preprocessing": copy.deepcopy(_DEFAULT_PREPROCESSING) if preprocessing is None else preprocessing,
+            "threshold_selection": DEFAULT_SELECTION if threshold_selection is None else threshold_selection,
+            "preprocessing": copy.deepcopy(DEFAULT_PREPROCESSING) if preprocessing is None else preprocessing,
             "metrics": {} if metrics is None else metrics, "provenance": {} if provenance is None else provenance,
             "domain": domain, "config_digest": config_digest, "weights_sha256": weights_sha256,
             "histo_version": histo_version, "created": created or _now(), "schema_version": schema_version,
         }, source)
 
     def _fill(self, data: dict[str, Any], source: str) -> None:
-        """Set every field from a schema-2 mapping, checked by the one loader then by _check_card."""
+        """Set every field from a schema-2 mapping, checked by the one loader then by check_card."""
         if isinstance(data.get("scales"), dict):  # ScaleSpec objects (Python callers) as their plain fields
             data = {**data, "scales": {k: v.to_dict() if isinstance(v, ScaleSpec) else v
                                        for k, v in data["scales"].items()}}
-        card = _load(_CardFields, data, source)
-        self.scales = _check_card(card, source)
-        for f in fields(_CardFields):
+        card = load_fields(CardFields, data, source)
+        self.scales = check_card(card, source)
+        for f in fields(CardFields):
             if f.name != "scales":
                 setattr(self, f.name, getattr(card, f.name))  # the loader's own copy of each mapping
 
@@ -331,7 +255,7 @@ class ModelCard:
             raise ModelError(f"model card {source}: missing key 'schema_version'")
         version = data["schema_version"]
         if type(version) is int and version == 1:
-            data = _upgrade_v1(data, source)
+            data = upgrade_v1(data, source)
         elif type(version) is not int or version != SCHEMA_VERSION:
             raise ModelError(f"model card {source}: field 'schema_version' is {version!r}, this histo "
                              f"({_HISTO_VERSION}) reads schema versions 1 and {SCHEMA_VERSION}")
@@ -417,101 +341,6 @@ def _first_difference(a: Any, b: Any, key: str = "") -> tuple[str, Any, Any] | N
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
         return None if float(a) == float(b) else (key, a, b)
     return None if a == b else (key, a, b)
-
-
-def _load(cls: type[T], data: dict[str, Any], source: str) -> T:
-    """histo.config.from_dict with its ConfigError (dotted key, what is wrong) as the ModelError of model loading."""
-    try:
-        return from_dict(cls, data, f"model card {source}")
-    except ConfigError as exc:
-        raise ModelError(str(exc)) from exc
-
-
-def _upgrade_v1(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """A schema-1 card (one backbone, flat input spec), checked as such, as the fields of a one-scale card."""
-    v1 = asdict(_load(_V1Fields, data, source))
-    main = {k: v1.pop(k) for k in _SCALE_KEYS}
-    return {**v1, "scales": {"main": main}, "threshold_selection": dict(_DEFAULT_SELECTION),
-            "preprocessing": copy.deepcopy(_DEFAULT_PREPROCESSING), "provenance": {}, "domain": None,
-            "schema_version": SCHEMA_VERSION}
-
-
-def _fail(source: str, name: str, why: str) -> NoReturn:
-    raise ModelError(f"model card {source}: field {name!r} {why}")
-
-
-def _finite(source: str, name: str, v: float) -> float:
-    if not math.isfinite(v):
-        _fail(source, name, f"must be a finite number, got {v!r}")
-    return v
-
-
-def _check_card(card: _CardFields, source: str) -> dict[str, ScaleSpec]:
-    """The ranges and cross-field rules the types of _CardFields cannot say; returns the checked scales."""
-    if card.schema_version != SCHEMA_VERSION:
-        _fail(source, "schema_version", f"is {card.schema_version!r}, expected {SCHEMA_VERSION}")
-    for name in ("name", "histo_version", "created"):
-        if not getattr(card, name):
-            _fail(source, name, "must be a non-empty string, got ''")
-    if not _NAME.fullmatch(card.name):
-        _fail(source, "name", f"must be a file-name-safe word (letters, digits, . _ -), got {card.name!r}")
-    try:
-        datetime.fromisoformat(card.created)
-    except ValueError:
-        _fail(source, "created", f"must be an ISO 8601 timestamp, got {card.created!r}")
-    if not card.scales:
-        _fail(source, "scales", "must be a non-empty object of scale name → input spec, got {}")
-    scales: dict[str, ScaleSpec] = {}
-    seen: dict[str, str] = {}
-    for sname, raw in card.scales.items():
-        p = f"scales.{sname}"
-        if not isinstance(sname, str) or not _NAME.fullmatch(sname):
-            _fail(source, "scales", f"has a scale name {sname!r} that is not a word (letters, digits, . _ -)")
-        scales[sname] = _check_scale(raw, p, source)
-        for h in scales[sname].heads:
-            if h in seen:
-                _fail(source, f"{p}.heads", f"repeats head {h!r} (already fed by scale {seen[h]!r}): one scale per head")
-            seen[h] = sname
-    if not 0 < card.mitosis_threshold < 1:
-        _fail(source, "mitosis_threshold", f"must be a probability in (0, 1), got {card.mitosis_threshold!r}")
-    if not _finite(source, "mitosis_min_distance_um", card.mitosis_min_distance_um) >= 0:
-        _fail(source, "mitosis_min_distance_um", f"must be >= 0, got {card.mitosis_min_distance_um!r}")
-    for k, v in card.metrics.items():
-        _finite(source, f"metrics.{k}", v)
-    for head in card.provenance:
-        if head not in seen:
-            _fail(source, "provenance", f"describes head {head!r}, which the model does not have")
-    stain = card.preprocessing.get("stain_normalisation", {})
-    if not isinstance(stain, dict):
-        _fail(source, "preprocessing.stain_normalisation", f"must be an object with a method, got {stain!r}")
-    method = stain.get("method", "none")
-    if method not in ("none", "macenko", "reinhard"):
-        _fail(source, "preprocessing.stain_normalisation.method", f"must be none, macenko or reinhard, got {method!r}")
-    for name in ("config_digest", "weights_sha256"):
-        v = getattr(card, name)
-        if v is not None and not _HEX64.match(v):
-            _fail(source, name, f"must be a 64-character lowercase sha256 hex digest or null, got {v!r}")
-    return scales
-
-
-def _check_scale(raw: _ScaleFields, p: str, source: str) -> ScaleSpec:
-    """One scale's ranges (its keys and types are checked by the loader) as a ScaleSpec with resolved heads."""
-    if not raw.backbone:
-        _fail(source, f"{p}.backbone", "must be a non-empty string, got ''")
-    heads = resolve_heads(raw.heads, source=f"model card {source}: field '{p}.heads'")
-    if raw.tile_px <= 0:
-        _fail(source, f"{p}.tile_px", f"must be a positive integer, got {raw.tile_px!r}")
-    if not mpp_is_plausible(raw.mpp):
-        _fail(source, f"{p}.mpp", f"must be a plausible µm/px in {mpp_range_text()}, got {raw.mpp!r}")
-    for name in ("mean", "std"):
-        for v in getattr(raw, name):
-            _finite(source, f"{p}.{name}", v)
-    if min(raw.std) <= 0:
-        _fail(source, f"{p}.std", f"must be positive, got {list(raw.std)!r}")
-    if "mitosis" in heads and raw.tile_px % heads["mitosis"]["stride_px"]:
-        _fail(source, f"{p}.tile_px",
-              f"({raw.tile_px}) must be a multiple of the mitosis stride_px {heads['mitosis']['stride_px']}")
-    return ScaleSpec(backbone=raw.backbone, tile_px=raw.tile_px, mpp=raw.mpp, heads=heads, mean=raw.mean, std=raw.std)
 
 
 __all__ = ["BOUND_FIELDS", "IMAGENET_MEAN", "IMAGENET_STD", "MPP_RANGE", "ModelCard", "SCHEMA_VERSION",
