@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from histo.train.domain import calibrate_model
 
     config = load_train_config(args.config, tuple(args.overrides))
-    _, card_path = calibrate_model(args.model, config, args.out, percentile=args.percentile, max_tiles=args.max_tiles)
+    _, card_path = calibrate_model(args.model, config, args.out, percentile=args.percentile, max_tiles=args.max_tiles,
+                                   overrides=tuple(args.overrides))
     card = ModelCard.load(card_path)
     print(json.dumps({"model": card.name, "card": str(card_path), "domain": card.domain}))
     return 0

@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     u = unrel["table"]
     result = {
         "model": card.name, "method": (card.domain or {}).get("method"), "target_auroc": TARGET_AUROC,
+        "calibration_data": (card.domain or {}).get("calibration_data", "not recorded in the card"),
         "in_domain_val_tiles": {k: int(len(v)) for k, v in ind.items()},
         "in_domain_val_called_in_domain": {k: round(float((v <= 1).mean()), 4) for k, v in ind.items()},
         "unrelated_tiles": int(len(u)),

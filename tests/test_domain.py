@@ -16,7 +16,7 @@ from histo.aggregate.domain import summarise_domain
 from histo.models import MultiTaskNet, load_model, save_model
 from histo.models.card import ModelCard
 from histo.predict import predict_image, predict_slide
-from histo.train.domain import calibrate_scale, domain_card
+from histo.train.domain import TRAINING_DATA, calibrate_scale, calibration_data, domain_card
 
 torch.set_num_threads(1)
 
@@ -53,8 +53,16 @@ def test_card_records_the_domain_and_the_weights_carry_it(calibrated):
     d = card.domain
     assert d["method"] and d["percentile"] == 99.5 and set(d["scales"]["main"]["thresholds"]) == {"texture_colour", "semantic"}
     assert 0.95 <= fig["val_in_domain_fraction"] <= 1.0  # the threshold sits at the validation tiles' 99.5th pct
+    assert d["calibration_data"] == TRAINING_DATA
     assert model.domain is not None and float(model.domain.texture_colour_threshold) == pytest.approx(
         d["scales"]["main"]["thresholds"]["texture_colour"], rel=1e-5)
+
+
+def test_a_domain_fitted_on_part_of_the_training_data_says_so():
+    """scripts/calibrate_domain.py --set ... records its overrides in the card: a reader sees a subset was used."""
+    text = calibration_data(("data.phantoms.seeds=[0,1]",))
+    assert text != TRAINING_DATA and "data.phantoms.seeds=[0,1]" in text and "subset" in text
+    assert domain_card({}, calibration_data=text)["calibration_data"] == text
 
 
 def test_colour_shifted_tiles_are_flagged_and_batch_size_does_not_matter(calibrated):

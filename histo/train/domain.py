@@ -8,7 +8,7 @@ their ``percentile``. ``calibrate_model`` does it for every scale of an exported
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,14 @@ from histo.models.domain import METHOD, REFERENCES, STATISTICS, DomainHead, fit_
 PERCENTILE = 99.5  # per statistic; two statistics leave about 99 % of validation tiles in domain
 TRAIN_PASSES = 4  # passes over the (augmented) training loader while fewer than max_tiles were drawn
 MAX_TILES = 20000
+TRAINING_DATA = "the training config's own training and validation tiles"
+
+
+def calibration_data(overrides: Sequence[str] = ()) -> str:
+    """How the card names the tiles a calibration used: the training config's, or those under ``--set`` overrides."""
+    if not overrides:
+        return TRAINING_DATA
+    return "the training config's tiles with " + ", ".join(overrides) + " (a subset or variant of its training data)"
 
 
 def _collect(net: MultiTaskNet, head: DomainHead, batches: Iterable[Any], max_tiles: int,
@@ -81,8 +89,9 @@ def calibrate_scale(net: MultiTaskNet, train_batches: Iterable[Any], val_batches
             "val_in_domain_fraction": round(float((score <= 1.0).mean()), 4)}
 
 
-def domain_card(scales: dict[str, dict[str, Any]], percentile: float = PERCENTILE) -> dict[str, Any]:
-    """The card's ``domain`` section for calibrated scales."""
+def domain_card(scales: dict[str, dict[str, Any]], percentile: float = PERCENTILE,
+                calibration_data: str = TRAINING_DATA) -> dict[str, Any]:
+    """The card's ``domain`` section for calibrated scales; ``calibration_data`` says which tiles they were fitted on."""
     return {
         "method": METHOD,
         "statistics": {"texture_colour": "per-channel mean and standard deviation of the first backbone level's "
@@ -93,6 +102,7 @@ def domain_card(scales: dict[str, dict[str, Any]], percentile: float = PERCENTIL
                  "when ood_score <= 1",
         "percentile": percentile,
         "threshold_split": "val",
+        "calibration_data": calibration_data,
         "scales": scales,
         "references": list(REFERENCES),
     }
@@ -100,8 +110,12 @@ def domain_card(scales: dict[str, dict[str, Any]], percentile: float = PERCENTIL
 
 def calibrate_model(model_dir: str | Path, config: Any, out_dir: str | Path | None = None, *,
                     percentile: float = PERCENTILE, max_tiles: int = MAX_TILES,
-                    device: str | torch.device = "cpu") -> tuple[Path, Path]:
-    """Calibrate every scale of an exported model on the data of ``config`` (a TrainConfig) and export it again."""
+                    device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Calibrate every scale of an exported model on the data of ``config`` (a TrainConfig) and export it again.
+
+    ``overrides`` are the ``--set`` overrides ``config`` was loaded with; the card records them, so a domain
+    fitted on part of the training data says so.
+    """
     from histo.train.fit import build_datamodule, input_spec
 
     model, card = load_model(model_dir)
@@ -115,7 +129,8 @@ def calibrate_model(model_dir: str | Path, config: Any, out_dir: str | Path | No
         figures[name] = calibrate_scale(nets[name], dm.train_dataloader(), dm.val_dataloader(),  # type: ignore[arg-type]
                                         input_mean=spec.mean, input_std=spec.std, percentile=percentile,
                                         max_tiles=max_tiles, device=device)
-    new = ModelCard.from_dict({**card.to_dict(), "domain": domain_card(figures, percentile), "weights_sha256": None})
+    new = ModelCard.from_dict({**card.to_dict(), "domain": domain_card(figures, percentile, calibration_data(overrides)),
+                              "weights_sha256": None})
     target = Path(out_dir) if out_dir is not None else Path(model_dir)
     if not target.is_dir():
         target = target.parent  # a card or prefix was given: write beside it, same names (atomic replace)
