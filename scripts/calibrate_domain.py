@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from histo.train import load_train_config
     from histo.train.domain import calibrate_model
 
-    config = load_train_config(args.config, tuple(args.overrides))
+    config = load_train_config(args.config, tuple(args.overrides), check_init_weights=False)
     _, card_path = calibrate_model(args.model, config, args.out, percentile=args.percentile, max_tiles=args.max_tiles,
                                    overrides=tuple(args.overrides))
     card = ModelCard.load(card_path)

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     model, card = load_model(args.model)
-    config = load_train_config(args.config, tuple(args.overrides))
+    config = load_train_config(args.config, tuple(args.overrides), check_init_weights=False)
     ind = in_domain_scores(model, card, config, args.max_tiles)
     table_in = ind[card.table_scale]
     unrel, images = unrelated_scores(model, card, args.real_data, _training_paths(config), args.per_source)

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, card = load_model(args.model)
-    config = load_train_config(args.config)
+    config = load_train_config(args.config, check_init_weights=False)
     result: dict[str, Any] = {"model": card.name, "weights_sha256": card.weights_sha256,
                               "config": str(args.config), "targets": TARGETS}
     result["mitosis"] = eval_mitosis(config, model, card, args.limit)

@@ -197,6 +197,19 @@ def test_config_errors_name_key_and_file(tmp_path, text, key):
     assert key in msg and str(p) in msg
 
 
+def test_a_trained_models_config_loads_for_evaluation_without_its_initial_weights(tmp_path, monkeypatch):
+    """eval_real/eval_domain/calibrate_domain read the stage-2 config on a machine that never ran stage 1."""
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)  # data/init/*.safetensors (stage 1's backbones) are not here
+    stage2 = repo / "configs" / "train" / "default_multitask_stage2.yaml"
+    with pytest.raises(ConfigError, match="pretrained"):
+        load_train_config(stage2)
+    cfg = load_train_config(stage2, check_init_weights=False)
+    assert set(cfg.model.scale_sections()) == {"cells", "tissue"}
+    assert cfg.model.scale_sections()["cells"].mpp == 0.5
+
+
 def test_config_refuses_pickled_pretrained_weights(tmp_path):
     w = tmp_path / "w.pth"
     w.write_bytes(b"PK\x03\x04")

@@ -288,17 +288,22 @@ class TrainConfig:
     provenance: ProvenanceSection = field(default_factory=ProvenanceSection)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-        """Load, apply ``key=value`` overrides, validate; relative paths resolve against the working folder."""
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                  check_init_weights: bool = True) -> TrainConfig:
+        """Load, apply ``key=value`` overrides, validate; relative paths resolve against the working folder.
+
+        ``check_init_weights=False`` skips the check that a ``pretrained`` weights file exists: for reading the
+        config of a model already trained (its data and inputs), where the initial weights are no longer needed.
+        """
         data = load_yaml(path)
         source = str(path)
         if overrides:
             data = apply_overrides(data, list(overrides))
             source = f"{path} with --set {' '.join(overrides)}"
-        return cls.from_dict(data, source)
+        return cls.from_dict(data, source, check_init_weights=check_init_weights)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>", *, check_init_weights: bool = True) -> TrainConfig:
         """Validate a mapping: unknown keys, wrong types, bad heads and missing files are ConfigErrors naming the key."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the top level must be a mapping")
@@ -310,7 +315,7 @@ class TrainConfig:
             scales = {name: dataclasses.replace(sc, data=_data_section(sc.data, f"{source} (model.scales.{name}.data)"))
                       for name, sc in cfg.model.scales.items()}
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scales=scales))
-        _check(cfg, source)
+        _check(cfg, source, check_init_weights)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -335,7 +340,7 @@ class TrainConfig:
         return resolve_heads(merged)
 
 
-def _check(cfg: TrainConfig, source: str) -> None:
+def _check(cfg: TrainConfig, source: str, check_init_weights: bool = True) -> None:
     """Cross-field checks that the dataclasses cannot do alone."""
     m = cfg.model
     if m.scales:
@@ -352,7 +357,7 @@ def _check(cfg: TrainConfig, source: str) -> None:
         if sc.backbone not in list_backbones():
             raise ConfigError(f"{source}: '{key}.backbone' is {sc.backbone!r}; registered backbones: "
                               f"{', '.join(list_backbones())}")
-        if isinstance(sc.pretrained, str) and sc.pretrained != "imagenet":
+        if check_init_weights and isinstance(sc.pretrained, str) and sc.pretrained != "imagenet":
             p = Path(sc.pretrained)
             if not p.is_file():
                 raise ConfigError(f"{source}: '{key}.pretrained': weights file {p} not found "
@@ -413,6 +418,12 @@ def monitorable(heads: dict[str, Any]) -> list[str]:
     return names
 
 
-def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read and validate a train config file with optional ``key=value`` overrides."""
-    return TrainConfig.from_yaml(path, overrides)
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                      check_init_weights: bool = True) -> TrainConfig:
+    """Read and validate a train config file with optional ``key=value`` overrides.
+
+    Scripts that evaluate or calibrate a trained model pass ``check_init_weights=False``: they need the config's
+    data and inputs, not the ``pretrained`` file the training started from (stage 2 of the default model starts
+    from stage 1's backbones, which a fresh machine does not have).
+    """
+    return TrainConfig.from_yaml(path, overrides, check_init_weights=check_init_weights)
