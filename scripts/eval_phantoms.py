@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.slides_only and not args.model:
         raise SystemExit("eval_phantoms: --slides-only needs --model")
     overrides = list(args.overrides) + ([f"output.dir={args.out}"] if args.out else [])
-    config = load_train_config(args.config, overrides)
+    # with --model the config gives data and inputs only: its initial weights (pretrained) need not exist
+    config = load_train_config(args.config, overrides, check_init_weights=not args.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train_minutes = None
     fit_info: dict[str, Any] = {}
