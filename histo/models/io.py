@@ -13,6 +13,7 @@ from torch import nn
 from histo.atomic import atomic_path
 from histo.errors import ModelError
 from histo.models.card import ModelCard
+from histo.models.domain import BANK_TILES, METHOD_V1, DomainHead
 from histo.models.multitask import MultiScaleNet, MultiTaskNet, scale_nets
 from histo.models.registry import (
     PICKLE_SUFFIXES,
@@ -49,13 +50,27 @@ def model_paths(dir_or_prefix: str | Path, name: str | None = None) -> tuple[Pat
 
 
 def build_model(card: ModelCard, pretrained: bool = False) -> nn.Module:
-    """The untrained net a card describes: a MultiTaskNet for one scale, a MultiScaleNet for several."""
-    with_domain = set((card.domain or {}).get("scales", {}))
+    """The untrained net a card describes: a MultiTaskNet for one scale, a MultiScaleNet for several.
+
+    A scale with a training domain gets the DomainHead its card section describes (method, bank size), so
+    the weights of models calibrated by an earlier histo (METHOD_V1) load as they were saved.
+    """
+    domain = card.domain or {}
+    with_domain = set(domain.get("scales", {}))
     if not card.multiscale:
         name, s = next(iter(card.scales.items()))
-        return MultiTaskNet(s.backbone, s.heads, pretrained=pretrained, domain=name in with_domain)
-    return MultiScaleNet({k: (s.backbone, s.heads) for k, s in card.scales.items()}, pretrained=pretrained,
-                         domain=with_domain)
+        model: nn.Module = MultiTaskNet(s.backbone, s.heads, pretrained=pretrained)
+    else:
+        model = MultiScaleNet({k: (s.backbone, s.heads) for k, s in card.scales.items()}, pretrained=pretrained)
+    nets = scale_nets(model, card.scales)
+    for name in with_domain & set(nets):
+        net = nets[name]
+        if not isinstance(net, MultiTaskNet):
+            raise ModelError(f"scale {name!r} of the card is not a MultiTaskNet")
+        fig = domain["scales"][name] or {}
+        net.attach_domain(DomainHead(net.backbone.feature_channels, domain.get("method", METHOD_V1),
+                                     int(fig.get("bank_tiles", BANK_TILES))))
+    return model
 
 
 def _check_fits(model: nn.Module, card: ModelCard) -> None:

@@ -2,8 +2,8 @@
 
 ``calibrate_scale`` runs the net's backbone over training tiles (as the training loader draws them, stain
 augmentation included, so the domain covers the stain variation the model was trained to handle) to fit
-the Gaussian of pooled features and of colour, then over the validation tiles to set each threshold at
-their ``percentile``. ``calibrate_model`` does it for every scale of an exported model and re-exports it.
+each statistic (the nearest-neighbour bank of texture, colour and sharpness; the Gaussian of the last
+level's pooled features), then over the validation tiles to set each threshold at their ``percentile``. ``calibrate_model`` does it for every scale of an exported model and re-exports it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from histo.errors import ConfigError
 from histo.models import ModelCard, MultiTaskNet, load_model, save_model, scale_nets
-from histo.models.domain import METHOD, REFERENCES, STATISTICS, DomainHead, fit_gaussian, mahalanobis
+from histo.models.domain import BANK_TILES, METHOD, REFERENCES, STATISTICS, DomainHead, fit_bank, fit_gaussian
 
 PERCENTILE = 99.5  # per statistic; two statistics leave about 99 % of validation tiles in domain
 TRAIN_PASSES = 4  # passes over the (augmented) training loader while fewer than max_tiles were drawn
@@ -56,36 +56,51 @@ def _collect(net: MultiTaskNet, head: DomainHead, batches: Iterable[Any], max_ti
 
 def calibrate_scale(net: MultiTaskNet, train_batches: Iterable[Any], val_batches: Iterable[Any], *,
                     input_mean: tuple[float, float, float], input_std: tuple[float, float, float],
-                    percentile: float = PERCENTILE, max_tiles: int = MAX_TILES,
+                    percentile: float = PERCENTILE, max_tiles: int = MAX_TILES, bank_tiles: int = BANK_TILES,
                     device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Fit the domain of one scale's net, attach a DomainHead to it, and return the card figures of that scale."""
+    """Fit the domain of one scale's net, attach a DomainHead to it, and return the card figures of that scale.
+
+    The card figures include ``bank_tiles`` (the rows of the nearest-neighbour bank), which load_model needs
+    to rebuild the head before it reads the weights.
+    """
     dev = torch.device(device)
-    head = DomainHead(net.backbone.feature_channels)
+    probe = DomainHead(net.backbone.feature_channels, METHOD, bank_tiles=1)  # computes the statistics only
     with torch.no_grad():
-        head.input_mean.copy_(torch.tensor(input_mean))
-        head.input_std.copy_(torch.tensor(input_std))
-    train = _collect(net, head, train_batches, max_tiles, dev, passes=TRAIN_PASSES)
-    val = _collect(net, head, val_batches, max_tiles, dev)
+        probe.input_mean.copy_(torch.tensor(input_mean))
+        probe.input_std.copy_(torch.tensor(input_std))
+    train = _collect(net, probe, train_batches, max_tiles, dev, passes=TRAIN_PASSES)
+    val = _collect(net, probe, val_batches, max_tiles, dev)
     n_train, n_val = (len(train[0]) if train else 0), (len(val[0]) if val else 0)
     if n_train < 10 or n_val < 10:
         raise ConfigError(f"domain calibration needs at least 10 training and 10 validation tiles, got "
                           f"{n_train} and {n_val}")
+    bank_tiles = min(bank_tiles, n_train)
+    head = DomainHead(net.backbone.feature_channels, METHOD, bank_tiles)
+    with torch.no_grad():
+        head.input_mean.copy_(probe.input_mean.cpu())
+        head.input_std.copy_(probe.input_std.cpu())
     names = list(STATISTICS)
+    with torch.no_grad():
+        for name, t in zip(names, train):
+            if head.kinds[name] == "knn":
+                for suffix, value in zip(("center", "scale", "bank"), fit_bank(t, bank_tiles)):
+                    getattr(head, f"{name}_{suffix}").copy_(value)
+            else:
+                mean, prec = fit_gaussian(t)
+                getattr(head, f"{name}_mean").copy_(mean)
+                getattr(head, f"{name}_precision").copy_(prec)
+        dists = [d.numpy() for d in head.cpu().feature_distances(val)]
     thresholds: dict[str, float] = {}
     ratios = []
-    with torch.no_grad():
-        for name, t, v in zip(names, train, val):
-            mean, prec = fit_gaussian(t)
-            d = mahalanobis(v, mean, prec).numpy()
-            thr = max(float(np.percentile(d, percentile)), 1e-6)
-            getattr(head, f"{name}_mean").copy_(mean)
-            getattr(head, f"{name}_precision").copy_(prec)
-            getattr(head, f"{name}_threshold").fill_(thr)
-            thresholds[name] = round(thr, 6)
-            ratios.append(d / thr)
+    for name, d in zip(names, dists):
+        thr = max(float(np.percentile(d, percentile)), 1e-6)
+        getattr(head, f"{name}_threshold").fill_(thr)
+        thresholds[name] = round(thr, 6)
+        ratios.append(d / thr)
     net.attach_domain(head.to(next(net.parameters()).device))
     score = np.max(np.stack(ratios, 1), 1)
-    return {"statistics": names, "thresholds": thresholds, "n_train_tiles": int(n_train), "n_val_tiles": int(n_val),
+    return {"statistics": names, "kinds": dict(head.kinds), "thresholds": thresholds, "bank_tiles": int(bank_tiles),
+            "n_train_tiles": int(n_train), "n_val_tiles": int(n_val),
             "val_in_domain_fraction": round(float((score <= 1.0).mean()), 4)}
 
 
@@ -95,11 +110,14 @@ def domain_card(scales: dict[str, dict[str, Any]], percentile: float = PERCENTIL
     return {
         "method": METHOD,
         "statistics": {"texture_colour": "per-channel mean and standard deviation of the first backbone level's "
-                                         "feature map, with the mean and standard deviation of optical density "
-                                         "per RGB channel", "semantic": "per-channel mean and standard deviation "
-                                         "of the last backbone level's feature map"},
-        "score": "ood_score = max over statistics of Mahalanobis distance / its threshold; a tile is in domain "
-                 "when ood_score <= 1",
+                                         "feature map, the mean and standard deviation of optical density per "
+                                         "RGB channel, and seven sharpness descriptors (gradient-magnitude "
+                                         "quantiles, Laplacian spread, spectral band ratios); distance to the "
+                                         "nearest standardised training tile of the bank",
+                       "semantic": "per-channel mean and standard deviation of the last backbone level's feature "
+                                   "map; Mahalanobis distance from the training tiles' Gaussian"},
+        "score": "ood_score = max over statistics of distance / its threshold; a tile is in domain when "
+                 "ood_score <= 1",
         "percentile": percentile,
         "threshold_split": "val",
         "calibration_data": calibration_data,
