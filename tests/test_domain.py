@@ -13,8 +13,10 @@ from aggregate_tables import make_tiles, points
 
 from histo.aggregate import GradingConfig, assess_slide
 from histo.aggregate.domain import summarise_domain
+from histo.errors import ModelError
 from histo.models import MultiTaskNet, load_model, save_model
 from histo.models.card import ModelCard
+from histo.models.domain import METHOD, METHOD_V1, DomainHead, fit_bank, fit_gaussian, mahalanobis
 from histo.predict import predict_image, predict_slide
 from histo.train.domain import TRAINING_DATA, calibrate_scale, calibration_data, domain_card
 
@@ -56,6 +58,67 @@ def test_card_records_the_domain_and_the_weights_carry_it(calibrated):
     assert d["calibration_data"] == TRAINING_DATA
     assert model.domain is not None and float(model.domain.texture_colour_threshold) == pytest.approx(
         d["scales"]["main"]["thresholds"]["texture_colour"], rel=1e-5)
+
+
+def test_the_nearest_neighbour_bank_travels_with_the_weights(calibrated):
+    """A training tile is at distance 0 from the bank; the card says how many rows it holds (load_model needs it)."""
+    model, card, fig = calibrated
+    head = model.domain
+    assert card.domain["method"] == METHOD and fig["kinds"] == {"texture_colour": "knn", "semantic": "mahalanobis"}
+    # four passes over 400 training tiles: fewer than BANK_TILES, so all of them
+    assert fig["n_train_tiles"] == 1600 and fig["bank_tiles"] == 1600 and head.texture_colour_bank.shape[0] == 1600
+    x = _pink(400, 1)[:5]  # tiles of the training set
+    with torch.no_grad():
+        feats = head.features(x, model.backbone.forward_pyramid(x))
+        d = head.feature_distances(feats)[0]
+    assert torch.all(d < 0.05 * head.texture_colour_threshold)  # float16 bank: not exactly 0
+
+
+def test_fit_bank_standardises_and_fills_the_bank():
+    v = torch.tensor([[0.0, 10.0], [2.0, 30.0]])
+    center, scale, bank = fit_bank(v, bank_tiles=5)
+    torch.testing.assert_close(center, torch.tensor([1.0, 20.0]))
+    torch.testing.assert_close(scale, torch.tensor([1.0, 10.0]))
+    assert bank.shape == (5, 2) and bank.dtype == torch.float16  # rows repeat: no nearest distance changes
+    assert {tuple(r) for r in bank.float().tolist()} == {(-1.0, -1.0), (1.0, 1.0)}
+    _, _, drawn = fit_bank(torch.randn(50, 3), bank_tiles=8)
+    assert drawn.shape == (8, 3)
+
+
+def test_out_of_focus_tiles_are_flagged(calibrated):
+    """Blur (a focus or scanner shift) leaves colour alone; the sharpness descriptors catch it."""
+    model, _, _ = calibrated
+    x = _pink(32, 5)
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    with torch.no_grad():
+        own, soft = model(x)["ood"], model(blurred)["ood"]
+    assert (own <= 1).float().mean() >= 0.9 and (soft > 1).all()
+
+
+def test_a_model_calibrated_by_an_earlier_histo_still_loads_and_scores(tmp_path):
+    """Cards of METHOD_V1 (two Gaussians, no bank) rebuild the head they were saved with."""
+    net = MultiTaskNet("tiny", ["necrosis"]).eval()
+    head = DomainHead(net.backbone.feature_channels, METHOD_V1)
+    with torch.no_grad():
+        x = _pink(64, 1)
+        feats = head.features(x, net.backbone.forward_pyramid(x))
+        for name, v in zip(("texture_colour", "semantic"), feats):
+            mean, prec = fit_gaussian(v)
+            getattr(head, f"{name}_mean").copy_(mean)
+            getattr(head, f"{name}_precision").copy_(prec)
+            getattr(head, f"{name}_threshold").fill_(float(mahalanobis(v, mean, prec).max()))
+    net.attach_domain(head)
+    domain = {**domain_card({"main": {"statistics": ["texture_colour", "semantic"], "thresholds": {}}}),
+              "method": METHOD_V1}
+    card = ModelCard(name="old", backbone="tiny", heads=net.heads_config, tile_px=64, mpp=1.0, domain=domain)
+    save_model(net, card, tmp_path)
+    model, loaded = load_model(tmp_path)
+    assert loaded.domain["method"] == METHOD_V1 and model.domain.method == METHOD_V1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["ood"], net(x)["ood"])
+        assert (model(x)["ood"] <= 1).all()
+    with pytest.raises(ModelError, match="unknown training-domain method"):
+        DomainHead((8, 16), "a_method_from_the_future")
 
 
 def test_a_domain_fitted_on_part_of_the_training_data_says_so():
