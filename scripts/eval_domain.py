@@ -6,7 +6,8 @@
 Prints one JSON line: per scale the AUROC of ood_score for separating the in-domain validation tiles
 (the training config's validation split, as histo train saw it) from tiles of the "unrelated" real
 images (target >= 0.95), the share of each set called in domain, and per image the share of its tiles
-in domain. Every image goes through histo.predict.predict_image (the histo predict code path). The
+in domain, with a bootstrap 95 % interval of the AUROC that resamples the unrelated images (their tiles are
+not independent) and the validation tiles. Every image goes through histo.predict.predict_image (the histo predict code path). The
 unrelated set defaults to every real H&E image in ../shared/data/real with a stated resolution; images
 a source of the model's own training config lists (by path) are left out of it.
 """
@@ -56,6 +57,22 @@ def auroc(neg: np.ndarray, pos: np.ndarray) -> float | None:
     sums = np.bincount(inv, ranks)
     ranks = (sums / counts)[inv]
     return float((ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2) / (len(neg) * len(pos)))
+
+
+def bootstrap_auroc(neg: np.ndarray, pos_groups: list[np.ndarray], n: int = 1000, seed: int = 0
+                    ) -> tuple[float, float] | None:
+    """2.5th and 97.5th percentiles of the AUROC over ``n`` resamples: ``neg`` by tile, ``pos`` by group (image)."""
+    if not len(neg) or not pos_groups:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        pos = np.concatenate([pos_groups[i] for i in rng.integers(0, len(pos_groups), len(pos_groups))])
+        a = auroc(neg[rng.integers(0, len(neg), len(neg))], pos)
+        if a is not None:
+            values.append(a)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return round(float(lo), 4), round(float(hi), 4)
 
 
 def in_domain_scores(model: Any, card: Any, config: Any, max_tiles: int) -> dict[str, np.ndarray]:
@@ -123,7 +140,7 @@ def unrelated_scores(model: Any, card: Any, real: Path, exclude: set[str], per_s
             scores.append(s)
             images.append({"image": f.name, "source": what, "tiles": int(len(s)),
                            "in_domain_fraction": round(float((s <= 1).mean()), 3) if len(s) else None})
-    return {"table": np.concatenate(scores) if scores else np.zeros(0)}, images
+    return {"table": np.concatenate(scores) if scores else np.zeros(0), "per_image": scores}, images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "unrelated_tiles": int(len(u)),
         "unrelated_called_in_domain": round(float((u <= 1).mean()), 4) if len(u) else None,
         "auroc": None if not len(u) else round(auroc(table_in, u) or 0.0, 4),
+        "auroc_bootstrap_95": bootstrap_auroc(table_in, [g for g in unrel["per_image"] if len(g)]),
         "images": images,
         "seconds": round(time.perf_counter() - t0, 1),
     }

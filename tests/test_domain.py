@@ -270,3 +270,18 @@ def test_the_default_model_calls_its_own_validation_frames_in_domain(real_data):
     fractions = [predict_image(read_rgb(str(f)), 0.227, model, card, device="cpu").tiles["in_domain"].mean()
                  for f in frames]
     assert min(fractions) >= 0.8, fractions
+
+
+def test_eval_domain_auroc_and_its_interval_resample_images():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import eval_domain
+
+    val = np.array([0.1, 0.2, 0.3, 0.4])
+    assert eval_domain.auroc(val, np.array([2.0, 3.0])) == 1.0
+    assert eval_domain.auroc(val, val.copy()) == pytest.approx(0.5)  # ties count half
+    assert eval_domain.bootstrap_auroc(val, [np.array([2.0, 3.0]), np.array([5.0])], n=50) == (1.0, 1.0)
+    lo, hi = eval_domain.bootstrap_auroc(val, [np.array([0.05]), np.array([0.25, 9.0]), np.array([8.0])], n=200)
+    assert 0 <= lo < eval_domain.auroc(val, np.array([0.05, 0.25, 9.0, 8.0])) < hi <= 1

@@ -11,8 +11,9 @@ models calibrated before histo 0.x that still load and score as they did):
   coordinate is standardised by the training tiles' mean and spread, and the distance is the one to the
   nearest of up to BANK_TILES training tiles kept in the card. A nearest-neighbour bank follows a training
   set made of distinct kinds of tissue (phantom presets, tumour and stroma, several stains) where one
-  Gaussian spans the empty space between them: on the phantom demo model, against the real tiles of
-  scripts/eval_domain.py, the Gaussian of the same statistic separates at AUROC 0.89, the bank at 0.97.
+  Gaussian spans the empty space between them: on the phantom demo model, its 1032 validation tiles against
+  the 3544 real tiles of scripts/eval_domain.py, the Gaussian of this statistic separates at AUROC 0.93 and
+  the bank at 0.97 (without the sharpness descriptors: 0.91 and 0.96).
 - **semantic** (Mahalanobis distance, Lee et al., NeurIPS 2018): the per-channel mean and spread of the last
   level (stride 32: what the tile heads see) against one Gaussian of the training tiles. The two middle
   levels are left out: on the phantom demo model each alone separates its validation phantoms from real
