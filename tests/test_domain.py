@@ -285,3 +285,11 @@ def test_eval_domain_auroc_and_its_interval_resample_images():
     assert eval_domain.bootstrap_auroc(val, [np.array([2.0, 3.0]), np.array([5.0])], n=50) == (1.0, 1.0)
     lo, hi = eval_domain.bootstrap_auroc(val, [np.array([0.05]), np.array([0.25, 9.0]), np.array([8.0])], n=200)
     assert 0 <= lo < eval_domain.auroc(val, np.array([0.05, 0.25, 9.0, 8.0])) < hi <= 1
+
+
+def test_sharpness_quantiles_match_torch_quantile_without_its_size_limit():
+    from histo.models.domain import _row_quantiles
+
+    v = torch.rand(7, 1001, generator=torch.Generator().manual_seed(0))
+    fractions = (0.0, 0.5, 0.9, 0.99, 1.0)
+    torch.testing.assert_close(_row_quantiles(v, fractions), torch.quantile(v, torch.tensor(fractions), dim=1).T)

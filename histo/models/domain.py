@@ -59,7 +59,6 @@ _LOG_EPS = 1e-4
 # Radial spatial-frequency bands (cycles per pixel) of the sharpness descriptors: the energy of the three upper
 # bands relative to the lowest one falls when an image is blurred, compressed or rendered smoother than tissue.
 _BANDS = ((0.02, 0.06), (0.06, 0.12), (0.12, 0.25), (0.25, 0.8))
-_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 
 
 def mahalanobis(v: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -86,24 +85,41 @@ def _optical_density(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
     return -torch.log(rgb)
 
 
-def colour_stats(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Mean and standard deviation of optical density per RGB channel (N, 6) of normalised tiles."""
-    od = _optical_density(x, mean, std)
+def colour_stats(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, od: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean and standard deviation of optical density per RGB channel (N, 6) of normalised tiles (``od``: already computed)."""
+    od = _optical_density(x, mean, std) if od is None else od
     return torch.cat([od.mean(dim=(2, 3)), od.flatten(2).std(dim=2, unbiased=False)], dim=1)
 
 
-def sharpness_stats(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def _row_quantiles(v: torch.Tensor, fractions: tuple[float, ...]) -> torch.Tensor:
+    """Quantiles of each row (N, len(fractions)), linearly interpolated as torch.quantile does.
+
+    torch.quantile itself refuses inputs of more than 16M values (a batch of 256 tiles of 512 px).
+    """
+    ordered = v.sort(dim=1).values
+    cols = []
+    for f in fractions:
+        pos = f * (ordered.shape[1] - 1)
+        lo = int(pos)
+        hi = min(lo + 1, ordered.shape[1] - 1)
+        cols.append(ordered[:, lo] + (pos - lo) * (ordered[:, hi] - ordered[:, lo]))
+    return torch.stack(cols, 1)
+
+
+def sharpness_stats(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                    od: torch.Tensor | None = None) -> torch.Tensor:
     """Seven image-quality descriptors (N, 7) of normalised tiles, on their mean optical density.
 
     Logs of the 50th, 90th and 99th percentiles of gradient magnitude and of the Laplacian's standard
     deviation (edge sharpness, focus), and log ratios of the spectral energy in three radial frequency bands
     to that of the lowest band (_BANDS; how fine detail falls off). Fixed in advance, not learned.
     """
-    g = _optical_density(x, mean, std).mean(1, keepdim=True)
+    g = (_optical_density(x, mean, std) if od is None else od).mean(1, keepdim=True)
     gx, gy = g[..., :-1, 1:] - g[..., :-1, :-1], g[..., 1:, :-1] - g[..., :-1, :-1]
     grad = (gx.square() + gy.square()).sqrt().flatten(1)
-    q = torch.quantile(grad, torch.tensor([0.5, 0.9, 0.99], device=x.device), dim=1).T
-    lap = nn.functional.conv2d(g, torch.tensor(_LAPLACIAN, device=x.device).view(1, 1, 3, 3)).flatten(1)
+    q = _row_quantiles(grad, (0.5, 0.9, 0.99))
+    c = g[..., 1:-1, 1:-1]  # the 4-neighbour Laplacian, by slices (a one-channel conv2d is slow on CPU)
+    lap = (g[..., :-2, 1:-1] + g[..., 2:, 1:-1] + g[..., 1:-1, :-2] + g[..., 1:-1, 2:] - 4 * c).flatten(1)
     h, w = g.shape[-2:]
     power = torch.fft.rfft2(g[:, 0] - g[:, 0].mean(dim=(1, 2), keepdim=True)).abs().square()
     radius = torch.hypot(torch.fft.fftfreq(h, device=x.device).view(h, 1),
@@ -157,9 +173,10 @@ class DomainHead(nn.Module):
 
     def features(self, x: torch.Tensor, pyramid: list[torch.Tensor]) -> list[torch.Tensor]:
         """The statistics the distances are measured on, in the order of STATISTICS."""
-        parts = [level_stats(pyramid[0]), colour_stats(x, self.input_mean, self.input_std)]
+        od = _optical_density(x, self.input_mean, self.input_std)
+        parts = [level_stats(pyramid[0]), colour_stats(x, self.input_mean, self.input_std, od)]
         if self.method != METHOD_V1:
-            parts.append(sharpness_stats(x, self.input_mean, self.input_std))
+            parts.append(sharpness_stats(x, self.input_mean, self.input_std, od))
         return [torch.cat(parts, 1), level_stats(pyramid[-1])]
 
     def feature_distances(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
