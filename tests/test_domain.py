@@ -293,3 +293,15 @@ def test_sharpness_quantiles_match_torch_quantile_without_its_size_limit():
     v = torch.rand(7, 1001, generator=torch.Generator().manual_seed(0))
     fractions = (0.0, 0.5, 0.9, 0.99, 1.0)
     torch.testing.assert_close(_row_quantiles(v, fractions), torch.quantile(v, torch.tensor(fractions), dim=1).T)
+
+
+def test_ood_score_is_float32_and_stable_under_mixed_precision(calibrated):
+    """On a GPU predict runs under autocast (bf16); the domain statistics are computed in float32 regardless."""
+    model, _, _ = calibrated
+    x = _pink(16, 7)
+    with torch.inference_mode():
+        full = model(x)["ood"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)["ood"]
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, full, rtol=0.05, atol=0.05)
