@@ -305,3 +305,17 @@ def test_ood_score_is_float32_and_stable_under_mixed_precision(calibrated):
             mixed = model(x)["ood"]
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, full, rtol=0.05, atol=0.05)
+
+
+def test_a_multiscale_export_keeps_each_scales_own_bank_size():
+    """histo train with several scales combines the calibrated nets: a bank smaller than BANK_TILES must fit."""
+    from histo.train.fit import _combine
+
+    cells, tissue = MultiTaskNet("tiny", ["necrosis"]).eval(), MultiTaskNet("tiny", ["pattern"]).eval()
+    calibrate_scale(cells, _batches(_pink(100, 1), 50), _batches(_pink(50, 2), 50),
+                    input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225))
+    combined = _combine({"cells": cells, "tissue": tissue}).eval()
+    assert combined.nets["cells"].domain.texture_colour_bank.shape[0] == 400 and combined.nets["tissue"].domain is None
+    x = _pink(8, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(combined(x, "cells")["ood"], cells(x)["ood"])

@@ -78,14 +78,15 @@ class MultiTaskNet(nn.Module):
 
     def __init__(self, backbone_name: str,
                  heads: Mapping[str, Mapping[str, Any] | None] | Iterable[str] = HEAD_NAMES,
-                 pretrained: bool | str | Path = False, domain: bool = False):
+                 pretrained: bool | str | Path = False):
         super().__init__()
         self.backbone_name = backbone_name
         self.heads_config = resolve_heads(heads)
         self.backbone, nf = create_backbone(backbone_name, pretrained)
         self.num_features = nf
-        # The training domain (histo.models.domain): present once calibrated; its buffers travel with the weights.
-        self.domain: DomainHead | None = DomainHead(self.backbone.feature_channels) if domain else None
+        # The training domain (histo.models.domain): attached once calibrated (attach_domain; build_model rebuilds
+        # it from the card); its buffers travel with the weights.
+        self.domain: DomainHead | None = None
         h = self.heads_config
         if "pattern" in h:
             self.pattern = ClassificationHead(nf, len(h["pattern"]["classes"]), h["pattern"]["dropout"])
@@ -129,12 +130,11 @@ class MultiScaleNet(nn.Module):
     """
 
     def __init__(self, scales: Mapping[str, tuple[str, Mapping[str, Mapping[str, Any] | None]]],
-                 pretrained: bool | str | Path = False, domain: Iterable[str] = ()):
+                 pretrained: bool | str | Path = False):
         super().__init__()
         if not scales:
             raise ModelError("MultiScaleNet needs at least one scale")
-        with_domain = set(domain)
-        nets = {name: MultiTaskNet(backbone, heads, pretrained=pretrained, domain=name in with_domain)
+        nets = {name: MultiTaskNet(backbone, heads, pretrained=pretrained)
                 for name, (backbone, heads) in scales.items()}
         self.nets = nn.ModuleDict(nets)
         seen: dict[str, str] = {}

@@ -10,6 +10,7 @@ A run writes ``output.dir/output.name/version_N/``:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -358,9 +359,10 @@ def _calibrate(config: TrainConfig, runs: dict[str, _ScaleRun]) -> dict[str, Any
 
 def _combine(nets: Mapping[str, nn.Module]) -> MultiScaleNet:
     """One MultiScaleNet holding each scale's trained net (with its domain head when calibrated)."""
-    combined = MultiScaleNet({k: (n.backbone_name, n.heads_config) for k, n in nets.items()},  # type: ignore[misc]
-                             domain=[k for k, n in nets.items() if getattr(n, "domain", None) is not None])
+    combined = MultiScaleNet({k: (n.backbone_name, n.heads_config) for k, n in nets.items()})  # type: ignore[misc]
     for k, n in nets.items():
+        if getattr(n, "domain", None) is not None:  # the same method and bank size as calibrated
+            combined.nets[k].attach_domain(copy.deepcopy(n.domain))  # type: ignore[operator]
         combined.nets[k].load_state_dict(n.state_dict(), strict=True)
     return combined
 
