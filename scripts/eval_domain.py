@@ -6,10 +6,10 @@
 Prints one JSON line: per scale the AUROC of ood_score for separating the in-domain validation tiles
 (the training config's validation split, as histo train saw it) from tiles of the "unrelated" real
 images (target >= 0.95), the share of each set called in domain, and per image the share of its tiles
-in domain, with a bootstrap 95 % interval of the AUROC that resamples the unrelated images (their tiles are
-not independent) and the validation tiles. Every image goes through histo.predict.predict_image (the histo predict code path). The
-unrelated set defaults to every real H&E image in ../shared/data/real with a stated resolution; images
-a source of the model's own training config lists (by path) are left out of it.
+in domain, with a bootstrap 95 % interval of the AUROC that resamples the unrelated images (their tiles
+are not independent) and the validation tiles. Every image goes through histo.predict.predict_image (the
+histo predict code path). The unrelated set defaults to every real H&E image in ../shared/data/real with a
+stated resolution; images a source of the model's own training config lists (by path) are left out of it.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def mahalanobis(v: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) ->
 def nearest_distance(v: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of each standardised row of ``v`` to its nearest row of ``bank`` (already standardised)."""
     z = (v.float() - center) / scale
-    out = [torch.cdist(z[i:i + 1024], bank.float()).amin(1) for i in range(0, len(z), 1024)]
+    b = bank.float()
+    out = [torch.cdist(z[i:i + 1024], b).amin(1) for i in range(0, len(z), 1024)]
     return torch.cat(out) if out else z.new_zeros(0)
 
 
@@ -158,7 +159,6 @@ class DomainHead(nn.Module):
         else:
             self.kinds = {"texture_colour": "knn", "semantic": "mahalanobis"}
             dims = {"texture_colour": 2 * c0 + 6 + N_SHARPNESS, "semantic": 2 * cl}
-        self.dims = dims
         for name, d in dims.items():
             if self.kinds[name] == "knn":
                 self.register_buffer(f"{name}_center", torch.zeros(d))

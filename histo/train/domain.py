@@ -3,7 +3,8 @@
 ``calibrate_scale`` runs the net's backbone over training tiles (as the training loader draws them, stain
 augmentation included, so the domain covers the stain variation the model was trained to handle) to fit
 each statistic (the nearest-neighbour bank of texture, colour and sharpness; the Gaussian of the last
-level's pooled features), then over the validation tiles to set each threshold at their ``percentile``. ``calibrate_model`` does it for every scale of an exported model and re-exports it.
+level's pooled features), then over the validation tiles to set each threshold at their ``percentile``.
+``calibrate_model`` does it for every scale of an exported model and re-exports it.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def calibrate_scale(net: MultiTaskNet, train_batches: Iterable[Any], val_batches
     bank_tiles = min(bank_tiles, n_train)
     head = DomainHead(net.backbone.feature_channels, METHOD, bank_tiles)
     with torch.no_grad():
-        head.input_mean.copy_(probe.input_mean.cpu())
-        head.input_std.copy_(probe.input_std.cpu())
+        head.input_mean.copy_(torch.tensor(input_mean))
+        head.input_std.copy_(torch.tensor(input_std))
     names = list(STATISTICS)
     with torch.no_grad():
         for name, t in zip(names, train):
